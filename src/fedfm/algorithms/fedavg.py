@@ -1,0 +1,123 @@
+"""FedAvg (McMahan et al. 2017) over the trainable tensors (LoRA + head, full model, or head).
+
+Server:  θ_{t+1} = Σ_k n_k θ_k / Σ_k n_k  over the sampled clients' trained tensors.
+Client:  start from θ_t, run local epochs of AdamW on CE(f(x; θ), y) + extra(θ).
+`mu > 0` adds FedProx's proximal term (mu/2)·||θ - θ_t||² inside the client update (see fedprox).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fedfm.algorithms import registry
+from fedfm.algorithms.base import ClientContext, ClientMemory
+from fedfm.algorithms.training import (
+    count_correct,
+    cross_entropy_loss,
+    param_groups,
+    train_local,
+    weighted_mean,
+)
+from fedfm.config import RunConfig
+from fedfm.data.federated import ClientData, Split
+from fedfm.messages import ClientTask, ClientUpdate
+from fedfm.models.classifier import Classifier, get_tensors, set_tensors, trainable_names
+from fedfm.models.finetune import configure_finetune
+
+
+def prepare(model: Classifier, cfg: RunConfig) -> None:
+    """Inject LoRA / unfreeze per `model.finetune` (deterministic from the run seed)."""
+    m = cfg.model
+    configure_finetune(model, m.finetune, m.lora_targets, m.lora_rank, m.lora_alpha, cfg.seed)
+
+
+def proximal_term(model: Classifier, anchor: dict[str, torch.Tensor], mu: float):
+    """extra(θ) = (mu / 2) · Σ ||θ - θ_anchor||² over the anchored tensors."""
+    params = dict(model.named_parameters())
+    pairs = [(params[k], v) for k, v in anchor.items()]
+    return lambda: 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in pairs)
+
+
+def train_on(model: Classifier, data: ClientData, cfg: RunConfig, ctx: ClientContext,
+             mu: float = 0.0, anchor: dict[str, torch.Tensor] | None = None) -> float:
+    """Train the model's trainable tensors on the client's train split; returns mean loss."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = param_groups(named, cfg.train.lr, cfg.train.head_lr)
+    extra = proximal_term(model, anchor, mu) if mu > 0 and anchor else None
+    stats = train_local(groups, data.train, cross_entropy_loss(model), cfg.train,
+                        ctx.generator(), extra)
+    return stats.loss
+
+
+def evaluate_on(model: Classifier, split: Split, cfg: RunConfig) -> tuple[int, int]:
+    return count_correct(model, split, cfg.eval.batch_size, cfg.train.precision)
+
+
+class FedAvg:
+    """Global model = the averaged trainable tensors; every client trains a copy of it."""
+
+    has_global_model = True
+
+    def __init__(self, cfg: RunConfig, name: str = "fedavg", mu: float = 0.0):
+        self.cfg, self.name, self.mu = cfg, name, mu
+        self.global_: dict[str, torch.Tensor] = {}
+
+    def prepare_model(self, model: Classifier) -> None:
+        prepare(model, self.cfg)
+
+    def init_server(self, model: Classifier) -> None:
+        self.global_ = get_tensors(model)
+
+    def configure_train(self, rnd: int, clients: list[int]) -> list[ClientTask]:
+        return [ClientTask(rnd, c, self.global_) for c in clients]
+
+    def client_update(self, task: ClientTask, model: Classifier, data: ClientData,
+                      memory: ClientMemory, ctx: ClientContext) -> ClientUpdate:
+        set_tensors(model, dict(task.tensors))
+        loss = train_on(model, data, self.cfg, ctx, self.mu, dict(task.tensors))
+        out = get_tensors(model, list(task.tensors))
+        return ClientUpdate(task.round, task.client_id, len(data.train), out, {"loss": loss})
+
+    def aggregate_train(self, rnd: int, updates: list[ClientUpdate]) -> dict[str, Any]:
+        if updates:
+            self.global_ = weighted_mean([dict(u.tensors) for u in updates],
+                                         [u.num_examples for u in updates])
+        return {}
+
+    def configure_evaluate(self, rnd: int, clients: list[int]) -> list[ClientTask]:
+        return [ClientTask(rnd, c, self.global_, kind="evaluate") for c in clients]
+
+    def client_evaluate(self, task: ClientTask, model: Classifier, data: ClientData,
+                        memory: ClientMemory, ctx: ClientContext) -> ClientUpdate:
+        set_tensors(model, dict(task.tensors))
+        correct, total = evaluate_on(model, data.test, self.cfg)
+        return ClientUpdate(task.round, task.client_id, total, {},
+                            {"correct": correct, "total": total})
+
+    def evaluate_global(self, model: Classifier, split: Split) -> float | None:
+        set_tensors(model, self.global_)
+        correct, total = evaluate_on(model, split, self.cfg)
+        return correct / max(total, 1)
+
+    def global_tensors(self) -> dict[str, torch.Tensor]:
+        return dict(self.global_)
+
+    def server_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return dict(self.global_), {}
+
+    def load_server_state(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        self.global_ = dict(tensors)
+
+
+def trainable_count(model: Classifier) -> int:
+    params = dict(model.named_parameters())
+    return sum(params[n].numel() for n in trainable_names(model))
+
+
+registry.register(
+    "fedavg", lambda cfg, opts, nl, nc: FedAvg(cfg), None,
+    "FedAvg over LoRA + head (model.finetune = lora | full | head)",
+)

@@ -1,0 +1,65 @@
+"""FedPer (Arivazhagan et al. 2019): shared body, personal head.
+
+The body's trainable tensors (LoRA, or the full body) are FedAvg-ed; each client's classification
+head stays in its private memory and never leaves it. Personalised accuracy = global body + own
+head; there is no global model (acc_global is null).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fedfm.algorithms import registry
+from fedfm.algorithms.base import ClientContext, ClientMemory
+from fedfm.algorithms.fedavg import FedAvg, evaluate_on, train_on
+from fedfm.config import RunConfig
+from fedfm.data.federated import ClientData, Split
+from fedfm.messages import ClientTask, ClientUpdate
+from fedfm.models.classifier import Classifier, get_tensors, set_tensors
+
+
+def _split(tensors: dict[str, torch.Tensor]):
+    body = {k: v for k, v in tensors.items() if not k.startswith("head.")}
+    head = {k: v for k, v in tensors.items() if k.startswith("head.")}
+    return body, head
+
+
+class FedPer(FedAvg):
+    has_global_model = False
+
+    def __init__(self, cfg: RunConfig):
+        super().__init__(cfg, name="fedper")
+        self.init_head: dict[str, torch.Tensor] = {}
+
+    def prepare_model(self, model: Classifier) -> None:
+        super().prepare_model(model)
+        self.init_head = _split(get_tensors(model))[1]
+
+    def init_server(self, model: Classifier) -> None:
+        self.global_ = _split(get_tensors(model))[0]
+
+    def _load(self, model: Classifier, task: ClientTask, memory: ClientMemory) -> None:
+        set_tensors(model, dict(task.tensors))
+        set_tensors(model, memory.tensors or self.init_head)
+
+    def client_update(self, task: ClientTask, model: Classifier, data: ClientData,
+                      memory: ClientMemory, ctx: ClientContext) -> ClientUpdate:
+        self._load(model, task, memory)
+        loss = train_on(model, data, self.cfg, ctx)
+        body, head = _split(get_tensors(model))
+        memory.tensors = head
+        return ClientUpdate(task.round, task.client_id, len(data.train), body, {"loss": loss})
+
+    def client_evaluate(self, task: ClientTask, model: Classifier, data: ClientData,
+                        memory: ClientMemory, ctx: ClientContext) -> ClientUpdate:
+        self._load(model, task, memory)
+        correct, total = evaluate_on(model, data.test, self.cfg)
+        return ClientUpdate(task.round, task.client_id, total, {},
+                            {"correct": correct, "total": total})
+
+    def evaluate_global(self, model: Classifier, split: Split) -> float | None:
+        return None
+
+
+registry.register("fedper", lambda cfg, opts, nl, nc: FedPer(cfg), None,
+                  "FedPer: FedAvg body (LoRA), personal classification head kept on the client")

@@ -1,0 +1,112 @@
+"""The shared local-training loop, evaluation and weighted averaging that algorithms compose.
+
+Local objective (per batch):  L = CE(f(x), y) + extra(θ)   (extra: FedProx's proximal term, an
+MoE balance loss, ...). Optimiser: AdamW over the given parameter groups, fresh every round.
+`precision="bf16"` runs the forward under CPU autocast; master weights stay fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from fedfm.config import TrainConfig
+from fedfm.data.federated import Split
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # ids (B, T), mask (B, T), labels (B,)
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    loss: float
+    steps: int
+    examples: int
+
+
+def autocast(precision: str):
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def cross_entropy_loss(forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> LossFn:
+    """Loss of a logits-producing forward(ids, mask)."""
+    return lambda ids, mask, y: F.cross_entropy(forward(ids, mask).float(), y)
+
+
+def param_groups(named: Iterable[tuple[str, torch.nn.Parameter]], lr: float,
+                 head_lr: float | None) -> list[dict]:
+    """Split parameters into body and head groups (the head may use its own learning rate)."""
+    body, head = [], []
+    for name, p in named:
+        (head if name.startswith("head.") else body).append(p)
+    groups = [{"params": body, "lr": lr}] if body else []
+    if head:
+        groups.append({"params": head, "lr": head_lr or lr})
+    return groups
+
+
+def train_local(groups: list[dict], split: Split, loss_fn: LossFn, cfg: TrainConfig,
+                generator: torch.Generator,
+                extra_loss: Callable[[], torch.Tensor] | None = None) -> TrainStats:
+    """`cfg.local_epochs` passes over `split` (at most `cfg.max_steps` steps)."""
+    params = [p for g in groups for p in g["params"]]
+    if not params:
+        return TrainStats(0.0, 0, 0)
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    total, steps, seen = 0.0, 0, 0
+    for _ in range(cfg.local_epochs):
+        for ids, mask, y in split.batches(cfg.batch_size, generator):
+            with autocast(cfg.precision):
+                loss = loss_fn(ids, mask, y)
+            if extra_loss is not None:
+                loss = loss + extra_loss()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            total += float(loss.detach()) * len(y)
+            steps, seen = steps + 1, seen + len(y)
+            if cfg.max_steps is not None and steps >= cfg.max_steps:
+                return TrainStats(total / max(seen, 1), steps, seen)
+    return TrainStats(total / max(seen, 1), steps, seen)
+
+
+@torch.inference_mode()
+def count_correct(predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], split: Split,
+                  batch_size: int = 64, precision: str = "fp32") -> tuple[int, int]:
+    """(correct, total) of argmax predict(ids, mask) against the labels."""
+    correct = 0
+    for ids, mask, y in split.batches(batch_size):
+        with autocast(precision):
+            scores = predict(ids, mask)
+        correct += int((scores.argmax(-1) == y).sum())
+    return correct, len(split)
+
+
+def accuracy(predict, split: Split, batch_size: int = 64, precision: str = "fp32") -> float:
+    c, n = count_correct(predict, split, batch_size, precision)
+    return c / max(n, 1)
+
+
+def weighted_mean(tensor_sets: Sequence[dict[str, torch.Tensor]],
+                  weights: Sequence[float]) -> dict[str, torch.Tensor]:
+    """FedAvg: θ = Σ_k w_k θ_k / Σ_k w_k, key by key (all sets must share keys and shapes)."""
+    if not tensor_sets:
+        raise ValueError("nothing to average")
+    total = float(sum(weights))
+    if total <= 0:
+        raise ValueError("weights must sum to > 0")
+    out = {}
+    for key in tensor_sets[0]:
+        acc = torch.zeros_like(tensor_sets[0][key], dtype=torch.float64)
+        for ts, w in zip(tensor_sets, weights):
+            acc += ts[key].to(torch.float64) * (w / total)
+        out[key] = acc.to(tensor_sets[0][key].dtype)
+    return out

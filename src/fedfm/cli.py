@@ -1,0 +1,78 @@
+"""`fedfm` command line: run, list.
+
+Errors caused by the user's input print one paragraph and exit 2 (no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from fedfm.errors import FedfmError
+
+# Offline by design: never reach a model hub; silence Flower/Ray network calls if they start.
+for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "FLWR_TELEMETRY_ENABLED": "0",
+               "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_USAGE_STATS_ENABLED": "0",
+               "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}.items():
+    os.environ.setdefault(_k, _v)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fedfm.config import load_config
+    from fedfm.run import run
+
+    cfg = load_config(args.config, args.overrides)
+    summary = run(cfg, quiet=args.quiet)
+    keys = ("algorithm", "rounds", "acc_global", "acc_personal_mean", "bytes_up", "bytes_down",
+            "round_wall_s", "client_compute_s", "peak_rss_mb")
+    print(json.dumps({k: summary.get(k) for k in keys}))
+    print(f"run folder: {cfg.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from fedfm.algorithms import registry
+    from fedfm.data.datasets import DATASETS
+    from fedfm.data.partition import PARTITIONS
+    from fedfm.models.loading import MODELS
+
+    sections = [
+        ("algorithms", {n: registry.get(n).description for n in registry.names()}),
+        ("models", MODELS), ("data sets", DATASETS), ("partitioners", PARTITIONS),
+    ]
+    for title, items in sections:
+        print(f"{title}:")
+        for name, desc in items.items():
+            print(f"  {name:<12} {desc}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedfm", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run a federated fine-tuning config")
+    r.add_argument("config", help="a TOML config, e.g. configs/demo.toml")
+    r.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. data.alpha=0.1")
+    r.add_argument("--quiet", action="store_true", help="no live progress bar")
+    r.set_defaults(func=cmd_run)
+    ls = sub.add_parser("list", help="show algorithms, models, data sets, partitioners")
+    ls.set_defaults(func=cmd_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except FedfmError as e:
+        print(f"fedfm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fedfm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data sets (`datasets`), partitioners named by scheme (`partition`), per-client splits (`federated`)."""

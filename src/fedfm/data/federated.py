@@ -1,0 +1,108 @@
+"""Tokenised per-client data: train/test splits from each client's own distribution plus a pooled
+global test set. Tokenisation happens once per run, here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fedfm.data.datasets import TextDataset
+from fedfm.data.partition import partition
+from fedfm.errors import DataError
+
+
+@dataclass(frozen=True)
+class Split:
+    """Tokenised examples: input_ids, attention_mask (N, T) and labels (N,)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, idx) -> Split:
+        idx = torch.as_tensor(np.asarray(idx, dtype=np.int64))
+        return Split(self.input_ids[idx], self.attention_mask[idx], self.labels[idx])
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None):
+        """Yield (ids, mask, labels) batches, shuffled when a generator is given; each batch is
+        trimmed to its longest real sequence."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        for s in range(0, n, batch_size):
+            i = order[s : s + batch_size]
+            mask = self.attention_mask[i]
+            t = int(mask.sum(1).max())
+            yield self.input_ids[i, :t], mask[:, :t], self.labels[i]
+
+
+@dataclass(frozen=True)
+class ClientData:
+    client_id: int
+    train: Split
+    test: Split
+    task: str = "main"
+
+    def label_counts(self, num_labels: int) -> list[int]:
+        return torch.bincount(self.train.labels, minlength=num_labels).tolist()
+
+
+@dataclass(frozen=True)
+class FederatedData:
+    clients: list[ClientData]
+    global_test: Split
+    label_names: list[str]
+    tasks: dict[str, int] = field(default_factory=dict)  # task -> num_labels
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.clients)
+
+
+def _stratified_holdout(labels: np.ndarray, fraction: float, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out `fraction` of every class; returns (kept, held_out) sorted index arrays."""
+    held = []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        held += idx[: max(1, int(round(fraction * len(idx))))].tolist()
+    held_arr = np.array(sorted(held))
+    kept = np.setdiff1d(np.arange(len(labels)), held_arr)
+    return kept, held_arr
+
+
+def build_federated(ds: TextDataset, tokenizer, num_clients: int, scheme: str, seed: int,
+                    alpha: float = 0.5, shards_per_client: int = 2, min_examples: int = 4,
+                    client_test_fraction: float = 0.2, global_test_fraction: float = 0.2,
+                    max_examples: int | None = None) -> FederatedData:
+    """Split `ds` into a global test set and `num_clients` clients (each with train/test)."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(ds.labels)
+    pool = np.arange(len(labels))
+    if max_examples is not None and max_examples < len(labels):
+        pool = np.sort(rng.choice(len(labels), size=max_examples, replace=False))
+    kept, held = _stratified_holdout(labels[pool], global_test_fraction, rng)
+    kept, held = pool[kept], pool[held]
+    ids, mask = tokenizer(ds.texts)
+    full = Split(ids, mask, torch.tensor(ds.labels, dtype=torch.long))
+    parts = partition(labels[kept], num_clients, scheme, seed, alpha=alpha,
+                      shards_per_client=shards_per_client, min_size=min_examples)
+    clients = []
+    for cid, part in enumerate(parts):
+        idx = kept[part][rng.permutation(len(part))]
+        n_test = int(round(client_test_fraction * len(idx)))
+        if client_test_fraction > 0:
+            n_test = min(max(1, n_test), len(idx) - 1)
+        if len(idx) - n_test < 1:
+            raise DataError(f"client {cid} has no training example; lower data.num_clients.")
+        clients.append(ClientData(cid, full.subset(np.sort(idx[n_test:])),
+                                  full.subset(np.sort(idx[:n_test]))))
+    return FederatedData(clients, full.subset(held), list(ds.label_names),
+                         {"main": ds.num_labels})

