@@ -7,7 +7,6 @@ Client:  start from θ_t, run local epochs of AdamW on CE(f(x; θ), y) + extra(�
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
