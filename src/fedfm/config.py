@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fedfm.errors import ConfigError, choices
+from fedfm.resources import ResourcesConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -114,6 +115,7 @@ class RunConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """Raw per-algorithm sections ({"fedprox": {"mu": 0.01}}), validated by the registry."""
 
@@ -302,3 +304,4 @@ def check_values(cfg: RunConfig) -> None:
     for ok, message in rules:
         if not ok:
             raise ConfigError(message + ".")
+    cfg.resources.check(d.num_clients)
