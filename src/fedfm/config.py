@@ -103,6 +103,27 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class CommConfig:
+    """Wire format of tensors in messages (both directions), decoded back to fp32 on arrival.
+
+    dtype: fp32 (exact) | bf16 (half the bytes) | int8 (a quarter: q = round(x / s),
+    s = max|x| / 127 per tensor).
+    """
+
+    dtype: str = "fp32"
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """The embedded simulator. `memory_budget_mb`: RAM for clients' private tensors; beyond it
+    the least recently used clients are spilled to memory-mapped safetensors files in
+    `spill_dir` (default: a temporary folder). None = keep everything in RAM."""
+
+    memory_budget_mb: float | None = None
+    spill_dir: str | None = None
+
+
+@dataclass(frozen=True)
 class RunConfig:
     algorithm: str = "fedavg"
     rounds: int = 3
@@ -116,6 +137,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    comm: CommConfig = field(default_factory=CommConfig)
+    sim: SimConfig = field(default_factory=SimConfig)
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """Raw per-algorithm sections ({"fedprox": {"mu": 0.01}}), validated by the registry."""
 
@@ -300,6 +323,10 @@ def check_values(cfg: RunConfig) -> None:
         (cfg.model.pooling in ("mean", "cls"), "model.pooling must be mean or cls"),
         (cfg.eval.every >= 1, "eval.every must be >= 1"),
         (cfg.runtime in ("embedded", "flower"), f"runtime must be embedded or flower, not '{cfg.runtime}'"),
+        (cfg.comm.dtype in ("fp32", "bf16", "int8"),
+         f"comm.dtype must be fp32, bf16 or int8, not '{cfg.comm.dtype}'"),
+        (cfg.sim.memory_budget_mb is None or cfg.sim.memory_budget_mb >= 0,
+         "sim.memory_budget_mb must be >= 0 (or unset for no limit)"),
     ]
     for ok, message in rules:
         if not ok:
