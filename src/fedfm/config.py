@@ -20,6 +20,13 @@ from typing import Any
 
 from fedfm.errors import ConfigError, choices
 from fedfm.resources import ResourcesConfig
+from fedfm.reliability import (
+    AggregationConfig,
+    AvailabilityConfig,
+    CheckpointConfig,
+    DPConfig,
+    ValidationConfig,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -139,6 +146,11 @@ class RunConfig:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     comm: CommConfig = field(default_factory=CommConfig)
     sim: SimConfig = field(default_factory=SimConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    availability: AvailabilityConfig = field(default_factory=AvailabilityConfig)
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    dp: DPConfig = field(default_factory=DPConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """Raw per-algorithm sections ({"fedprox": {"mu": 0.01}}), validated by the registry."""
 
@@ -332,3 +344,5 @@ def check_values(cfg: RunConfig) -> None:
         if not ok:
             raise ConfigError(message + ".")
     cfg.resources.check(d.num_clients)
+    for section in (cfg.validation, cfg.availability, cfg.aggregation, cfg.dp, cfg.checkpoint):
+        section.check(d.num_clients)
