@@ -71,7 +71,11 @@ def load_hf_folder(folder: Path, num_layers: int | None, dropout: float = 0.0) -
             raise ConfigError(f"model.num_layers must be in 1..{spec.num_layers}, got {num_layers}.")
         spec = spec.truncated(num_layers)
     model = Bert(spec)
-    state = {k.removeprefix("bert."): v for k, v in load_file(str(weights)).items()}
+    try:
+        raw = load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error type on corrupt files
+        raise ConfigError(f"'{weights}' is not a readable safetensors file: {e}.") from None
+    state = {k.removeprefix("bert."): v for k, v in raw.items()}
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     if missing:
