@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from fedfm.comm import compress, decompress
 from fedfm.errors import PayloadError
 
 Tensors = Mapping[str, torch.Tensor]
@@ -55,14 +56,18 @@ def _blob(tensors: Tensors, meta: dict[str, Any]) -> bytes:
     return st_save(clean, metadata={"fedfm": text})
 
 
-def encode(msg: ClientTask | ClientUpdate) -> bytes:
+def encode(msg: ClientTask | ClientUpdate, dtype: str = "fp32") -> bytes:
+    """Message -> bytes; `dtype` (comm.dtype: fp32 | bf16 | int8) compresses the tensors."""
     if isinstance(msg, ClientTask):
         meta = {"type": "task", "round": msg.round, "client_id": msg.client_id,
                 "kind": msg.kind, "config": dict(msg.config)}
     else:
         meta = {"type": "update", "round": msg.round, "client_id": msg.client_id,
                 "num_examples": msg.num_examples, "metrics": dict(msg.metrics)}
-    return _blob(msg.tensors, meta)
+    tensors, codec = compress(msg.tensors, dtype)
+    if codec is not None:
+        meta["codec"] = codec
+    return _blob(tensors, meta)
 
 
 def read_header(blob: bytes) -> dict[str, Any]:
@@ -96,6 +101,7 @@ def decode(blob: bytes, max_bytes: int | None = None) -> ClientTask | ClientUpda
         tensors = st_load(blob)
     except Exception as e:  # safetensors raises its own SafetensorError
         raise PayloadError(f"payload tensors are corrupt: {e}") from None
+    tensors = decompress(tensors, meta.get("codec"))
     try:
         if meta["type"] == "task":
             return ClientTask(int(meta["round"]), int(meta["client_id"]), tensors,

@@ -9,7 +9,7 @@ from typing import Any
 from fedfm.config import RunConfig
 from fedfm.models.classifier import count_params
 from fedfm.probe import matmul_gflops, peak_rss_mb
-from fedfm.setup import build_world, set_threads
+from fedfm.setup import build_world, set_threads, thread_settings
 from fedfm.sim.rundir import RunDir
 from fedfm.sim.runner import EmbeddedRunner
 from fedfm.ui import Progress, round_line
@@ -63,7 +63,8 @@ def run(cfg: RunConfig, quiet: bool = False) -> dict[str, Any]:
             progress.end_round(round_line(row, cfg.rounds))
     run_dir.save_global(world.algorithm.global_tensors())
     summary = summarise(cfg, rows, runner, {
-        "trainable_params": trainable, "threads": threads, "setup_s": round(setup_s, 2),
+        "trainable_params": trainable, "threads": threads, **thread_settings(),
+        "comm_dtype": cfg.comm.dtype, **runner.store.stats(), "setup_s": round(setup_s, 2),
         "speed_probe_gflops": round(gflops, 1), "machine": platform.machine(),
         "num_clients": world.data.num_clients, "num_labels": world.data.num_labels,
     })

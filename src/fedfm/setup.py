@@ -27,11 +27,33 @@ class World:
     algorithm: Algorithm
 
 
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. a container's cpuset)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
 def set_threads(cfg: RunConfig) -> int:
-    """Explicit torch intra-op threads (default: the machine's cores)."""
-    n = cfg.train.threads or os.cpu_count() or 1
+    """Explicit torch threads: intra-op = `train.threads` or the available cores; inter-op = 1.
+
+    fedfm runs one op at a time (no torch.jit.fork / parallel graph branches), so inter-op
+    threads would only compete with the intra-op pool for the same cores. The inter-op pool can
+    only be sized before its first use; later calls keep what is there (see `thread_settings`).
+    """
+    n = cfg.train.threads or available_cores()
     torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set or already started in this process
+        pass
     return n
+
+
+def thread_settings() -> dict[str, int]:
+    """What torch actually uses (logged in summary.json)."""
+    return {"threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
+            "cores": available_cores()}
 
 
 def build_data(cfg: RunConfig, tokenizer) -> FederatedData:

@@ -18,20 +18,23 @@ from collections.abc import Callable
 from typing import Any
 
 from fedfm.algorithms.base import ClientContext
-from fedfm.messages import ClientTask, ClientUpdate, decode, encode
+from fedfm.messages import ClientTask, ClientUpdate
 from fedfm.probe import peak_rss_mb
 from fedfm.setup import World
-from fedfm.sim.seeds import derive_seed, sample_clients
+from fedfm.sim.clients import (
+    EVALUATE,
+    TRAIN,
+    Clients,
+    LocalClients,
+    client_context,
+    roundtrip,  # noqa: F401  (re-exported: the transport edge)
+)
+from fedfm.sim.seeds import sample_clients
 from fedfm.sim.store import ClientStore
 
 log = logging.getLogger("fedfm")
 
 ProgressHook = Callable[[str, int, int], None]  # (phase, done, total)
-
-
-def roundtrip(msg: ClientTask | ClientUpdate) -> tuple[Any, int]:
-    blob = encode(msg)
-    return decode(blob), len(blob)
 
 
 def check_update(update: ClientUpdate, task: ClientTask) -> str | None:
@@ -45,15 +48,17 @@ def check_update(update: ClientUpdate, task: ClientTask) -> str | None:
 
 class EmbeddedRunner:
     def __init__(self, world: World, store: ClientStore | None = None,
-                 progress: ProgressHook | None = None):
+                 progress: ProgressHook | None = None, clients: Clients | None = None):
         self.world, self.cfg = world, world.cfg
         self.algo = world.algorithm
-        self.store = store or ClientStore()
+        self.store = store or ClientStore.from_config(self.cfg.sim)
+        # where client halves run: here (default) or e.g. on Flower SuperNodes (fedfm.flower)
+        self.clients = clients or LocalClients(world, self.store, self.cfg.comm.dtype)
         self.progress = progress or (lambda phase, done, total: None)
         self.client_metrics: dict[int, dict[str, Any]] = {}
 
     def ctx(self, rnd: int, cid: int, phase: int) -> ClientContext:
-        return ClientContext(derive_seed(self.cfg.seed, rnd, cid, phase), rnd, cid)
+        return client_context(self.cfg.seed, rnd, cid, phase)
 
     def train_round(self, rnd: int) -> dict[str, Any]:
         """One federated round; returns its metrics (bytes, times, algorithm extras)."""
@@ -63,16 +68,10 @@ class EmbeddedRunner:
                                  self.cfg.sampling.min_clients, self.cfg.seed, rnd)
         tasks = self.algo.configure_train(rnd, clients)
         updates, up, down, compute, rejected = [], 0, 0, 0.0, 0
-        for i, task in enumerate(tasks):
-            task, n_down = roundtrip(task)
-            memory = self.store.get(task.client_id)
-            c0 = time.perf_counter()
-            update = self.algo.client_update(task, self.world.model, d.clients[task.client_id],
-                                             memory, self.ctx(rnd, task.client_id, 1))
-            compute += time.perf_counter() - c0
-            self.store.put(task.client_id, memory)
-            update, n_up = roundtrip(update)
-            down, up = down + n_down, up + n_up
+        for i, ex in enumerate(self.clients.exchange(tasks, rnd, TRAIN)):
+            task, update = ex.task, ex.reply
+            compute += ex.compute_s
+            down, up = down + ex.bytes_down, up + ex.bytes_up
             reason = check_update(update, task)
             if reason:
                 rejected += 1
@@ -92,15 +91,10 @@ class EmbeddedRunner:
         acc_global = self.algo.evaluate_global(self.world.model, d.global_test)
         tasks = self.algo.configure_evaluate(rnd, list(range(d.num_clients)))
         accs, eval_bytes, compute = [], 0, 0.0
-        for i, task in enumerate(tasks):
-            task, n = roundtrip(task)
-            c0 = time.perf_counter()
-            res = self.algo.client_evaluate(task, self.world.model, d.clients[task.client_id],
-                                            self.store.get(task.client_id),
-                                            self.ctx(rnd, task.client_id, 2))
-            compute += time.perf_counter() - c0
-            res, n2 = roundtrip(res)
-            eval_bytes += n + n2
+        for i, ex in enumerate(self.clients.exchange(tasks, rnd, EVALUATE)):
+            task, res = ex.task, ex.reply
+            compute += ex.compute_s
+            eval_bytes += ex.bytes_down + ex.bytes_up
             acc = res.metrics["correct"] / max(res.metrics["total"], 1)
             accs.append(acc)
             self.client_metrics[task.client_id] = {"acc_personal": acc, **{
