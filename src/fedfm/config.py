@@ -26,6 +26,7 @@ from fedfm.reliability import (
     CheckpointConfig,
     DPConfig,
     ValidationConfig,
+    check_reliability,
 )
 
 if sys.version_info >= (3, 11):
@@ -344,5 +345,4 @@ def check_values(cfg: RunConfig) -> None:
         if not ok:
             raise ConfigError(message + ".")
     cfg.resources.check(d.num_clients)
-    for section in (cfg.validation, cfg.availability, cfg.aggregation, cfg.dp, cfg.checkpoint):
-        section.check(d.num_clients)
+    check_reliability(cfg)

@@ -125,3 +125,12 @@ class CheckpointConfig:
     def check(self, num_clients: int = 0) -> None:
         _require([(self.every >= 1, "checkpoint.every must be >= 1"),
                   (self.keep >= 1, "checkpoint.keep must be >= 1")])
+
+
+def check_reliability(cfg) -> None:
+    """Check every issue-7 section of a RunConfig, and the rules between them."""
+    for section in (cfg.validation, cfg.availability, cfg.aggregation, cfg.dp, cfg.checkpoint):
+        section.check(cfg.data.num_clients)
+    if cfg.dp.enabled and cfg.aggregation.method != "mean":
+        raise ConfigError(f"dp.enabled needs aggregation.method = mean (the noise is calibrated "
+                          f"to the clipped mean), not '{cfg.aggregation.method}'.")

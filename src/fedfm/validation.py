@@ -148,9 +148,11 @@ def _decode(blob: bytes, cid: int) -> ClientUpdate | Rejection:
 
 def validate_update(blob_or_update: bytes | ClientUpdate, task: ClientTask,
                     cfg: ValidationConfig | None = None, expected: Schema | None = None,
-                    current_round: int | None = None) -> Verdict:
+                    current_round: int | None = None, nbytes: int | None = None) -> Verdict:
     """Check one client's answer to `task` (see the module docstring for the order).
 
+    blob_or_update: the raw bytes (preferred: the cap is checked before decoding), or an update
+    a transport already decoded, with `nbytes` = its wire length for the cap check.
     expected: the upload schema (default: the task's tensors' schema; use `expected_schema`).
     current_round: the round being aggregated (default: task.round); an update for another
     round is stale.
@@ -158,13 +160,14 @@ def validate_update(blob_or_update: bytes | ClientUpdate, task: ClientTask,
     cfg = cfg or ValidationConfig()
     cid = task.client_id
     expected = schema_of(task.tensors) if expected is None else expected
-    if isinstance(blob_or_update, (bytes, bytearray, memoryview)):
-        blob = bytes(blob_or_update)
-        cap = byte_cap(cfg, expected)
-        if len(blob) > cap:
-            return Verdict(None, Rejection(cid, f"payload of {len(blob)} bytes exceeds the cap "
-                                                f"of {cap} bytes (not decoded)"))
-        got = _decode(blob, cid)
+    is_blob = isinstance(blob_or_update, (bytes, bytearray, memoryview))
+    size = len(blob_or_update) if is_blob else nbytes
+    cap = byte_cap(cfg, expected)
+    if size is not None and size > cap:
+        return Verdict(None, Rejection(cid, f"payload of {size} bytes exceeds the cap of {cap} "
+                                            f"bytes (validation.max_update_bytes)"))
+    if is_blob:
+        got = _decode(bytes(blob_or_update), cid)
         if isinstance(got, Rejection):
             return Verdict(None, got)
         update = got
@@ -212,9 +215,9 @@ def _check_decoded(update: ClientUpdate, task: ClientTask, cfg: ValidationConfig
 
 def require_valid(blob_or_update: bytes | ClientUpdate, task: ClientTask,
                   cfg: ValidationConfig | None = None, expected: Schema | None = None,
-                  current_round: int | None = None) -> ClientUpdate:
+                  current_round: int | None = None, nbytes: int | None = None) -> ClientUpdate:
     """`validate_update` that raises UpdateRejected instead of returning a rejection."""
-    verdict = validate_update(blob_or_update, task, cfg, expected, current_round)
+    verdict = validate_update(blob_or_update, task, cfg, expected, current_round, nbytes)
     if verdict.rejection is not None:
         raise UpdateRejected(verdict.rejection)
     return verdict.update

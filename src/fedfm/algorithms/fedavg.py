@@ -12,13 +12,13 @@ from typing import Any
 import torch
 
 from fedfm.algorithms import registry
+from fedfm.algorithms.aggregation import aggregate_updates
 from fedfm.algorithms.base import ClientContext, ClientMemory
 from fedfm.algorithms.training import (
     count_correct,
     cross_entropy_loss,
     param_groups,
     train_local,
-    weighted_mean,
 )
 from fedfm.config import RunConfig
 from fedfm.data.federated import ClientData, Split
@@ -81,10 +81,10 @@ class FedAvg:
         return ClientUpdate(task.round, task.client_id, len(data.train), out, {"loss": loss})
 
     def aggregate_train(self, rnd: int, updates: list[ClientUpdate]) -> dict[str, Any]:
-        if updates:
-            self.global_ = weighted_mean([dict(u.tensors) for u in updates],
-                                         [u.num_examples for u in updates])
-        return {}
+        if not updates:
+            return {}
+        self.global_, extras = aggregate_updates(self.cfg, rnd, updates, self.global_)
+        return extras
 
     def configure_evaluate(self, rnd: int, clients: list[int]) -> list[ClientTask]:
         return [ClientTask(rnd, c, self.global_, kind="evaluate") for c in clients]

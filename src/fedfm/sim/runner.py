@@ -21,6 +21,7 @@ from fedfm.algorithms.base import ClientContext
 from fedfm.messages import ClientTask, ClientUpdate
 from fedfm.probe import peak_rss_mb
 from fedfm.setup import World
+from fedfm.sim.availability import Inbox
 from fedfm.sim.clients import (
     EVALUATE,
     TRAIN,
@@ -56,6 +57,8 @@ class EmbeddedRunner:
         self.clients = clients or LocalClients(world, self.store, self.cfg.comm.dtype)
         self.progress = progress or (lambda phase, done, total: None)
         self.client_metrics: dict[int, dict[str, Any]] = {}
+        # server side of uploads: dropouts, stragglers, validation (fedfm.sim.availability)
+        self.inbox = Inbox(self.cfg, self.algo, world.data.num_clients)
 
     def ctx(self, rnd: int, cid: int, phase: int) -> ClientContext:
         return client_context(self.cfg.seed, rnd, cid, phase)
@@ -67,22 +70,23 @@ class EmbeddedRunner:
         clients = sample_clients(d.num_clients, self.cfg.sampling.fraction,
                                  self.cfg.sampling.min_clients, self.cfg.seed, rnd)
         tasks = self.algo.configure_train(rnd, clients)
-        updates, up, down, compute, rejected = [], 0, 0, 0.0, 0
-        for i, ex in enumerate(self.clients.exchange(tasks, rnd, TRAIN)):
-            task, update = ex.task, ex.reply
+        live = self.inbox.open(rnd, tasks)  # dropouts; last round's stragglers -> stale
+        updates, up, down, compute = [], 0, 0, 0.0
+        for i, ex in enumerate(self.clients.exchange(live, rnd, TRAIN)):
             compute += ex.compute_s
             down, up = down + ex.bytes_down, up + ex.bytes_up
-            reason = check_update(update, task)
-            if reason:
-                rejected += 1
-                log.warning("round %d: rejected update of client %d: %s", rnd, task.client_id, reason)
-            else:
+            update = self.inbox.receive(rnd, ex.task, ex.reply, ex.bytes_up)  # fedfm.validation
+            if update is not None:
                 updates.append(update)
-            self.progress("train", i + 1, len(tasks))
-        extras = self.algo.aggregate_train(rnd, updates)
-        return {"clients": len(tasks), "rejected": rejected, "bytes_up": up, "bytes_down": down,
+            self.progress("train", i + 1, len(live))
+        if self.inbox.complete(rnd, len(updates), len(tasks)):
+            extras = self.algo.aggregate_train(rnd, updates)
+        else:
+            extras = {"skipped": True}
+        return {"clients": len(tasks), "bytes_up": up, "bytes_down": down,
                 "client_compute_s": compute, "round_wall_s": time.perf_counter() - t0,
-                "train_loss": _mean([u.metrics.get("loss") for u in updates]), **extras}
+                "train_loss": _mean([u.metrics.get("loss") for u in updates]),
+                **self.inbox.metrics(), **extras}
 
     def evaluate(self, rnd: int) -> dict[str, Any]:
         """Global accuracy (pooled test) and personalised accuracy (each client, own test)."""
