@@ -8,7 +8,7 @@ from fedfm.algorithms import registry
 from fedfm.run import run
 
 
-@pytest.mark.parametrize("algorithm", ["fedavg", "fedprox", "local", "fedper"])
+@pytest.mark.parametrize("algorithm", ["fedavg", "fedprox", "local", "fedper", "fedms"])
 def test_every_seed_algorithm_runs(tiny_cfg, algorithm):
     cfg = tiny_cfg(algorithm=algorithm)
     s = run(cfg, quiet=True)

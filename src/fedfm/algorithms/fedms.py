@@ -145,7 +145,7 @@ class FedMS:
 
     def init_server(self, model: Classifier) -> None:
         self.global_ = dict(self.init)
-        self.gate_ = {f"gate.{k}": v.detach().clone() for k, v in self.gate.state_dict().items()}
+        self.gate_ = {k: v.detach().clone() for k, v in self._gate_tensors().items()}
 
     def _global_part(self, blocks: set[int]) -> Tensors:
         """The global expert's head + the LoRA of `blocks` (what a client needs of it)."""
@@ -164,6 +164,22 @@ class FedMS:
                       "version": self.version}
             tasks.append(ClientTask(rnd, c, tensors, config))
         return tasks
+
+    def expected_update(self, task: ClientTask) -> dict[str, tuple[tuple[int, ...], Any]]:
+        """Upload schema (validation): the active LoRA + head in stage 1, the gate in stage 2
+        (plus the active global LoRA + head with `global_in_stage2`). Nothing else."""
+        names: list[str] = []
+        if task.config["stage"] == 1 or self.opts.global_in_stage2:
+            active = set(task.config["active"])
+            names = [f"backbone.{n}" for n in lora_param_names(self.tail.backbone, active)]
+            names += ["head.weight", "head.bias"]
+        ref = {**self.init, **(self._gate_tensors() if task.config["stage"] == 2 else {})}
+        if task.config["stage"] == 2:
+            names += [k for k in ref if k.startswith("gate.")]
+        return {n: (tuple(ref[n].shape), ref[n].dtype) for n in names}
+
+    def _gate_tensors(self) -> Tensors:
+        return {f"gate.{k}": v for k, v in self.gate.state_dict().items()}
 
     def aggregate_train(self, rnd: int, updates: list[ClientUpdate]) -> dict[str, Any]:
         stage = self.stage(rnd)
@@ -352,7 +368,7 @@ class FedMS:
         for n, t in leaves.items():
             memory.tensors[f"local.{n}"] = t.detach().clone()
         memory.state["local_blocks"] = sorted(l_blocks | active)
-        gate_out = {f"gate.{k}": v.detach().clone() for k, v in gate.state_dict().items()}
+        gate_out = {k: v.detach().clone() for k, v in self._gate_tensors().items()}
         return gate_out, {"loss": stats.loss, "prefix_cached": float(src.cache is not None),
                           "gate_local": float(torch.cat(g_sum).mean()) if g_sum else None}
 
