@@ -32,6 +32,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_resume(args: argparse.Namespace) -> int:
+    from fedfm.sim.checkpoint import resume_run
+
+    summary = resume_run(args.run_dir, args.overrides, quiet=args.quiet)
+    keys = ("algorithm", "rounds", "acc_global", "acc_personal_mean", "bytes_up", "bytes_down")
+    print(json.dumps({k: summary.get(k) for k in keys}))
+    print(f"run folder: {args.run_dir}", file=sys.stderr)
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from fedfm.algorithms import registry
     from fedfm.data.datasets import DATASETS
@@ -57,6 +67,11 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. data.alpha=0.1")
     r.add_argument("--quiet", action="store_true", help="no live progress bar")
     r.set_defaults(func=cmd_run)
+    rs = sub.add_parser("resume", help="continue a run folder from its last checkpoint")
+    rs.add_argument("run_dir", help="a run folder written with checkpoint.enabled=true")
+    rs.add_argument("overrides", nargs="*", help="must not change the config (else refused)")
+    rs.add_argument("--quiet", action="store_true", help="no live progress bar")
+    rs.set_defaults(func=cmd_resume)
     ls = sub.add_parser("list", help="show algorithms, models, data sets, partitioners")
     ls.set_defaults(func=cmd_list)
     return p

@@ -10,6 +10,7 @@ from fedfm.config import RunConfig
 from fedfm.models.classifier import count_params
 from fedfm.probe import matmul_gflops, peak_rss_mb
 from fedfm.setup import build_world, set_threads, thread_settings
+from fedfm.sim.checkpoint import Checkpointer
 from fedfm.sim.rundir import RunDir
 from fedfm.sim.runner import EmbeddedRunner
 from fedfm.ui import Progress, round_line
@@ -40,10 +41,11 @@ def summarise(cfg: RunConfig, rows: list[dict[str, Any]], runner: EmbeddedRunner
     return s
 
 
-def run(cfg: RunConfig, quiet: bool = False) -> dict[str, Any]:
-    """Train `cfg` on the embedded runtime; returns summary.json's content."""
+def run(cfg: RunConfig, quiet: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Train `cfg` on the embedded runtime; returns summary.json's content.
+    resume: continue the run in `cfg.out` from its last checkpoint (fedfm.sim.checkpoint)."""
     threads = set_threads(cfg)
-    run_dir = RunDir.create(cfg)
+    run_dir = RunDir(cfg.out) if resume else RunDir.create(cfg)
     gflops = matmul_gflops()
     t0 = time.perf_counter()
     world = build_world(cfg)
@@ -54,12 +56,15 @@ def run(cfg: RunConfig, quiet: bool = False) -> dict[str, Any]:
     rows = []
     with Progress(cfg.rounds, quiet) as progress:
         runner = EmbeddedRunner(world, progress=progress.clients)
-        for rnd in range(cfg.rounds):
+        ckpt = Checkpointer(run_dir.path, cfg)  # writes only with [checkpoint] enabled
+        start = ckpt.restore(runner, rows) if resume else 0
+        for rnd in range(start, cfg.rounds):
             progress.start_round(rnd)
             row = runner.run_round(rnd)
             row["trainable_params"] = trainable
             run_dir.append_metrics(row)
             rows.append(row)
+            ckpt.save(rnd + 1, runner, rows)
             progress.end_round(round_line(row, cfg.rounds))
     run_dir.save_global(world.algorithm.global_tensors())
     summary = summarise(cfg, rows, runner, {
