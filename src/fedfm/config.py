@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fedfm.errors import ConfigError, choices
+from fedfm.flower.options import FlowerConfig
 from fedfm.resources import ResourcesConfig
 from fedfm.reliability import (
     AggregationConfig,
@@ -152,6 +153,7 @@ class RunConfig:
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     dp: DPConfig = field(default_factory=DPConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    flower: FlowerConfig = field(default_factory=FlowerConfig)
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """Raw per-algorithm sections ({"fedprox": {"mu": 0.01}}), validated by the registry."""
 
@@ -345,4 +347,5 @@ def check_values(cfg: RunConfig) -> None:
         if not ok:
             raise ConfigError(message + ".")
     cfg.resources.check(d.num_clients)
+    cfg.flower.check()
     check_reliability(cfg)

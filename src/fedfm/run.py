@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fedfm.config import RunConfig
 from fedfm.models.classifier import count_params
 from fedfm.probe import matmul_gflops, peak_rss_mb
-from fedfm.setup import build_world, set_threads, thread_settings
+from fedfm.setup import World, build_world, set_threads, thread_settings
 from fedfm.sim.checkpoint import Checkpointer
+from fedfm.sim.clients import Clients
 from fedfm.sim.rundir import RunDir
 from fedfm.sim.runner import EmbeddedRunner
 from fedfm.ui import Progress, round_line
@@ -41,9 +43,16 @@ def summarise(cfg: RunConfig, rows: list[dict[str, Any]], runner: EmbeddedRunner
     return s
 
 
-def run(cfg: RunConfig, quiet: bool = False, resume: bool = False) -> dict[str, Any]:
+def run(cfg: RunConfig, quiet: bool = False, resume: bool = False,
+        transport: Callable[[World], Clients] | None = None) -> dict[str, Any]:
     """Train `cfg` on the embedded runtime; returns summary.json's content.
-    resume: continue the run in `cfg.out` from its last checkpoint (fedfm.sim.checkpoint)."""
+    resume: continue the run in `cfg.out` from its last checkpoint (fedfm.sim.checkpoint).
+    transport: where client halves run (default: in this process); `runtime = "flower"` runs
+    this same loop inside a Flower ServerApp with SuperNodes as clients (fedfm.flower)."""
+    if cfg.runtime == "flower" and transport is None:
+        from fedfm.flower.simulation import run_flower
+
+        return run_flower(cfg, quiet=quiet, resume=resume)
     threads = set_threads(cfg)
     run_dir = RunDir(cfg.out) if resume else RunDir.create(cfg)
     gflops = matmul_gflops()
@@ -55,7 +64,8 @@ def run(cfg: RunConfig, quiet: bool = False, resume: bool = False) -> dict[str, 
         {n: p for n, p in world.model.named_parameters() if p.requires_grad})
     rows = []
     with Progress(cfg.rounds, quiet) as progress:
-        runner = EmbeddedRunner(world, progress=progress.clients)
+        runner = EmbeddedRunner(world, progress=progress.clients,
+                                clients=transport(world) if transport else None)
         ckpt = Checkpointer(run_dir.path, cfg)  # writes only with [checkpoint] enabled
         start = ckpt.restore(runner, rows) if resume else 0
         for rnd in range(start, cfg.rounds):
@@ -69,8 +79,9 @@ def run(cfg: RunConfig, quiet: bool = False, resume: bool = False) -> dict[str, 
     run_dir.save_global(world.algorithm.global_tensors())
     summary = summarise(cfg, rows, runner, {
         "trainable_params": trainable, "threads": threads, **thread_settings(),
-        "comm_dtype": cfg.comm.dtype, **runner.store.stats(), "setup_s": round(setup_s, 2),
+        "runtime": cfg.runtime, "comm_dtype": cfg.comm.dtype, **runner.store.stats(), "setup_s": round(setup_s, 2),
         "speed_probe_gflops": round(gflops, 1), "machine": platform.machine(),
+        "wall_s": round(time.perf_counter() - t0, 2),  # setup + rounds + evaluation
         "num_clients": world.data.num_clients, "num_labels": world.data.num_labels,
     })
     run_dir.write_summary(summary)

@@ -71,9 +71,16 @@ def build_world(cfg: RunConfig) -> World:
     """Load the backbone (frozen), tokenise and partition the data, build the algorithm."""
     m = cfg.model
     backbone, folder = load_backbone(m.name, m.path, m.num_layers, cfg.seed, m.dropout)
-    freeze(backbone)
     data = build_data(cfg, load_tokenizer(folder, m.max_length))
-    model = Classifier(backbone, data.num_labels, m.pooling, cfg.seed)
+    return assemble_world(cfg, backbone, data)
+
+
+def assemble_world(cfg: RunConfig, backbone, data: FederatedData) -> World:
+    """Backbone (frozen here) + tokenised data -> classifier + prepared algorithm. Cheap and
+    deterministic from the seed, so a cached backbone/data (fedfm.flower.cache) gives the same
+    world as `build_world`."""
+    freeze(backbone)
+    model = Classifier(backbone, data.num_labels, cfg.model.pooling, cfg.seed)
     algorithm = build_algorithm(cfg, data.num_labels, data.num_clients)
     algorithm.prepare_model(model)
     return World(cfg, data, model, algorithm)

@@ -75,7 +75,8 @@ class EmbeddedRunner:
         for i, ex in enumerate(self.clients.exchange(live, rnd, TRAIN)):
             compute += ex.compute_s
             down, up = down + ex.bytes_down, up + ex.bytes_up
-            update = self.inbox.receive(rnd, ex.task, ex.reply, ex.bytes_up)  # fedfm.validation
+            # raw bytes: the size cap is checked before anything is decoded (fedfm.validation)
+            update = self.inbox.receive(rnd, ex.task, ex.reply_blob, ex.bytes_up)
             if update is not None:
                 updates.append(update)
             self.progress("train", i + 1, len(live))
