@@ -1,0 +1,138 @@
+"""LoRA training-step throughput on real all-MiniLM-L6-v2: fp32 vs bf16 autocast, as a share of
+the bf16 matmul peak measured in the same process.
+
+FLOP count: `torch.utils.flop_counter.FlopCounterMode` around one real step of fedfm's own loop
+(`train_local`, forward + backward): it counts the matmul-class ops actually dispatched (mm,
+addmm, bmm, scaled-dot-product attention, forward and backward: 2·m·n·k per matmul), nothing
+for elementwise ops, layer norms, softmax or the optimiser. With W frozen, the backward of a
+frozen linear layer computes only the input gradient, so a step is ~2x (not 3x) its forward.
+Throughput = counted FLOPs / median step time; peak = best (n x n) @ (n x n) bf16 GEMM.
+
+  python bench/step_throughput.py [--batch 16] [--seq 128] [--steps 6] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from fedfm.algorithms.training import cross_entropy_loss, param_groups, train_local
+from fedfm.config import TrainConfig
+from fedfm.data.federated import Split
+from fedfm.models.classifier import Classifier, freeze
+from fedfm.models.finetune import configure_finetune
+from fedfm.models.loading import load_backbone
+from fedfm.probe import matmul_gflops
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build_model() -> Classifier:
+    backbone, _ = load_backbone("minilm-l6", None, None, 0)
+    freeze(backbone)
+    model = Classifier(backbone, 5, "mean", 0)
+    configure_finetune(model, "lora", ("query", "value"), 8, 16.0, 0)
+    return model
+
+
+def frozen_to_bf16(model: Classifier) -> None:
+    """Store the frozen backbone in bf16 (trainable LoRA/head stay fp32 master weights)."""
+    for p in model.parameters():
+        if not p.requires_grad:
+            p.data = p.data.to(torch.bfloat16)
+
+
+def make_split(n: int, seq: int, seed: int = 0) -> Split:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, 30000, (n, seq), generator=g)
+    return Split(ids, torch.ones(n, seq, dtype=torch.long), torch.randint(0, 5, (n,), generator=g))
+
+
+def one_call(model: Classifier, split: Split, precision: str, steps: int, batch: int) -> float:
+    """Wall seconds of `steps` steps of fedfm's train_local (fwd + bwd + clip + AdamW)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    cfg = TrainConfig(batch_size=batch, lr=1e-4, max_steps=steps, precision=precision)
+    t0 = time.perf_counter()
+    train_local(param_groups(named, 1e-4, None), split, cross_entropy_loss(model), cfg,
+                torch.Generator().manual_seed(0))
+    return time.perf_counter() - t0
+
+
+def step_time(model, split, precision, batch, repeats) -> float:
+    one_call(model, split, precision, 1, batch)  # warm-up
+    return statistics.median(one_call(model, split, precision, 1, batch) for _ in range(repeats))
+
+
+def count_flops(model, split, precision, batch) -> int:
+    with FlopCounterMode(display=False) as fc:
+        one_call(model, split, precision, 1, batch)
+    return fc.get_total_flops()
+
+
+def profile_step(model, split, precision, batch, path: Path) -> dict[str, float]:
+    """torch.profiler over 3 steps; writes the top-op table, returns the time share by op kind."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        one_call(model, split, precision, 3, batch)
+    avgs = prof.key_averages()
+    path.write_text(avgs.table(sort_by="self_cpu_time_total", row_limit=25))
+    total = sum(e.self_cpu_time_total for e in avgs)
+    gemm = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product_flash_attention",
+            "aten::_flash_attention_backward", "aten::_scaled_dot_product_flash_attention_for_cpu",
+            "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
+    share = sum(e.self_cpu_time_total for e in avgs if e.key in gemm) / total
+    cast = sum(e.self_cpu_time_total for e in avgs if e.key in ("aten::copy_", "aten::_to_copy")) / total
+    return {"gemm_and_attention_share": share, "dtype_copy_share": cast}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--profile", action="store_true")
+    p.add_argument("--out", default=str(ROOT / "bench" / "reports" / "step_throughput.json"))
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    split = make_split(args.batch, args.seq)
+    peak = {d: max(matmul_gflops(n, 10, dt) for n in (1024, 2048))
+            for d, dt in (("bf16", torch.bfloat16), ("fp32", torch.float32))}
+    model = build_model()
+    res: dict = {"batch": args.batch, "seq": args.seq, "threads": args.threads, "peak_gflops": peak}
+    for label, precision, cast in (("fp32", "fp32", False), ("bf16", "bf16", False),
+                                   ("bf16+frozen-bf16", "bf16", True)):
+        m = model if not cast else _cast_copy()
+        flops = count_flops(m, split, precision, args.batch)
+        secs = step_time(m, split, precision, args.batch, args.repeats)
+        res[label] = {"flops": flops, "step_s": secs, "gflops": flops / secs / 1e9,
+                      "pct_bf16_peak": 100 * flops / secs / 1e9 / peak["bf16"]}
+        print(label, json.dumps(res[label]), flush=True)
+        if args.profile and precision == "bf16":
+            name = "profile_" + label.replace("+", "_") + ".txt"
+            res[label]["profile"] = profile_step(m, split, precision, args.batch,
+                                                 Path(args.out).parent / name)
+    peak2 = max(matmul_gflops(n, 10, torch.bfloat16) for n in (1024, 2048))
+    res["peak_gflops"]["bf16_after"] = peak2  # drift check: the machine is shared
+    res["bf16_speedup_vs_fp32"] = res["fp32"]["step_s"] / res["bf16"]["step_s"]
+    res["frozen_bf16_speedup_vs_bf16"] = res["bf16"]["step_s"] / res["bf16+frozen-bf16"]["step_s"]
+    Path(args.out).write_text(json.dumps(res, indent=2))
+    print(json.dumps({k: v for k, v in res.items() if not isinstance(v, dict)}, indent=2))
+    print("peak", peak, "after", peak2)
+
+
+def _cast_copy() -> Classifier:
+    m = build_model()
+    frozen_to_bf16(m)
+    return m
+
+
+if __name__ == "__main__":
+    main()
