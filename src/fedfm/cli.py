@@ -1,4 +1,4 @@
-"""`fedfm` command line: run, list.
+"""`fedfm` command line: run, list, bench, report.
 
 Errors caused by the user's input print one paragraph and exit 2 (no traceback).
 """
@@ -74,6 +74,9 @@ def parser() -> argparse.ArgumentParser:
     rs.set_defaults(func=cmd_resume)
     ls = sub.add_parser("list", help="show algorithms, models, data sets, partitioners")
     ls.set_defaults(func=cmd_list)
+    from fedfm.bench.cli import add_parsers as add_bench_parsers
+
+    add_bench_parsers(sub)  # bench SUITE.toml, report RUN_DIR...
     return p
 
 

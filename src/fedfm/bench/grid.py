@@ -1,0 +1,177 @@
+"""Run a suite's cells through the embedded runner: resumable, with a progress bar.
+
+A cell is finished when its folder holds summary.json and a config.json equal to the cell's
+config (ignoring `overwrite`); finished cells are skipped, anything else is (re)run from scratch.
+A failing cell is recorded (error.txt in its folder) and the grid goes on with the next one.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from fedfm.bench.suite import Cell, Suite
+from fedfm.ui import console
+
+BENCH_FILE = "bench.json"  # (suite, setting, label, seed) of a run made by `fedfm bench`
+
+
+@dataclass
+class GridResult:
+    ran: list[Cell] = field(default_factory=list)
+    skipped: list[Cell] = field(default_factory=list)
+    failed: list[tuple[Cell, str]] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    d = json.loads(json.dumps(config, default=str))  # tuples -> lists, as in config.json
+    d.pop("overwrite", None)
+    return d
+
+
+def is_finished(cell: Cell) -> bool:
+    folder = Path(cell.cfg.out)
+    try:
+        saved = json.loads((folder / "config.json").read_text())
+        json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return _comparable(saved) == _comparable(cell.cfg.to_dict())
+
+
+def write_bench_file(cell: Cell, suite: Suite, wall_s: float | None) -> None:
+    info = {"suite": suite.name, "setting": cell.setting, "setting_title":
+            suite.settings.get(cell.setting, cell.setting), "label": cell.label,
+            "seed": cell.seed, "cell_wall_s": None if wall_s is None else round(wall_s, 2),
+            "isolated": suite.isolate}
+    (Path(cell.cfg.out) / BENCH_FILE).write_text(json.dumps(info, indent=2))
+
+
+def _run_here(cell: Cell) -> str | None:
+    from fedfm.run import run
+
+    try:
+        run(cell.cfg, quiet=True)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # one broken cell must not stop a 45-minute grid
+        _fail(cell, traceback.format_exc())
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def _rounds_done(cell: Cell) -> int:
+    try:
+        with open(Path(cell.cfg.out) / "metrics.jsonl") as fh:
+            return sum(1 for line in fh if line.strip())
+    except OSError:
+        return 0
+
+
+def _run_isolated(cell: Cell, on_round: Callable[[int], None] | None) -> str | None:
+    """`python -m fedfm.bench.worker` on the cell's config; polls metrics.jsonl for progress."""
+    with tempfile.TemporaryDirectory(prefix="fedfm-cell-") as tmp:
+        spec, log = Path(tmp) / "cell.json", Path(tmp) / "stderr.txt"
+        spec.write_text(json.dumps(cell.cfg.to_dict(), default=str))
+        with log.open("w") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "fedfm.bench.worker", str(spec)],
+                                    stdout=subprocess.DEVNULL, stderr=err)
+            try:
+                while True:
+                    try:
+                        proc.wait(timeout=1.0)
+                        break
+                    except subprocess.TimeoutExpired:
+                        if on_round:
+                            on_round(_rounds_done(cell))
+            except BaseException:
+                proc.kill()
+                raise
+        if proc.returncode == 0:
+            return None
+        text = log.read_text()
+        _fail(cell, text)
+        lines = [x for x in text.splitlines() if x.strip()]
+        return lines[-1] if lines else f"worker exited with status {proc.returncode}"
+
+
+def _fail(cell: Cell, text: str) -> None:
+    folder = Path(cell.cfg.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "summary.json").unlink(missing_ok=True)
+    (folder / "error.txt").write_text(text)
+
+
+def run_cell(cell: Cell, suite: Suite,
+             on_round: Callable[[int], None] | None = None) -> tuple[dict[str, Any] | None, str | None]:
+    """Run one cell (in a fresh process when `suite.isolate`); (summary, None) or (None, error)."""
+    t0 = time.perf_counter()
+    error = _run_isolated(cell, on_round) if suite.isolate else _run_here(cell)
+    if error is not None:
+        return None, error
+    write_bench_file(cell, suite, time.perf_counter() - t0)
+    return json.loads((Path(cell.cfg.out) / "summary.json").read_text()), None
+
+
+def _line(cell: Cell, summary: dict[str, Any], wall: float) -> str:
+    def f(v):
+        return "  -  " if v is None else f"{v:.3f}"
+
+    return (f"[green]done[/] {cell.key:<40} acc_global {f(summary.get('acc_global'))}  "
+            f"acc_personal {f(summary.get('acc_personal_mean'))}  wall {wall:.0f}s")
+
+
+def run_grid(suite: Suite, cells: list[Cell], quiet: bool = False) -> GridResult:
+    """Run every unfinished cell of `cells` in order; one progress bar over the cells to run."""
+    result = GridResult()
+    todo = []
+    for c in cells:
+        if is_finished(c):
+            result.skipped.append(c)
+            if not (Path(c.cfg.out) / BENCH_FILE).exists():
+                write_bench_file(c, suite, None)
+        else:
+            todo.append(c)
+    if not quiet:
+        console.print(f"suite {suite.name}: {len(cells)} cells, {len(result.skipped)} finished "
+                      f"(skipped), {len(todo)} to run")
+    t_all = time.perf_counter()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    with Progress(*columns, console=console, disable=quiet) as bar:
+        task = bar.add_task("cells", total=len(todo))
+        for cell in todo:
+            bar.update(task, description=cell.key)
+            t0 = time.perf_counter()
+            summary, error = run_cell(cell, suite, lambda k, c=cell: bar.update(
+                task, description=f"{c.key} round {k}/{c.cfg.rounds}"))
+            if error is None:
+                result.ran.append(cell)
+                if not quiet:
+                    bar.console.print(_line(cell, summary, time.perf_counter() - t0))
+            else:
+                result.failed.append((cell, error))
+                if not quiet:
+                    bar.console.print(f"[red]FAILED[/] {cell.key}: {error} "
+                                      f"(traceback in {cell.cfg.out}/error.txt)")
+            bar.advance(task)
+    result.wall_s = time.perf_counter() - t_all
+    return result

@@ -1,0 +1,140 @@
+"""Markdown report of finished runs: one table + two plots per setting, machine and speed probe.
+
+Columns (per cell, over its seeds):
+    acc_global          global model on the pooled global test set (mean ± sample std over seeds;
+                        "-" when the algorithm has no global model, e.g. local-only)
+    acc_personal_mean   mean over clients of each client's accuracy on its own test split
+    up / down MB        exact encoded bytes over all rounds, client -> server / server -> client
+    compute s           sum of client_update times (all clients, all rounds)
+    compute s @ref      compute · (probe / probe_ref): compute rescaled to the report's median
+                        speed probe, so cells run while the machine was slower compare fairly
+    peak MB             peak resident memory of the run's process (max over seeds)
+    wall s              the run's wall time (setup + rounds + evaluation)
+    probe GFLOP/s       fp32 512x512 matmul speed measured at the start of the run
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import statistics
+from pathlib import Path
+from typing import Any
+
+from fedfm.bench.collect import Group, RunRecord, group_runs, mean_std
+
+COLUMNS = ("cell", "algorithm", "seeds", "acc_global", "acc_personal_mean", "up MB", "down MB",
+           "compute s", "compute s @ref", "peak MB", "wall s", "probe GFLOP/s")
+
+
+def _pm(values: list[Any], digits: int = 3) -> str:
+    mean, std, n = mean_std(values)
+    if mean is None:
+        return "-"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def _num(values: list[Any], digits: int = 1, agg=statistics.fmean) -> str:
+    vals = [float(v) for v in values if v is not None]
+    return f"{agg(vals):.{digits}f}" if vals else "-"
+
+
+def probe_ref(runs: list[RunRecord]) -> float | None:
+    probes = [r.summary.get("speed_probe_gflops") for r in runs]
+    probes = [float(p) for p in probes if p]
+    return statistics.median(probes) if probes else None
+
+
+def shared_process(runs: list[RunRecord]) -> bool:
+    """Run by `fedfm bench` with isolate = false: peak memory is the bench process's so far."""
+    return any(r.bench and r.bench.get("isolated") is False for r in runs)
+
+
+def table_row(g: Group, ref: float | None) -> list[str]:
+    s = [r.summary for r in g.runs]
+    scaled = [r.summary.get("client_compute_s", 0) * r.summary["speed_probe_gflops"] / ref
+              if ref and r.summary.get("speed_probe_gflops") else None for r in g.runs]
+    return [
+        g.label, g.algorithm, str(len(g.runs)),
+        _pm([x.get("acc_global") for x in s]), _pm([x.get("acc_personal_mean") for x in s]),
+        _num([x.get("bytes_up", 0) / 1e6 for x in s], 2),
+        _num([x.get("bytes_down", 0) / 1e6 for x in s], 2),
+        _num([x.get("client_compute_s") for x in s]), _num(scaled),
+        _num([x.get("peak_rss_mb") for x in s], 0, max) + ("*" if shared_process(g.runs) else ""),
+        _num([r.wall_s for r in g.runs]),
+        _num([x.get("speed_probe_gflops") for x in s]),
+    ]
+
+
+def markdown_table(header: tuple[str, ...], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def describe_config(c: dict[str, Any]) -> str:
+    """One line naming what the runs of a setting share (from the first run's config.json)."""
+    m, d, t = c.get("model", {}), c.get("data", {}), c.get("train", {})
+    parts = [f"model {m.get('name')} ({m.get('finetune')}, max_length {m.get('max_length')})",
+             f"data {d.get('name')} {d.get('partition')}"
+             + (f" α={d.get('alpha')}" if d.get("partition") in ("dirichlet", "quantity") else ""),
+             f"{d.get('num_clients')} clients (fraction {c.get('sampling', {}).get('fraction')})",
+             f"{c.get('rounds')} rounds", f"{t.get('precision')}", f"batch {t.get('batch_size')}"]
+    if d.get("max_examples"):
+        parts.append(f"max_examples {d['max_examples']}")
+    if t.get("max_steps"):
+        parts.append(f"max_steps {t['max_steps']}")
+    if c.get("resources", {}).get("tiers"):
+        parts.append(f"tiers {c['resources']['tiers']}")
+    return ", ".join(parts)
+
+
+def machine_line(runs: list[RunRecord]) -> str:
+    import torch
+
+    threads = sorted({r.summary.get("threads") for r in runs if r.summary.get("threads")})
+    probes = [float(r.summary["speed_probe_gflops"]) for r in runs
+              if r.summary.get("speed_probe_gflops")]
+    line = (f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, torch "
+            f"{torch.__version__}, torch threads {', '.join(map(str, threads)) or '?'}")
+    if probes:
+        lo, hi = min(probes), max(probes)
+        line += (f". Speed probe (fp32 512² matmul): {lo:.0f}–{hi:.0f} GFLOP/s over "
+                 f"{len(probes)} runs (median {statistics.median(probes):.0f})")
+        if hi > 1.5 * lo:
+            line += (f"; the machine's speed drifted {hi / lo:.1f}x during these runs: compare "
+                     f"times with the `@ref` column and ratios, not absolute seconds")
+    return line + "."
+
+
+def write_report(runs: list[RunRecord], out: Path, title: str, command: str | None = None,
+                 titles: dict[str, str] | None = None,
+                 failed: list[tuple[str, str]] | None = None) -> Path:
+    """Write `out` (markdown) and its PNGs (`<stem>-<setting>-rounds.png`, `-bytes.png`)."""
+    from fedfm.bench.plots import plot_bytes, plot_rounds
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ref = probe_ref(runs)
+    lines = [f"# {title}", "",
+             f"Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC from {len(runs)} "
+             f"finished runs." + (f" Command: `{command}`." if command else ""), "",
+             f"Machine: {machine_line(runs)}", ""]
+    for setting, groups in group_runs(runs).items():
+        name = (titles or {}).get(setting, setting)
+        lines += [f"## {name}" + (f" (`{setting}`)" if name != setting else ""), "",
+                  f"Config: {describe_config(groups[0].runs[0].config)}.", "",
+                  markdown_table(COLUMNS, [table_row(g, ref) for g in groups]), ""]
+        for kind, plot in (("rounds", plot_rounds), ("bytes", plot_bytes)):
+            png = plot(groups, out.parent / f"{out.stem}-{setting}-{kind}.png", name)
+            if png is not None:
+                lines += [f"![{name}: accuracy vs {kind}]({png.name})", ""]
+    if shared_process(runs):
+        lines += ["\\* peak MB of a cell run inside the bench process (suite `isolate = false`): "
+                  "the process's peak so far, an upper bound, not the cell's own.", ""]
+    if failed:
+        lines += ["## Failed cells", ""] + [f"- `{k}`: {msg}" for k, msg in failed] + [""]
+    lines += ["## Columns", "", "```", (__doc__ or "").split("Columns (per cell, over its seeds):")
+              [-1].strip("\n"), "```", ""]
+    out.write_text("\n".join(lines))
+    return out
