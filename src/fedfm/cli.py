@@ -42,6 +42,15 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from fedfm.export import export
+
+    report = export(args.run_dir, args.budget, args.out, shape=args.shape, overwrite=args.overwrite)
+    print(json.dumps(report))
+    print(f"export folder: {args.out}", file=sys.stderr)
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from fedfm.algorithms import registry
     from fedfm.data.datasets import DATASETS
@@ -74,6 +83,14 @@ def parser() -> argparse.ArgumentParser:
     rs.set_defaults(func=cmd_resume)
     ls = sub.add_parser("list", help="show algorithms, models, data sets, partitioners")
     ls.set_defaults(func=cmd_list)
+    ex = sub.add_parser("export", help="cut a budget-sized subnetwork of a run as a HF folder")
+    ex.add_argument("run_dir", help="a finished raffm / heterofl / fedavg(full) run folder")
+    ex.add_argument("--budget", type=float, required=True, help="fraction of block params")
+    ex.add_argument("--out", required=True, help="folder to write (HF checkpoint + head)")
+    ex.add_argument("--shape", default="bert", choices=["bert", "elastic"],
+                    help="bert: vanilla BertConfig (FFN cut); elastic: heads+FFN (fedfm only)")
+    ex.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    ex.set_defaults(func=cmd_export)
     from fedfm.bench.cli import add_parsers as add_bench_parsers
 
     add_bench_parsers(sub)  # bench SUITE.toml, report RUN_DIR...
