@@ -75,8 +75,9 @@ class Gate(nn.Module):
         return h + self.up(F.gelu(self.down(h)))  # (B, H)
 
     def forward(self, h: torch.Tensor) -> GateOutput:
-        scores = self.head(self.adapter(h.float())) / self.tau  # (B, 2)
-        log_g = F.log_softmax(scores, dim=-1)
+        with torch.autocast("cpu", enabled=False):  # tiny: fp32 so small moves of g register
+            scores = self.head(self.adapter(h.float())) / self.tau  # (B, 2)
+            log_g = F.log_softmax(scores, dim=-1)
         return GateOutput(log_g, log_g.exp())
 
 
