@@ -1,0 +1,337 @@
+"""FedMoE (Mei et al. 2024, arXiv 2408.11304): personalised FL with heterogeneous sub-MoEs.
+
+The dense backbone becomes an MoE (models/moe.py: MoEfication by default). Trainable: LoRA on
+attention (model.lora_targets, shared), LoRA on every expert (one per expert), the router rows,
+and one classification head per task. Each client k has a memory budget M_k (resources,
+unit = "memory", a fraction of the full MoE's training memory, see submoe.py).
+
+Stage 1 (rounds < profile_rounds): clients that can hold the full MoE train it and report
+  p[i, j] = share of token->expert assignments of block i to expert j (their validation data).
+  Then per client: p_k = its report, else the example-weighted mean p of same-task reporters;
+  theta_k = the largest theta whose per-block cumulative-p selection fits alpha · M_k.
+Stage 2: client k gets dense tensors + its experts (+ their router rows) + its task's head;
+  local loss = CE + balance_coef · Σ_blocks aux;  modular aggregation: dense by FedAvg, each
+  expert over its holders only, unheld experts unchanged; heads over same-task clients.
+  Expert recommendation (expert_rec.py) for clients whose validation accuracy stalls.
+randomMoE (randommoe.py) = the same machinery with random expert sets of the same memory budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedfm.algorithms import registry
+from fedfm.algorithms.base import ClientContext, ClientMemory
+from fedfm.algorithms.expert_rec import RecState, observe, recommend, reference_set
+from fedfm.algorithms.submoe import (
+    MemoryModel, Plan, all_held, build_submoe, estimate_shares, modular_aggregate, read_flat,
+    search_threshold, select_keys, submodel_memory, to_flat, write_flat,
+)
+from fedfm.algorithms.training import (
+    count_correct, cross_entropy_loss, param_groups, train_local,
+)
+from fedfm.config import RunConfig
+from fedfm.data.federated import ClientData, Split
+from fedfm.errors import ConfigError
+from fedfm.messages import ClientTask, ClientUpdate, payload_bytes
+from fedfm.models.classifier import Classifier, freeze, get_tensors
+from fedfm.models.lora import inject_lora
+from fedfm.models.moe import BUILDS, activation_shares, aux_loss, set_held, to_moe
+from fedfm.resources import client_profiles
+
+MiB = 2**20
+
+
+@dataclass(frozen=True)
+class FedMoEOptions:
+    num_experts: int = 8  # experts per MoE block
+    top_k: int = 2  # experts per token
+    build: str = "moefy"  # moefy (split FFN neurons) | upcycle (copy the FFN)
+    expert_lora_rank: int = 8  # LoRA rank on each expert's two matrices
+    balance_coef: float = 0.01  # weight of the load-balancing loss
+    profile_rounds: int = 1  # stage 1 rounds (full-MoE clients profile p)
+    alpha: float = 0.9  # stage 1 selection must fit alpha · memory budget
+    references: int = 3  # K: size of the reference set for expert recommendation
+    patience: int = 1  # non-improving validations before a recommendation
+    recommend: bool = True
+    val_fraction: float = 0.2  # of each client's train split, for validation and p
+    min_experts: int = 1  # per block
+
+    def check(self) -> None:
+        rules = [
+            (self.num_experts >= 1, "num_experts must be >= 1"),
+            (1 <= self.top_k <= self.num_experts, "top_k must be in 1..num_experts"),
+            (self.build in BUILDS, f"build must be one of {', '.join(BUILDS)}"),
+            (self.expert_lora_rank >= 1, "expert_lora_rank must be >= 1"),
+            (self.balance_coef >= 0, "balance_coef must be >= 0"),
+            (self.profile_rounds >= 0, "profile_rounds must be >= 0"),
+            (0 < self.alpha <= 1, "alpha must be in (0, 1]"),
+            (self.references >= 1, "references must be >= 1"),
+            (self.patience >= 1, "patience must be >= 1"),
+            (0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)"),
+            (1 <= self.min_experts <= self.num_experts, "min_experts must be in 1..num_experts"),
+        ]
+        for ok, msg in rules:
+            if not ok:
+                raise ConfigError(f"[fedmoe/randommoe] {msg}.")
+
+
+def split_val(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """(train', val): a fixed `fraction` of the client's train split, seeded per client.
+    Clients with fewer than 5 examples validate on their training data."""
+    n = len(train)
+    n_val = int(round(fraction * n))
+    if n < 5 or n_val < 1:
+        return train, train
+    perm = np.random.default_rng(seed).permutation(n)
+    return train.subset(np.sort(perm[n_val:])), train.subset(np.sort(perm[:n_val]))
+
+
+def _head_key(task: str, key: str) -> str:
+    return f"task[{task}].{key}"
+
+
+class FedMoE:
+    """Both halves of FedMoE; `planner` = "profile" (FedMoE) or "random" (randomMoE)."""
+
+    has_global_model = False
+
+    def __init__(self, cfg: RunConfig, opts: FedMoEOptions, num_clients: int,
+                 name: str = "fedmoe", planner: str = "profile"):
+        if cfg.model.finetune != "lora":
+            raise ConfigError(f"{name} trains LoRA adapters: set model.finetune = \"lora\".")
+        res = cfg.resources
+        if (res.tiers or res.per_client) and res.unit != "memory":
+            raise ConfigError(f"{name} reads memory budgets: set resources.unit = \"memory\".")
+        self.cfg, self.opts, self.name, self.planner = cfg, opts, name, planner
+        self.budgets = [p.budget for p in client_profiles(res, num_clients, cfg.seed)]
+        self.flat: dict[str, torch.Tensor] = {}
+        self.init_head: dict[str, torch.Tensor] = {}
+        self.task_of: dict[int, str] = {}
+        self.reports: dict[int, tuple[torch.Tensor, int, str]] = {}
+        self.latest_p: dict[int, torch.Tensor] = {}
+        self.plans: dict[int, Plan] = {}
+        self.measured: dict[int, int] = {}
+        self.rec: dict[int, RecState] = {}
+
+    # ---------------------------------------------------------------- model
+    def prepare_model(self, model: Classifier) -> None:
+        o, m = self.opts, self.cfg.model
+        to_moe(model.backbone, o.num_experts, o.top_k, o.build, self.cfg.seed)
+        freeze(model.backbone)
+        inject_lora(model.backbone, m.lora_targets, m.lora_rank, m.lora_alpha, self.cfg.seed)
+        scale = m.lora_alpha / m.lora_rank
+        inject_lora(model.backbone, ("dense_in", "dense_out"), o.expert_lora_rank,
+                    scale * o.expert_lora_rank, self.cfg.seed + 1)
+        for blk in model.backbone.layers:
+            blk.moe.router.weight.requires_grad_(True)
+        self.mem = MemoryModel.of(model)
+        self.model = model
+        flat = to_flat(get_tensors(model))
+        self.init_head = {k: v for k, v in flat.items() if k.startswith("head.")}
+        self.shape = (len(model.backbone.layers), o.num_experts)
+
+    def init_server(self, model: Classifier) -> None:
+        self.flat = {k: v for k, v in to_flat(get_tensors(model)).items()
+                     if not k.startswith("head.")}
+
+    def limit(self, cid: int, alpha: float) -> float:
+        return alpha * self.budgets[cid] * self.mem.full
+
+    # ---------------------------------------------------------------- server: plans
+    def stage(self, rnd: int) -> int:
+        return 1 if self.planner == "profile" and rnd < self.opts.profile_rounds else 2
+
+    def held_of(self, cid: int, rnd: int) -> list[list[int]] | None:
+        """The client's experts this round (None: it sits stage 1 out)."""
+        if self.stage(rnd) == 1:
+            return all_held(self.model) if self.budgets[cid] >= 1.0 else None
+        if not self.plans:
+            self._plan_all()
+        return self.plans[cid].held
+
+    def _plan_all(self) -> None:
+        for cid in range(len(self.budgets)):
+            if self.planner == "random":
+                plan = self._random_plan(cid)
+            else:
+                p = self.reports[cid][0] if cid in self.reports else estimate_shares(
+                    self.reports, self.task_of.get(cid, "main"), self.shape)
+                self.latest_p[cid] = p
+                plan = search_threshold(p, self.mem, self.limit(cid, self.opts.alpha),
+                                        self.opts.min_experts)
+            self._set_plan(cid, plan)
+
+    def _set_plan(self, cid: int, plan: Plan) -> None:
+        measured = submodel_memory(build_submoe(self.model, plan.held))
+        if measured != plan.memory:
+            raise RuntimeError(f"memory model {plan.memory} != built submodel {measured} bytes")
+        self.plans[cid], self.measured[cid] = plan, measured
+
+    def _random_plan(self, cid: int) -> Plan:
+        """Random experts, spread evenly over blocks, as many as fit alpha · M_k."""
+        rng = np.random.default_rng([self.cfg.seed, cid, 0x4A3])
+        blocks, e = self.shape
+        orders = [rng.permutation(e).tolist() for _ in range(blocks)]
+        limit = self.limit(cid, self.opts.alpha)
+        for n in range(blocks * e, blocks * self.opts.min_experts - 1, -1):
+            held = [sorted(o[: n // blocks + (i < n % blocks)]) for i, o in enumerate(orders)]
+            if self.mem.cost(held) <= limit:
+                return Plan(1.0, held, self.mem.cost(held), True)
+        held = [sorted(o[: self.opts.min_experts]) for o in orders]
+        return Plan(1.0, held, self.mem.cost(held), False)
+
+    # ---------------------------------------------------------------- server: tasks
+    def _payload(self, cid: int, held) -> dict[str, torch.Tensor]:
+        task = self.task_of.get(cid, "main")
+        out = {k: self.flat[k] for k in select_keys(self.flat, held) if not k.startswith("task[")}
+        for k, v in self.init_head.items():
+            out[k] = self.flat.get(_head_key(task, k), v)
+        return out
+
+    def _task(self, rnd: int, cid: int, kind: str) -> ClientTask:
+        held = self.held_of(cid, rnd)
+        if held is None:
+            if kind == "train":
+                return ClientTask(rnd, cid, {}, {"phase": "idle"})
+            held = all_held(self.model)  # stage 1 evaluation: the full MoE, for reference only
+        plan = self.plans.get(cid)
+        cfg = {"phase": f"stage{self.stage(rnd)}", "held": held,
+               "theta": plan.theta if plan else None,
+               "memory": self.measured.get(cid, self.mem.cost(held))}
+        return ClientTask(rnd, cid, self._payload(cid, held), cfg, kind)
+
+    def configure_train(self, rnd: int, clients: list[int]) -> list[ClientTask]:
+        return [self._task(rnd, c, "train") for c in clients]
+
+    def configure_evaluate(self, rnd: int, clients: list[int]) -> list[ClientTask]:
+        return [self._task(rnd, c, "evaluate") for c in clients]
+
+    # ---------------------------------------------------------------- client half
+    def _load(self, task: ClientTask, model: Classifier) -> None:
+        write_flat(model, dict(task.tensors))
+        set_held(model, task.config["held"])
+
+    def client_update(self, task: ClientTask, model: Classifier, data: ClientData,
+                      memory: ClientMemory, ctx: ClientContext) -> ClientUpdate:
+        n = len(data.train)
+        if task.config.get("phase") == "idle":
+            return ClientUpdate(task.round, task.client_id, n, {}, {"task": data.task})
+        self._load(task, model)
+        train, val = split_val(data.train, self.opts.val_fraction,
+                               self.cfg.seed * 7919 + task.client_id)
+        named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
+        extra = (lambda: self.opts.balance_coef * aux_loss(model)) if self.opts.balance_coef else None
+        stats = train_local(param_groups(named, self.cfg.train.lr, self.cfg.train.head_lr), train,
+                            cross_entropy_loss(model), self.cfg.train, ctx.generator(), extra)
+        correct, total = count_correct(model, val, self.cfg.eval.batch_size, self.cfg.train.precision)
+        p = activation_shares(model, model, val.batches(self.cfg.eval.batch_size))
+        out = read_flat(model, list(task.tensors))
+        memory.state["bytes_sent"] = memory.state.get("bytes_sent", 0) + payload_bytes(out)
+        metrics = {"loss": stats.loss, "val_acc": correct / max(total, 1), "task": data.task,
+                   "p": p.tolist(), "phase": task.config["phase"]}
+        return ClientUpdate(task.round, task.client_id, n, out, metrics)
+
+    def client_evaluate(self, task: ClientTask, model: Classifier, data: ClientData,
+                        memory: ClientMemory, ctx: ClientContext) -> ClientUpdate:
+        self._load(task, model)
+        correct, total = count_correct(model, data.test, self.cfg.eval.batch_size,
+                                       self.cfg.train.precision)
+        held = task.config["held"]
+        return ClientUpdate(task.round, task.client_id, total, {}, {
+            "correct": correct, "total": total, "task": data.task,
+            "experts_per_layer": [len(h) for h in held], "experts": sum(map(len, held)),
+            "memory_mb": round(task.config["memory"] / MiB, 3), "theta": task.config["theta"],
+            "bytes_sent": memory.state.get("bytes_sent", 0)})
+
+    # ---------------------------------------------------------------- server: aggregation
+    def aggregate_train(self, rnd: int, updates: list[ClientUpdate]) -> dict[str, Any]:
+        trained = []
+        for u in updates:
+            self.task_of[u.client_id] = str(u.metrics.get("task", "main"))
+            if not u.tensors:
+                continue
+            task = self.task_of[u.client_id]
+            tensors = {(_head_key(task, k) if k.startswith("head.") else k): v
+                       for k, v in u.tensors.items()}
+            trained.append((tensors, float(u.num_examples)))
+            p = torch.tensor(u.metrics["p"], dtype=torch.float64)
+            if self.stage(rnd) == 1:
+                self.reports[u.client_id] = (p, u.num_examples, task)
+            self.latest_p[u.client_id] = p
+        self.flat = modular_aggregate(self.flat, trained)
+        out: dict[str, Any] = {"stage": self.stage(rnd), "trained_clients": len(trained)}
+        if self.stage(rnd) == 2 and self.planner == "profile" and self.opts.recommend:
+            out.update(self._recommend(updates))
+        return out
+
+    def _recommend(self, updates: list[ClientUpdate]) -> dict[str, int]:
+        counts = {"accept": 0, "revert": 0, "recommend": 0}
+        for u in updates:
+            if not u.tensors:
+                continue
+            cid, st = u.client_id, self.rec.setdefault(u.client_id, RecState())
+            action = observe(st, float(u.metrics["val_acc"]), self.opts.patience)
+            if action == "revert":
+                self._set_plan(cid, self._plan_for(st.trial_prev))
+                st.trial_prev = st.trial_score = None
+            elif action == "recommend":
+                action = self._try_change(cid, st, float(u.metrics["val_acc"]))
+            if action in counts:
+                counts[action] += 1
+                st.changes.append(action)
+        return {f"rec_{k}": v for k, v in counts.items()}
+
+    def _plan_for(self, held) -> Plan:
+        return Plan(-1.0, held, self.mem.cost(held), True)
+
+    def _try_change(self, cid: int, st: RecState, score: float) -> str:
+        refs = reference_set(cid, self.latest_p, self.opts.references)
+        old = self.plans[cid].held
+        ref_sets = [(self.latest_p[j], self.plans[j].held, s) for j, s in refs]
+        new = recommend(old, ref_sets)
+        limit = self.limit(cid, 1.0)  # stage 2 may use the headroom alpha left
+        while new != old and self.mem.cost(new) > limit:
+            new = _drop_last_added(new, old, self.latest_p[cid])
+        if new == old:
+            return "none"
+        st.trial_prev, st.trial_score = old, score
+        self._set_plan(cid, self._plan_for(new))
+        return "recommend"
+
+    # ---------------------------------------------------------------- misc
+    def evaluate_global(self, model: Classifier, split: Split) -> float | None:
+        return None
+
+    def global_tensors(self) -> dict[str, torch.Tensor]:
+        return dict(self.flat)
+
+    def server_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        plans = {str(c): {"theta": p.theta, "held": p.held, "fits": p.fits}
+                 for c, p in self.plans.items()}
+        return dict(self.flat), {"plans": plans, "task_of": {str(k): v for k, v in self.task_of.items()}}
+
+    def load_server_state(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        self.flat = dict(tensors)
+        self.task_of = {int(k): v for k, v in state.get("task_of", {}).items()}
+        for c, p in state.get("plans", {}).items():
+            self._set_plan(int(c), Plan(p["theta"], p["held"], self.mem.cost(p["held"]), p["fits"]))
+
+
+def _drop_last_added(new, old, p: torch.Tensor):
+    """Remove the added expert with the lowest p (to fit the budget)."""
+    added = [(float(p[i, e]), i, e) for i, h in enumerate(new) for e in h if e not in old[i]]
+    if not added:
+        return old
+    _, i, e = min(added)
+    return [[x for x in h if not (j == i and x == e)] for j, h in enumerate(new)]
+
+
+registry.register(
+    "fedmoe", lambda cfg, opts, nl, nc: FedMoE(cfg, opts, nc), FedMoEOptions,
+    "FedMoE: MoE backbone, activation-profiled sub-MoE per client, modular aggregation",
+)
