@@ -14,7 +14,7 @@ from typing import Any
 from fedfm.config import RunConfig, from_dict
 from fedfm.errors import ConfigError, choices
 
-MODULES = ["fedavg", "fedprox", "local", "fedper", "fedms", "raffm", "heterofl"]
+MODULES = ["fedavg", "fedprox", "local", "fedper", "fedms", "raffm", "heterofl", "fedmoe", "randommoe"]
 
 
 @dataclass(frozen=True)
