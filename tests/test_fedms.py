@@ -197,3 +197,18 @@ def test_tail_names_match_the_classifier(tiny_cfg):
     w = world(tiny_cfg)
     names = {n for n, _ in Tail(w.model.backbone, w.model.head, "mean").named_parameters()}
     assert names == {n for n, _ in w.model.named_parameters()}
+
+
+@pytest.mark.parametrize("opts", [
+    {"fedms.order": "random", "fedms.inactive": "frozen", "fedms.budget_k": True,
+     "resources.per_client": [0.5, 1.0, 0.5, 1.0]},
+    {"fedms.order": "bottom-up", "fedms.growth": "linear", "fedms.cache": False,
+     "fedms.gate_input": "global", "fedms.local_ce_weight": 0.5},
+    {"fedms.sal_stage2": False, "fedms.global_in_stage2": True, "fedms.k0": 0, "fedms.tau": 0.5},
+])
+def test_option_combinations_run(tiny_cfg, opts):
+    cfg = tiny_cfg(algorithm="fedms", rounds=3, **{"fedms.stage1_rounds": 1}, **opts)
+    s = run(cfg, quiet=True)
+    rows = [json.loads(x) for x in open(f"{cfg.out}/metrics.jsonl")]
+    assert [r["stage"] for r in rows] == [1, 2, 2] and 0 <= s["acc_personal_mean"] <= 1
+    assert all(r.get("rejected", 0) == 0 for r in rows)  # the validator accepts every upload
