@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from fedfm.algorithms.base import ClientContext, ClientMemory
 from fedfm.algorithms.training import cross_entropy_loss, param_groups, train_local
 from fedfm.config import TrainConfig, build_config
-from fedfm.data.federated import ClientData, Split
+from fedfm.data.federated import Split
 from fedfm.messages import encode, payload_bytes
 from fedfm.models.lora import lora_param_names, set_active_blocks
 from fedfm.models.mofm import expert_forward

@@ -8,12 +8,19 @@ import pytest
 import torch
 
 from fedfm.algorithms.base import ClientContext, ClientMemory
-from fedfm.algorithms.fedms import FedMS, partial_mean
+from fedfm.algorithms.fedms import FedMS
 from fedfm.errors import ConfigError
 from fedfm.messages import decode, encode, payload_bytes
 from fedfm.models.lora import lora_param_names, set_active_blocks
 from fedfm.models.mofm import Gate, Tail, expert_forward, mixture_log_probs
-from fedfm.models.sal import PrefixSource, SALSchedule, cached_source, client_k, frozen_prefix
+from fedfm.models.sal import (
+    PrefixSource,
+    SALSchedule,
+    cached_source,
+    client_k,
+    frozen_prefix,
+    partial_mean,
+)
 from fedfm.run import run
 from fedfm.setup import build_world
 

@@ -42,7 +42,16 @@ from fedfm.messages import ClientTask, ClientUpdate
 from fedfm.models.classifier import Classifier, get_tensors
 from fedfm.models.lora import block_of, lora_param_names, set_active_blocks
 from fedfm.models.mofm import Gate, Tail, expert_forward, mixture_log_probs
-from fedfm.models.sal import GROWTHS, ORDERS, PrefixSource, SALSchedule, cached_source, lowest
+from fedfm.models.sal import (
+    GROWTHS,
+    ORDERS,
+    PrefixSource,
+    SALSchedule,
+    blocks_of,
+    cached_source,
+    lowest,
+    partial_mean,
+)
 from fedfm.resources import client_profiles
 from fedfm.sim.seeds import derive_seed
 
@@ -88,21 +97,6 @@ class FedMSOptions:
         for ok, message in rules:
             if not ok:
                 raise ConfigError(message + ".")
-
-
-def partial_mean(updates: list[Tensors], weights: list[float]) -> Tensors:
-    """FedAvg per tensor over the updates that carry it: θ_n = Σ_{c∋n} w_c θ_c,n / Σ_{c∋n} w_c."""
-    out: Tensors = {}
-    for key in sorted({k for u in updates for k in u}):
-        pairs = [(u[key], w) for u, w in zip(updates, weights) if key in u]
-        total = float(sum(w for _, w in pairs))
-        acc = sum(t.to(torch.float64) * (w / total) for t, w in pairs)
-        out[key] = acc.to(pairs[0][0].dtype)
-    return out
-
-
-def blocks_of(names) -> set[int]:
-    return {b for b in (block_of(n) for n in names) if b is not None}
 
 
 class FedMS:
