@@ -146,6 +146,21 @@ def latencies(forwards: dict[str, Any], ids: torch.Tensor, mask: torch.Tensor,
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def hf_full(full: Classifier):
+    """The full model loaded exactly as the export is (AutoModel from a saved folder)."""
+    import tempfile
+
+    spec = full.backbone.spec
+    folder = Path(tempfile.mkdtemp(prefix="fedfm_full_"))
+    (folder / "config.json").write_text(json.dumps(hf_config(spec, Widths.of(spec), "bert")))
+    save_file(backbone_state(full.backbone), str(folder / "model.safetensors"),
+              metadata={"format": "pt"})
+    try:
+        return hf_classifier(folder, full.head)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def hf_classifier(folder: Path, head: torch.nn.Linear):
     """The export as a user would load it: AutoModel + mean pooling + the saved head."""
     from transformers import AutoModel
@@ -216,14 +231,16 @@ def measure(out: Path, sub: Classifier, full: Classifier, world, cfg: RunConfig,
     """Accuracy (global test) and side-by-side latency of the export vs the full model."""
     test = world.data.global_test
     exported = hf_classifier(out, sub.head) if shape == "bert" else sub
+    reference = hf_full(full) if shape == "bert" else full  # same implementation as the export
     ids = test.input_ids[:batch]
     mask = torch.ones_like(ids)  # full-length sequences: latency at seq = model.max_length
-    lat = latencies({"export": exported, "full": full}, ids, mask, repeats)
+    lat = latencies({"export": exported, "full": reference}, ids, mask, repeats)
     with torch.inference_mode():
         probe = test.input_ids[:8], test.attention_mask[:8]
         gap = float((exported(*probe) - sub(*probe)).abs().max())
     return {
         "loaded_with": "transformers.AutoModel" if shape == "bert" else "fedfm",
+        "timed_with": "transformers BertModel (both)" if shape == "bert" else "fedfm Bert (both)",
         "max_abs_diff_vs_fedfm": gap,
         "acc_export": accuracy_of(exported, test, cfg), "acc_full": accuracy_of(full, test, cfg),
         "latency_ms_per_example": round(1e3 * lat["export"], 4),
