@@ -11,6 +11,15 @@ def _names(text: str | None) -> list[str] | None:
     return [n.strip() for n in text.split(",") if n.strip()] if text else None
 
 
+def _seeds(text: str | None) -> list[int] | None:
+    from fedfm.errors import ConfigError
+
+    try:
+        return [int(x) for x in _names(text)] if text else None
+    except ValueError:
+        raise ConfigError(f"--seeds takes comma-separated integers, got '{text}'.") from None
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from fedfm.bench import bench, load_suite, select
 
@@ -19,7 +28,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                            out=args.out, only=_names(args.only))
         from fedfm.bench.grid import is_finished
 
-        for c in select(suite, _names(args.only), _names(args.settings)):
+        for c in select(suite, _names(args.only), _names(args.settings), _seeds(args.seeds)):
             state = "finished" if is_finished(c) else "to run"
             print(f"{c.key:<44} {c.cfg.algorithm:<10} {state:<9} {c.cfg.out}")
         if suite.skipped:
@@ -27,7 +36,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     suite, result, report = bench(
         args.suite, args.overrides, only=_names(args.only), settings=_names(args.settings),
-        skip_unknown=args.skip_unknown, out=args.out, report=args.report, quiet=args.quiet,
+        seeds=_seeds(args.seeds), skip_unknown=args.skip_unknown, out=args.out, report=args.report, quiet=args.quiet,
         tensorboard=args.tensorboard)
     print(f"ran {len(result.ran)}, skipped {len(result.skipped)} finished, failed "
           f"{len(result.failed)} in {result.wall_s:.0f}s", file=sys.stderr)
@@ -57,6 +66,7 @@ def add_parsers(sub) -> None:
                    help="dotted key=value overrides applied to every cell, e.g. rounds=1")
     b.add_argument("--only", help="comma-separated cell labels to run (default: all)")
     b.add_argument("--settings", help="comma-separated settings to run (default: all)")
+    b.add_argument("--seeds", help="comma-separated seeds to run (default: the suite's)")
     b.add_argument("--out", help="root folder of the cells' runs (default: the suite's `out`)")
     b.add_argument("--report", help="report path (default: the suite's `report`)")
     b.add_argument("--skip-unknown", action="store_true",

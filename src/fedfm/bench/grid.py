@@ -8,6 +8,7 @@ A failing cell is recorded (error.txt in its folder) and the grid goes on with t
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -31,6 +32,7 @@ from fedfm.bench.suite import Cell, Suite
 from fedfm.ui import console
 
 BENCH_FILE = "bench.json"  # (suite, setting, label, seed) of a run made by `fedfm bench`
+_CPU: dict[str, float] = {}  # cell key -> CPU seconds (user + sys) of its worker process
 
 
 @dataclass
@@ -57,11 +59,15 @@ def is_finished(cell: Cell) -> bool:
     return _comparable(saved) == _comparable(cell.cfg.to_dict())
 
 
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 2)
+
+
 def write_bench_file(cell: Cell, suite: Suite, wall_s: float | None) -> None:
     info = {"suite": suite.name, "setting": cell.setting, "setting_title":
             suite.settings.get(cell.setting, cell.setting), "label": cell.label,
-            "seed": cell.seed, "cell_wall_s": None if wall_s is None else round(wall_s, 2),
-            "isolated": suite.isolate}
+            "seed": cell.seed, "cell_wall_s": _round(wall_s),
+            "isolated": suite.isolate, "cpu_s": _round(_CPU.pop(cell.key, None))}
     (Path(cell.cfg.out) / BENCH_FILE).write_text(json.dumps(info, indent=2))
 
 
@@ -86,8 +92,14 @@ def _rounds_done(cell: Cell) -> int:
         return 0
 
 
+def _children_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def _run_isolated(cell: Cell, on_round: Callable[[int], None] | None) -> str | None:
     """`python -m fedfm.bench.worker` on the cell's config; polls metrics.jsonl for progress."""
+    cpu0 = _children_cpu_s()
     with tempfile.TemporaryDirectory(prefix="fedfm-cell-") as tmp:
         spec, log = Path(tmp) / "cell.json", Path(tmp) / "stderr.txt"
         spec.write_text(json.dumps(cell.cfg.to_dict(), default=str))
@@ -106,6 +118,7 @@ def _run_isolated(cell: Cell, on_round: Callable[[int], None] | None) -> str | N
                 proc.kill()
                 raise
         if proc.returncode == 0:
+            _CPU[cell.key] = _children_cpu_s() - cpu0
             return None
         text = log.read_text()
         _fail(cell, text)

@@ -25,12 +25,15 @@ def _draw(groups: list[Group], out: Path, title: str, x_bytes: bool) -> Path | N
     if not any(pts for k in curves for _, pts in curves[k]):
         return None
     plt = _pyplot()
+    cmap = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
+    colors = {g.label: cmap(i % cmap.N) for i, g in enumerate(groups)}  # same colour in both panels
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), dpi=90, sharey=True)
     for ax, (key, name) in zip(axes, PANELS):
         for label, pts in curves[key]:
             if pts:
                 xs = [p[1] if x_bytes else p[0] for p in pts]
-                ax.plot(xs, [p[2] for p in pts], marker="o", ms=3, label=label)
+                ax.plot(xs, [p[2] for p in pts], marker="o", ms=3, label=label,
+                        color=colors[label])
         if x_bytes:
             ax.set_xscale("log")
         ax.set_xlabel("cumulative MB sent (up + down)" if x_bytes else "round")

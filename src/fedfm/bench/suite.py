@@ -255,13 +255,14 @@ def load_suite(path: str | Path, overrides: list[str] | None = None, *,
                  isolate=bool(raw.get("isolate", True)), skipped=tuple(skipped))
 
 
-def select(suite: Suite, only: list[str] | None = None,
-           settings: list[str] | None = None) -> list[Cell]:
-    """The cells to run: filtered by label and setting (unknown names are errors)."""
+def select(suite: Suite, only: list[str] | None = None, settings: list[str] | None = None,
+           seeds: list[int] | None = None) -> list[Cell]:
+    """The cells to run: filtered by label, setting and seed (unknown names are errors)."""
     for names, valid, what in ((only, suite.labels(), "label"),
-                               (settings, list(suite.settings), "setting")):
+                               (settings, list(suite.settings), "setting"),
+                               (seeds, list(suite.seeds), "seed")):
         bad = [n for n in names or [] if n not in valid]
         if bad:
             raise ConfigError(f"Unknown {what} '{bad[0]}' in this suite. Valid: {choices(valid)}.")
-    return [c for c in suite.cells
-            if (not only or c.label in only) and (not settings or c.setting in settings)]
+    return [c for c in suite.cells if (not only or c.label in only)
+            and (not settings or c.setting in settings) and (not seeds or c.seed in seeds)]
