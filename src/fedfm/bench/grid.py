@@ -8,7 +8,9 @@ A failing cell is recorded (error.txt in its folder) and the grid goes on with t
 from __future__ import annotations
 
 import json
+import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +35,7 @@ from fedfm.ui import console
 
 BENCH_FILE = "bench.json"  # (suite, setting, label, seed) of a run made by `fedfm bench`
 _CPU: dict[str, float] = {}  # cell key -> CPU seconds (user + sys) of its worker process
+_LOAD: dict[str, list[float]] = {}  # cell key -> 1-min load averages sampled while it ran
 
 
 @dataclass
@@ -67,13 +70,15 @@ def write_bench_file(cell: Cell, suite: Suite, wall_s: float | None) -> None:
     info = {"suite": suite.name, "setting": cell.setting, "setting_title":
             suite.settings.get(cell.setting, cell.setting), "label": cell.label,
             "seed": cell.seed, "cell_wall_s": _round(wall_s),
-            "isolated": suite.isolate, "cpu_s": _round(_CPU.pop(cell.key, None))}
+            "isolated": suite.isolate, "cpu_s": _round(_CPU.pop(cell.key, None)),
+            "load_avg": _round(statistics.fmean(_LOAD.pop(cell.key, None) or [os.getloadavg()[0]]))}
     (Path(cell.cfg.out) / BENCH_FILE).write_text(json.dumps(info, indent=2))
 
 
 def _run_here(cell: Cell) -> str | None:
     from fedfm.run import run
 
+    _LOAD[cell.key] = [os.getloadavg()[0]]
     try:
         run(cell.cfg, quiet=True)
     except KeyboardInterrupt:
@@ -112,6 +117,7 @@ def _run_isolated(cell: Cell, on_round: Callable[[int], None] | None) -> str | N
                         proc.wait(timeout=1.0)
                         break
                     except subprocess.TimeoutExpired:
+                        _LOAD.setdefault(cell.key, []).append(os.getloadavg()[0])
                         if on_round:
                             on_round(_rounds_done(cell))
             except BaseException:

@@ -105,6 +105,11 @@ def machine_line(runs: list[RunRecord]) -> str:
         if hi > 1.5 * lo:
             line += (f"; the machine's speed drifted {hi / lo:.1f}x during these runs: compare "
                      f"times with the `@ref` column and ratios, not absolute seconds")
+    loads = [float(r.bench["load_avg"]) for r in runs if r.bench and r.bench.get("load_avg")]
+    if loads:
+        line += (f". 1-min load average while the cells ran: {min(loads):.1f}–{max(loads):.1f} "
+                 f"(mean {statistics.fmean(loads):.1f}; above {os.cpu_count()} means other "
+                 f"processes competed for the cores and times are inflated)")
     return line + "."
 
 
