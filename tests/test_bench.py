@@ -134,6 +134,10 @@ data = { name = "csv", path = "/nonexistent/file.csv" }
     assert [c.label for c in r1.ran] == ["ok"] and [c.label for c, _ in r1.failed] == ["broken"]
     assert (tmp_path / "runs/default/broken/seed0/error.txt").exists()
     assert "Failed cells" in md.read_text() and "broken" in md.read_text()
+    conf = tmp_path / "runs/default/ok/seed0/config.json"
+    saved = json.loads(conf.read_text())
+    del saved["eval"]  # as if [eval] (all defaults here) were added to fedfm after this run
+    conf.write_text(json.dumps(saved))
     _, r2, _ = bench(p, quiet=True)
     assert [c.label for c in r2.skipped] == ["ok"] and len(r2.failed) == 1
     _, r3, _ = bench(p, ["train.lr=0.001"], only=["ok"], quiet=True)  # config changed: rerun

@@ -31,6 +31,7 @@ from rich.progress import (
 )
 
 from fedfm.bench.suite import Cell, Suite
+from fedfm.config import RunConfig
 from fedfm.ui import console
 
 BENCH_FILE = "bench.json"  # (suite, setting, label, seed) of a run made by `fedfm bench`
@@ -52,14 +53,26 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
+def _same(saved: Any, new: Any, default: Any) -> bool:
+    """Equal configs; a key missing from `saved` (added to fedfm since) counts if it is default."""
+    if isinstance(saved, dict) and isinstance(new, dict):
+        default = default if isinstance(default, dict) else {}
+        return all(k in new for k in saved) and all(
+            _same(saved[k], new[k], default.get(k)) if k in saved else new[k] == default.get(k)
+            for k in new)
+    return saved == new
+
+
 def is_finished(cell: Cell) -> bool:
+    """summary.json exists and config.json equals the cell's config (`overwrite` aside)."""
     folder = Path(cell.cfg.out)
     try:
         saved = json.loads((folder / "config.json").read_text())
         json.loads((folder / "summary.json").read_text())
     except (OSError, ValueError):
         return False
-    return _comparable(saved) == _comparable(cell.cfg.to_dict())
+    return _same(_comparable(saved), _comparable(cell.cfg.to_dict()),
+                 _comparable(RunConfig().to_dict()))
 
 
 def _round(v: float | None) -> float | None:
