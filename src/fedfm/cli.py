@@ -94,6 +94,9 @@ def parser() -> argparse.ArgumentParser:
     from fedfm.bench.cli import add_parsers as add_bench_parsers
 
     add_bench_parsers(sub)  # bench SUITE.toml, report RUN_DIR...
+    from fedfm.flower.deploy import add_parser as add_flower_parser
+
+    add_flower_parser(sub)  # flower superlink|supernode|register|run|certs|keys
     return p
 
 

@@ -9,8 +9,10 @@ Per message (train | evaluate):
   reply -> encode(comm.dtype) -> Message
 A `query` message answers the node's client id (the server maps client ids to node ids).
 
-The run config comes from the app (simulation: `make_client_app(cfg)`) or from Flower's run
-config key `fedfm-config` (deployment: a JSON RunConfig written by `fedfm flower run`). The
+The run config comes from the message (`fedfm.info` key `fedfm-config`: several runs share one
+simulation, e.g. the parity test), else from the app (`make_client_app(cfg)`), else from
+Flower's run config key `fedfm-config` (deployment: a JSON RunConfig written by
+`fedfm flower run`). Memory is kept per run config (state key `fedfm.memory.<cfg hash>`). The
 node's client id is its node config `partition-id`.
 """
 
@@ -26,7 +28,7 @@ from flwr.clientapp import ClientApp
 from fedfm.config import RunConfig, build_config
 from fedfm.errors import PayloadError
 from fedfm.flower.cache import cached_world
-from fedfm.flower.codec import blob_of, load_memory, save_memory, to_content
+from fedfm.flower.codec import MEMORY, blob_of, info_of, load_memory, save_memory, to_content
 from fedfm.messages import ClientTask, decode, encode
 from fedfm.setup import set_threads
 from fedfm.sim.clients import EVALUATE, TRAIN, run_client
@@ -36,15 +38,28 @@ CONFIG_KEY = "fedfm-config"
 _CONFIGS: dict[str, RunConfig] = {}
 
 
-def config_from_context(context: Context) -> RunConfig:
-    """The RunConfig a deployment passes as the run config value `fedfm-config` (JSON)."""
-    text = context.run_config.get(CONFIG_KEY)
+def parse_config(text: object, where: str) -> RunConfig:
+    """A JSON RunConfig (as `RunConfig.to_dict()` writes it), validated and memoised."""
     if not isinstance(text, str):
-        raise PayloadError(f"Flower run config has no '{CONFIG_KEY}' (a JSON fedfm config); "
-                           "start runs with `fedfm flower run CONFIG`.")
+        raise PayloadError(f"{where} has no '{CONFIG_KEY}' (a JSON fedfm config); start runs "
+                           "with `fedfm flower run CONFIG`.")
     if text not in _CONFIGS:
-        _CONFIGS[text] = build_config(json.loads(text))
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise PayloadError(f"{where}: '{CONFIG_KEY}' is not JSON: {e}") from None
+        _CONFIGS[text] = build_config(raw)
     return _CONFIGS[text]
+
+
+def config_for(msg: Message, context: Context, fixed: RunConfig | None) -> RunConfig:
+    """Message's config, else the app's, else the deployment's run config."""
+    text = info_of(msg.content).get(CONFIG_KEY)
+    if text is not None:
+        return parse_config(text, "message")
+    if fixed is not None:
+        return fixed
+    return parse_config(context.run_config.get(CONFIG_KEY), "Flower run config")
 
 
 def partition_id(context: Context, num_clients: int) -> int:
@@ -60,16 +75,17 @@ def partition_id(context: Context, num_clients: int) -> int:
 def handle(msg: Message, context: Context, cfg: RunConfig, phase: int) -> Message:
     """Run the client half for one task message; returns the reply message."""
     set_threads(cfg)
-    world = cached_world(cfg)
+    world = cached_world(cfg, cfg.flower.disk_cache)
     cid = partition_id(context, world.data.num_clients)
     t0 = time.perf_counter()
     task = decode(blob_of(msg.content))
     if not isinstance(task, ClientTask) or task.client_id != cid:
         raise PayloadError(f"node of client {cid} received a message that is not its task")
-    memory = load_memory(context.state)
+    key = f"{MEMORY}.{cfg.hash()}"
+    memory = load_memory(context.state, key)
     reply, compute_s = run_client(world, task, memory, phase)
     if phase == TRAIN:
-        save_memory(context.state, memory)
+        save_memory(context.state, memory, key)
     blob = encode(reply, cfg.comm.dtype)
     info = {"compute_s": compute_s, "client_wall_s": time.perf_counter() - t0}
     return Message(to_content(blob, info), reply_to=msg)
@@ -79,16 +95,13 @@ def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
     """The ClientApp; `cfg` fixes the run config (simulation), else it comes from the run."""
     app = ClientApp()
 
-    def config(context: Context) -> RunConfig:
-        return cfg if cfg is not None else config_from_context(context)
-
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        return handle(msg, context, config(context), TRAIN)
+        return handle(msg, context, config_for(msg, context, cfg), TRAIN)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        return handle(msg, context, config(context), EVALUATE)
+        return handle(msg, context, config_for(msg, context, cfg), EVALUATE)
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:

@@ -62,22 +62,27 @@ def info_of(content: RecordDict) -> dict[str, Any]:
     return dict(rec) if rec is not None else {}
 
 
-def save_memory(state: RecordDict, memory: ClientMemory) -> None:
+def save_memory(state: RecordDict, memory: ClientMemory, key: str = MEMORY) -> None:
     """Keep a client's private memory in its node's `context.state` (safetensors + JSON)."""
     if not (memory.tensors or memory.state):
         return
-    tensors = {k: v.detach().contiguous().cpu() for k, v in memory.tensors.items()}
+    tensors, seen = {}, set()
+    for k, v in memory.tensors.items():
+        v = v.detach().contiguous().cpu()
+        ptr = v.untyped_storage().data_ptr()
+        tensors[k] = v.clone() if ptr in seen else v  # safetensors refuses shared storage
+        seen.add(ptr)
     try:
         meta = json.dumps(memory.state, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise PayloadError(f"client memory state is not JSON: {e}") from None
-    state[MEMORY] = ArrayRecord({BLOB: _bytes_array(st_save(tensors, metadata={"state": meta}))})
+    state[key] = ArrayRecord({BLOB: _bytes_array(st_save(tensors, metadata={"state": meta}))})
 
 
-def load_memory(state: RecordDict) -> ClientMemory:
+def load_memory(state: RecordDict, key: str = MEMORY) -> ClientMemory:
     """The client's memory from `context.state` (empty on its first round)."""
-    if MEMORY not in state.array_records:
+    if key not in state.array_records:
         return ClientMemory()
-    blob = _bytes_of(state, MEMORY, "context.state")
+    blob = _bytes_of(state, key, "context.state")
     meta = (read_header(blob).get("__metadata__") or {}).get("state", "{}")
     return ClientMemory(dict(st_load(blob)), json.loads(meta))

@@ -27,10 +27,21 @@ def backend_config(cfg: RunConfig) -> dict[str, Any]:
 
 def run_flower(cfg: RunConfig, quiet: bool = False, resume: bool = False) -> dict[str, Any]:
     """Run `cfg` under Flower's simulation engine; returns summary.json's content."""
-    require_flwr()
     if resume:
         raise ConfigError("resume works on the embedded runtime only: Flower keeps client "
                           "memory on the SuperNodes (run with runtime=embedded to resume).")
+    return run_many([cfg], quiet)[0]
+
+
+def run_many(cfgs: list[RunConfig], quiet: bool = True) -> list[dict[str, Any]]:
+    """Several runs, one after another, in ONE Flower simulation (Ray starts once): each task
+    message carries its run's config, so the client nodes build that run's world. All configs
+    need the same data.num_clients (one virtual SuperNode per client)."""
+    require_flwr()
+    sizes = {c.data.num_clients for c in cfgs}
+    if len(sizes) != 1:
+        raise ConfigError(f"runs sharing one Flower simulation need one data.num_clients, "
+                          f"got {sorted(sizes)}.")
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
@@ -39,19 +50,22 @@ def run_flower(cfg: RunConfig, quiet: bool = False, resume: bool = False) -> dic
     from fedfm.flower.strategy import FlowerClients, discover
     from fedfm.run import run
 
-    out: dict[str, Any] = {}
+    n, first, many = sizes.pop(), cfgs[0], len(cfgs) > 1
+    out: list[dict[str, Any]] = []
     server = ServerApp()
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        nodes = discover(grid, cfg.data.num_clients, cfg.flower.connect_timeout_s)
-        out["summary"] = run(cfg, quiet=quiet, transport=lambda world: FlowerClients(
-            grid, nodes, cfg.comm.dtype, cfg.flower.reply_timeout_s))
+        nodes = discover(grid, n, first.flower.connect_timeout_s)
+        for cfg in cfgs:
+            out.append(run(cfg, quiet=quiet, transport=lambda world, c=cfg: (
+                FlowerClients.for_config(grid, nodes, c, send_config=many))))
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # run_simulation's deprecation notice
-        run_simulation(server, make_client_app(cfg), num_supernodes=cfg.data.num_clients,
-                       backend_config=backend_config(cfg), verbose_logging=False)
-    if "summary" not in out:
-        raise FedfmError("the Flower simulation ended without a result (see the log above)")
-    return out["summary"]
+        run_simulation(server, make_client_app(None if many else first), num_supernodes=n,
+                       backend_config=backend_config(first), verbose_logging=False)
+    if len(out) != len(cfgs):
+        raise FedfmError(f"the Flower simulation ended after {len(out)} of {len(cfgs)} runs "
+                         "(see the log above)")
+    return out

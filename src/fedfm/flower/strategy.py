@@ -14,6 +14,7 @@ Strategy interface, for users who drive fedfm algorithms from Flower's `Strategy
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -23,7 +24,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
+from fedfm.config import RunConfig
 from fedfm.errors import ConfigError, PayloadError
+from fedfm.flower.client import CONFIG_KEY
 from fedfm.flower.codec import blob_of, info_of, to_content
 from fedfm.messages import ClientTask, decode, encode
 from fedfm.sim.clients import EVALUATE, TRAIN, Exchange
@@ -66,12 +69,21 @@ class FlowerClients:
     come back in task order. A client that errs or times out is dropped from the round."""
 
     def __init__(self, grid: Grid, nodes: dict[int, int], dtype: str = "fp32",
-                 timeout_s: float = 3600.0):
+                 timeout_s: float = 3600.0, config_json: str | None = None):
         self.grid, self.nodes, self.dtype, self.timeout_s = grid, nodes, dtype, timeout_s
+        # sent along when one simulation hosts several runs (the client builds that world)
+        self.info = {CONFIG_KEY: config_json} if config_json else None
+
+    @classmethod
+    def for_config(cls, grid: Grid, nodes: dict[int, int], cfg: RunConfig,
+                   send_config: bool = False) -> FlowerClients:
+        text = json.dumps(cfg.to_dict(), default=str) if send_config else None
+        return cls(grid, nodes, cfg.comm.dtype, cfg.flower.reply_timeout_s, text)
 
     def messages(self, tasks: list[ClientTask], rnd: int, phase: int) -> list[Message]:
-        return [Message(to_content(encode(t, self.dtype)), dst_node_id=self.nodes[t.client_id],
-                        message_type=MESSAGE_TYPE[phase], group_id=str(rnd)) for t in tasks]
+        return [Message(to_content(encode(t, self.dtype), self.info),
+                        dst_node_id=self.nodes[t.client_id], message_type=MESSAGE_TYPE[phase],
+                        group_id=str(rnd)) for t in tasks]
 
     def replies_by_client(self, replies: Iterable[Message]) -> dict[int, Message]:
         client_of = {node: cid for cid, node in self.nodes.items()}
@@ -108,8 +120,7 @@ class FedfmStrategy(Strategy):
         self._tasks: dict[int, ClientTask] = {}
 
     def transport(self, grid: Grid) -> FlowerClients:
-        f = self.cfg.flower
-        return FlowerClients(grid, self.nodes, self.cfg.comm.dtype, f.reply_timeout_s)
+        return FlowerClients.for_config(grid, self.nodes, self.cfg)
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord | None = None, num_rounds: int = 0,
               timeout: float = 3600, train_config: ConfigRecord | None = None,

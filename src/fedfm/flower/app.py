@@ -1,0 +1,45 @@
+"""The apps a Flower deployment loads: `fedfm.flower.app:server` and `fedfm.flower.app:client`.
+
+Both read the fedfm RunConfig from the run config key `fedfm-config` (JSON), which
+`fedfm flower run CONFIG` writes into the generated Flower App's pyproject.toml. fedfm must be
+installed (with the `flower` extra) on the SuperLink and on every SuperNode.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedfm.flower import quiet_env
+from fedfm.flower.client import CONFIG_KEY, make_client_app, parse_config
+from fedfm.flower.strategy import FlowerClients, discover
+
+quiet_env()
+log = logging.getLogger("fedfm")
+
+
+def make_server_app() -> ServerApp:
+    """fedfm's run loop (fedfm.run.run) with the federation's SuperNodes as its clients."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        from fedfm.run import run
+
+        cfg = parse_config(context.run_config.get(CONFIG_KEY), "Flower run config")
+        nodes = discover(grid, cfg.data.num_clients, cfg.flower.connect_timeout_s)
+        summary = run(cfg, quiet=True,
+                      transport=lambda world: FlowerClients.for_config(grid, nodes, cfg))
+        keys = ("algorithm", "rounds", "acc_global", "acc_personal_mean", "bytes_up",
+                "bytes_down", "wall_s")
+        print(json.dumps({k: summary.get(k) for k in keys}), flush=True)
+        print(f"run folder: {cfg.out}", flush=True)
+
+    return app
+
+
+server = make_server_app()
+client = make_client_app()
