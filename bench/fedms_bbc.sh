@@ -10,10 +10,10 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/bench_fedms}
 COMMON=(rounds=6 fedms.stage1_rounds=3 data.max_examples=800 model.max_length=64
         train.precision=bf16 train.threads=1 sampling.fraction=0.5 eval.every=3 seed=0
-        overwrite=true --quiet)
+        overwrite=true)
 pids=()
 for algo in fedms fedavg local; do
-  /usr/bin/time -f "$algo wall %e s" fedfm run configs/fedms.toml algorithm=$algo "${COMMON[@]}" \
+  /usr/bin/time -f "$algo wall %e s" fedfm run --quiet configs/fedms.toml algorithm=$algo "${COMMON[@]}" \
     out=$OUT/$algo "$@" > "$OUT.$algo.log" 2>&1 &
   pids+=($!)
 done
