@@ -22,6 +22,7 @@ import json
 import logging
 import time
 
+import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -72,9 +73,14 @@ def partition_id(context: Context, num_clients: int) -> int:
     return pid
 
 
-def handle(msg: Message, context: Context, cfg: RunConfig, phase: int) -> Message:
-    """Run the client half for one task message; returns the reply message."""
-    set_threads(cfg)
+def handle(msg: Message, context: Context, cfg: RunConfig, phase: int,
+           threads: int | None = None) -> Message:
+    """Run the client half for one task message; returns the reply message.
+    threads: torch threads when train.threads is unset (simulation: the CPUs Ray gave us)."""
+    if cfg.train.threads is None and threads:
+        torch.set_num_threads(threads)
+    else:
+        set_threads(cfg)
     world = cached_world(cfg, cfg.flower.disk_cache)
     cid = partition_id(context, world.data.num_clients)
     t0 = time.perf_counter()
@@ -91,17 +97,17 @@ def handle(msg: Message, context: Context, cfg: RunConfig, phase: int) -> Messag
     return Message(to_content(blob, info), reply_to=msg)
 
 
-def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
+def make_client_app(cfg: RunConfig | None = None, threads: int | None = None) -> ClientApp:
     """The ClientApp; `cfg` fixes the run config (simulation), else it comes from the run."""
     app = ClientApp()
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        return handle(msg, context, config_for(msg, context, cfg), TRAIN)
+        return handle(msg, context, config_for(msg, context, cfg), TRAIN, threads)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        return handle(msg, context, config_for(msg, context, cfg), EVALUATE)
+        return handle(msg, context, config_for(msg, context, cfg), EVALUATE, threads)
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:

@@ -63,8 +63,10 @@ def run_many(cfgs: list[RunConfig], quiet: bool = True) -> list[dict[str, Any]]:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # run_simulation's deprecation notice
-        run_simulation(server, make_client_app(None if many else first), num_supernodes=n,
-                       backend_config=backend_config(first), verbose_logging=False)
+        threads = max(1, int(first.flower.client_cpus))  # each actor: the CPUs Ray reserved
+        client = make_client_app(None if many else first, threads)
+        run_simulation(server, client, num_supernodes=n, backend_config=backend_config(first),
+                       verbose_logging=False)
     if len(out) != len(cfgs):
         raise FedfmError(f"the Flower simulation ended after {len(out)} of {len(cfgs)} runs "
                          "(see the log above)")
