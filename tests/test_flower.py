@@ -155,6 +155,37 @@ def test_parity_in_process_grid(algorithm, tmp_path, monkeypatch):
     assert_same_run(tmp_path / "emb", tmp_path / "flw")
 
 
+def test_strategy_interface_matches_embedded(tmp_path, monkeypatch):
+    """FedfmStrategy's Flower-style round (configure/aggregate train + evaluate) = embedded."""
+    from flwr.app import ArrayRecord, ConfigRecord
+
+    from fedfm.flower.client import make_client_app
+    from fedfm.flower.inprocess import InProcessGrid
+    from fedfm.flower.strategy import FedfmStrategy, discover
+    from fedfm.setup import build_world
+    from fedfm.sim.runner import EmbeddedRunner
+
+    monkeypatch.setenv("FEDFM_CACHE", str(tmp_path / "cache"))
+    raw = parity_raw("fedavg", tmp_path / "emb")
+    raw["rounds"] = 1
+    summary = run(build_config(raw), quiet=True)
+    cfg = build_config({**raw, "out": str(tmp_path / "strategy")})
+    world = build_world(cfg)
+    world.algorithm.init_server(world.model)
+    grid = InProcessGrid(make_client_app(cfg), 3)
+    strategy = FedfmStrategy(EmbeddedRunner(world), discover(grid, 3, timeout_s=10))
+    msgs = list(strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid))
+    assert len(msgs) == 2  # one message per sampled client's node
+    arrays, metrics = strategy.aggregate_train(1, grid.send_and_receive(msgs))
+    assert metrics["accepted"] == 2
+    want = load_file(str(tmp_path / "emb/final/global.safetensors"))
+    got = arrays.to_torch_state_dict()
+    assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
+    ev = strategy.configure_evaluate(1, arrays, ConfigRecord(), grid)
+    res = strategy.aggregate_evaluate(1, grid.send_and_receive(ev))
+    assert res["acc_personal_mean"] == pytest.approx(summary["acc_personal_mean"], abs=1e-12)
+
+
 @pytest.mark.slow
 def test_parity_flower_simulation_engine(tmp_path, monkeypatch):
     """Every algorithm on Flower's simulation engine (Ray; started once for all of them)."""

@@ -32,7 +32,7 @@ from fedfm.messages import ClientTask, decode, encode
 from fedfm.sim.clients import EVALUATE, TRAIN, Exchange
 from fedfm.sim.runner import EmbeddedRunner
 from fedfm.sim.seeds import sample_clients
-from fedfm.validation import validate_update
+from fedfm.validation import expected_schema, validate_update
 
 log = logging.getLogger("fedfm")
 MESSAGE_TYPE = {TRAIN: "train", EVALUATE: "evaluate"}
@@ -155,7 +155,8 @@ class FedfmStrategy(Strategy):
             task = self._tasks.get(cid)
             if task is None:
                 continue
-            verdict = validate_update(blob_of(reply.content), task, self.cfg.validation)
+            verdict = validate_update(blob_of(reply.content), task, self.cfg.validation,
+                                      expected_schema(self.algo, task), current_round=rnd)
             if verdict.ok:
                 updates.append(verdict.update)
             else:
