@@ -182,7 +182,7 @@ def test_report_aggregates_seeds_and_labels_adhoc_runs(tmp_path):
     lora = next(g for g in groups if g.label.endswith("lora)"))
     assert len(lora.runs) == 2
     ref = probe_ref(runs)
-    assert ref == 100.0
+    assert ref == {1: 100.0}
     row = table_row(lora, ref)
     assert row[3] == "0.800 ± 0.141"  # mean and sample std of 0.7, 0.9
     assert row[4] == "0.400 ± 0.071"
@@ -192,7 +192,7 @@ def test_report_aggregates_seeds_and_labels_adhoc_runs(tmp_path):
     assert curve(lora, "acc_global") == [(1, 1.5, 0.55), (2, 3.0, 0.8)]
     md = write_report(runs, tmp_path / "rep/report.md", "t")
     text = md.read_text()
-    assert "drifted 4.0x" in text and "| fedavg (model.finetune=full) |" in text
+    assert "varied 4.0x" in text and "| fedavg (model.finetune=full) |" in text
     assert (tmp_path / "rep/report-runs-rounds.png").exists()
 
 

@@ -6,8 +6,9 @@ Columns (per cell, over its seeds):
     acc_personal_mean   mean over clients of each client's accuracy on its own test split
     up / down MB        exact encoded bytes over all rounds, client -> server / server -> client
     compute s           sum of client_update times (all clients, all rounds)
-    compute s @ref      compute · (probe / probe_ref): compute rescaled to the report's median
-                        speed probe, so cells run while the machine was slower compare fairly
+    compute s @ref      compute · (probe / probe_ref): compute rescaled to the median speed probe
+                        of the report's runs with the same torch threads, so cells run while the
+                        machine was slower compare fairly
     peak MB             peak resident memory of the run's process (max over seeds)
     wall s              the run's wall time (setup + rounds + evaluation)
     probe GFLOP/s       fp32 512x512 matmul speed measured at the start of the run
@@ -40,10 +41,22 @@ def _num(values: list[Any], digits: int = 1, agg=statistics.fmean) -> str:
     return f"{agg(vals):.{digits}f}" if vals else "-"
 
 
-def probe_ref(runs: list[RunRecord]) -> float | None:
-    probes = [r.summary.get("speed_probe_gflops") for r in runs]
-    probes = [float(p) for p in probes if p]
-    return statistics.median(probes) if probes else None
+def probe_ref(runs: list[RunRecord]) -> dict[Any, float]:
+    """torch threads -> median speed probe of the runs with those threads (the probe scales
+    with threads, so runs are only rescaled against runs of the same thread count)."""
+    by_threads: dict[Any, list[float]] = {}
+    for r in runs:
+        if r.summary.get("speed_probe_gflops"):
+            by_threads.setdefault(r.summary.get("threads"), []).append(
+                float(r.summary["speed_probe_gflops"]))
+    return {t: statistics.median(v) for t, v in by_threads.items()}
+
+
+def _scaled(r: RunRecord, ref: dict[Any, float]) -> float | None:
+    probe, base = r.summary.get("speed_probe_gflops"), ref.get(r.summary.get("threads"))
+    if not probe or not base or r.summary.get("client_compute_s") is None:
+        return None
+    return float(r.summary["client_compute_s"]) * float(probe) / base
 
 
 def shared_process(runs: list[RunRecord]) -> bool:
@@ -51,10 +64,9 @@ def shared_process(runs: list[RunRecord]) -> bool:
     return any(r.bench and r.bench.get("isolated") is False for r in runs)
 
 
-def table_row(g: Group, ref: float | None) -> list[str]:
+def table_row(g: Group, ref: dict[Any, float]) -> list[str]:
     s = [r.summary for r in g.runs]
-    scaled = [r.summary.get("client_compute_s", 0) * r.summary["speed_probe_gflops"] / ref
-              if ref and r.summary.get("speed_probe_gflops") else None for r in g.runs]
+    scaled = [_scaled(r, ref) for r in g.runs]
     return [
         g.label, g.algorithm, str(len(g.runs)),
         _pm([x.get("acc_global") for x in s]), _pm([x.get("acc_personal_mean") for x in s]),
@@ -90,21 +102,27 @@ def describe_config(c: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _drift(runs: list[RunRecord], threads: Any) -> float:
+    v = [float(r.summary["speed_probe_gflops"]) for r in runs
+         if r.summary.get("speed_probe_gflops") and r.summary.get("threads") == threads]
+    return max(v) / min(v) if v else 1.0
+
+
 def machine_line(runs: list[RunRecord]) -> str:
     import torch
 
     threads = sorted({r.summary.get("threads") for r in runs if r.summary.get("threads")})
-    probes = [float(r.summary["speed_probe_gflops"]) for r in runs
-              if r.summary.get("speed_probe_gflops")]
     line = (f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, torch "
             f"{torch.__version__}, torch threads {', '.join(map(str, threads)) or '?'}")
+    probes = [float(r.summary["speed_probe_gflops"]) for r in runs
+              if r.summary.get("speed_probe_gflops")]
     if probes:
-        lo, hi = min(probes), max(probes)
-        line += (f". Speed probe (fp32 512² matmul): {lo:.0f}–{hi:.0f} GFLOP/s over "
-                 f"{len(probes)} runs (median {statistics.median(probes):.0f})")
-        if hi > 1.5 * lo:
-            line += (f"; the machine's speed drifted {hi / lo:.1f}x during these runs: compare "
-                     f"times with the `@ref` column and ratios, not absolute seconds")
+        line += (f". Speed probe (fp32 512² matmul): {min(probes):.0f}–{max(probes):.0f} GFLOP/s "
+                 f"over {len(probes)} runs (median {statistics.median(probes):.0f})")
+        drift = max(_drift(runs, t) for t in probe_ref(runs))
+        if drift > 1.5:
+            line += (f"; at equal threads the machine's speed varied {drift:.1f}x between runs: "
+                     f"compare times with the `@ref` column and ratios, not absolute seconds")
     loads = [float(r.bench["load_avg"]) for r in runs if r.bench and r.bench.get("load_avg")]
     if loads:
         line += (f". 1-min load average while the cells ran: {min(loads):.1f}–{max(loads):.1f} "
