@@ -25,12 +25,12 @@ RUNS = ROOT / "runs" / "bench_raffm"
 REPORT = ROOT / "bench" / "reports"
 
 COMMON = {
-    "rounds": 4, "seed": 0,
+    "rounds": 3, "seed": 0,
     "model": {"name": "minilm-l6", "finetune": "full", "max_length": 64},
     "data": {"name": "bbc", "partition": "dirichlet", "alpha": 0.5, "num_clients": 10,
-             "max_examples": 1000},
+             "max_examples": 500},
     "sampling": {"fraction": 1.0},
-    "train": {"batch_size": 16, "lr": 1e-4, "head_lr": 5e-3, "precision": "bf16", "threads": 2},
+    "train": {"batch_size": 16, "lr": 1e-4, "head_lr": 1e-2, "precision": "bf16", "threads": 2},
     "resources": {"unit": "params", "tiers": {"small": 0.3, "medium": 0.6, "large": 1.0},
                   "proportions": {"small": 0.3, "medium": 0.4, "large": 0.3}},
 }

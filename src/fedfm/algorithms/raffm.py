@@ -36,7 +36,14 @@ from fedfm.data.federated import ClientData, Split
 from fedfm.errors import ConfigError, PayloadError
 from fedfm.messages import ClientTask, ClientUpdate, payload_bytes
 from fedfm.models.classifier import Classifier, set_tensors
-from fedfm.models.elastic import Widths, backbone_tensors, build_subnetwork, coverage_mean, extract, spp
+from fedfm.models.elastic import (
+    Widths,
+    backbone_tensors,
+    build_subnetwork,
+    coverage_mean,
+    extract,
+    spp,
+)
 from fedfm.models.lora import block_of, inject_lora, lora_modules
 from fedfm.models.sizing import CostModel, choose_widths, embedding_params
 from fedfm.resources import client_profiles
@@ -228,7 +235,8 @@ class RaFFM:
         sent, received = payload_bytes(out), payload_bytes(task.tensors)
         _tally(memory, sent, received, step_s)
         return ClientUpdate(task.round, task.client_id, len(data.train), out, {
-            "loss": stats.loss, "steps": stats.steps, "step_s": step_s, "bytes_sent": sent,
+            "loss": stats.loss, "steps": stats.steps, "bytes_sent": sent,  # no timings: the
+            # update's bytes must not depend on the machine (step time stays in memory.state)
             "params_fraction": self._params_fraction(widths)})
 
     def _params_fraction(self, w: Widths) -> float:
