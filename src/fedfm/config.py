@@ -20,7 +20,6 @@ from typing import Any
 
 from fedfm.errors import ConfigError, choices
 from fedfm.flower.options import FlowerConfig
-from fedfm.resources import ResourcesConfig
 from fedfm.reliability import (
     AggregationConfig,
     AvailabilityConfig,
@@ -29,6 +28,7 @@ from fedfm.reliability import (
     ValidationConfig,
     check_reliability,
 )
+from fedfm.resources import ResourcesConfig
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -44,11 +44,12 @@ def lora_pairs(keys) -> list[str]:
 
 
 def effective(tensors: Tensors) -> Tensors:
-    """LoRA pairs -> their product B·A under the key `p` (float64); other tensors as they are."""
+    """LoRA pairs -> their product B·A under the key `p` (float64); other tensors as they are
+    (float32: a fully fine-tuned model's stacked copies stay affordable)."""
     pairs = lora_pairs(tensors)
     paired = {f"{p}.lora_{x}" for p in pairs for x in "AB"}
     out = {p: tensors[f"{p}.lora_B"].double() @ tensors[f"{p}.lora_A"].double() for p in pairs}
-    out.update({k: v.double() for k, v in tensors.items() if k not in paired})
+    out.update({k: v.float() for k, v in tensors.items() if k not in paired})
     return out
 
 
@@ -101,7 +102,7 @@ def pairwise_sq_distances(sets: Sequence[Tensors]) -> torch.Tensor:
     n = len(sets)
     d = torch.zeros(n, n, dtype=torch.float64)
     for key in views[0]:
-        x = torch.stack([v[key].reshape(-1) for v in views])  # (n, numel)
+        x = torch.stack([v[key].reshape(-1) for v in views]).double()  # (n, numel)
         d += torch.cdist(x, x) ** 2
     return d
 

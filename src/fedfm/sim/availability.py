@@ -98,12 +98,11 @@ class Inbox:
         for task_blob, update_blob in self.pending:
             self._check(decode(task_blob), update_blob, rnd, late=True)
         self.pending = []
-        live = [t for t in tasks if not self.avail.dropped(rnd, t.client_id)]
-        self.tally.dropped = len(tasks) - len(live)
-        for t in tasks:
-            if t not in live:
-                log.info("round %d: client %d dropped out", rnd, t.client_id)
-        return live
+        gone = {t.client_id for t in tasks if self.avail.dropped(rnd, t.client_id)}
+        for cid in sorted(gone):
+            log.info("round %d: client %d dropped out", rnd, cid)
+        self.tally.dropped = len(gone)
+        return [t for t in tasks if t.client_id not in gone]
 
     def receive(self, rnd: int, task: ClientTask, update: ClientUpdate | bytes,
                 nbytes: int | None = None) -> ClientUpdate | None:
