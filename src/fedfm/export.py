@@ -181,6 +181,20 @@ def accuracy_of(predict, split, cfg: RunConfig) -> float:
     return c / max(n, 1)
 
 
+def cut(full: Classifier, tensors: dict[str, torch.Tensor], w: Widths,
+        spp_first: bool = True) -> Classifier:
+    """The subnetwork of widths `w` (after SPP) as a Classifier sharing `full`'s embeddings."""
+    spec = full.backbone.spec
+    ordered = spp(tensors, spec.head_dim) if spp_first else tensors
+    sub_t = extract(ordered, w, spec.head_dim)
+    emb = {k: v for k, v in full.backbone.state_dict().items() if k.startswith("embeddings.")}
+    blocks = {k: v for k, v in backbone_tensors(sub_t).items() if k.startswith("encoder.")}
+    sub = Classifier(build_subnetwork(w.spec(spec), blocks, emb), full.head.out_features,
+                     full.pooling)
+    set_tensors(sub, {k: v for k, v in sub_t.items() if k.startswith("head.")})
+    return sub
+
+
 def export(run_dir: str | Path, budget: float, out: str | Path, shape: str = "bert",
            overwrite: bool = False, repeats: int = 5, batch: int = 32) -> dict[str, Any]:
     """Cut, write and measure a `budget`-sized export of a run; returns the report."""
@@ -195,14 +209,8 @@ def export(run_dir: str | Path, budget: float, out: str | Path, shape: str = "be
     full = world.model
     set_tensors(full, {k: v for k, v in tensors.items() if not k.startswith("backbone.emb")})
     spec = full.backbone.spec
-    ordered = tensors if cfg.algorithm == "heterofl" else spp(tensors, spec.head_dim)
     w = export_widths(spec, budget, shape)
-    sub_t = extract(ordered, w, spec.head_dim)
-    emb = {k: v for k, v in full.backbone.state_dict().items() if k.startswith("embeddings.")}
-    blocks = {k: v for k, v in backbone_tensors(sub_t).items() if k.startswith("encoder.")}
-    sub = Classifier(build_subnetwork(w.spec(spec), blocks, emb), full.head.out_features,
-                     full.pooling)
-    set_tensors(sub, {k: v for k, v in sub_t.items() if k.startswith("head.")})
+    sub = cut(full, tensors, w, spp_first=cfg.algorithm != "heterofl")
     sub.eval(), full.eval()
     cm_p = CostModel(spec, "params")
     cm_f = CostModel(spec, "flops", seq=cfg.model.max_length)
