@@ -18,7 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORTS = ROOT / "bench/reports"
-ALGOS = ("fedms", "fedavg", "local")
+ALGOS = ("fedms", "fedms_g", "fedavg", "local")  # fedms_g: global_in_stage2 + local CE
+REQUIRED = {"fedms", "fedavg", "local"}
 
 
 def load(run: Path):
@@ -60,10 +61,11 @@ def plot_clients(runs: dict, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 3.2), dpi=100)
     clients = runs["fedms"][1]["clients"]
     order = sorted(range(len(clients)), key=lambda i: clients[i]["n_train"])
-    width = 0.27
-    for j, name in enumerate(ALGOS):
+    width = 0.8 / len(runs)
+    for j, name in enumerate(runs):
         accs = [runs[name][1]["clients"][i].get("acc_personal", 0) for i in order]
-        ax.bar([x + (j - 1) * width for x in range(len(order))], accs, width, label=name)
+        ax.bar([x + (j - (len(runs) - 1) / 2) * width for x in range(len(order))], accs, width,
+               label=name)
     gate = [clients[i].get("gate_local") for i in order]
     ax.plot(range(len(order)), [g if g is not None else float("nan") for g in gate], "k.",
             label="fedms gate weight on local expert")
@@ -72,7 +74,7 @@ def plot_clients(runs: dict, out: Path) -> None:
     ax.set_xlabel("client id / n_train (sorted by size)")
     ax.set_ylabel("personalised accuracy")
     ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=7, ncol=4)
+    ax.legend(fontsize=7, ncol=5, loc="lower center", bbox_to_anchor=(0.5, 1.0))
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
@@ -116,7 +118,7 @@ def main() -> None:
     REPORTS.mkdir(parents=True, exist_ok=True)
     base = Path(args.runs)
     runs = {a: load(base / a) for a in ALGOS if (base / a / "summary.json").exists()}
-    if set(runs) == set(ALGOS):
+    if REQUIRED <= set(runs):
         plot_rounds(runs, REPORTS / "fedms_bbc.png")
         plot_clients(runs, REPORTS / "fedms_clients.png")
         table(runs)
