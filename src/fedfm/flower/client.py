@@ -23,13 +23,21 @@ import logging
 import time
 
 import torch
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from fedfm.config import RunConfig, build_config
 from fedfm.errors import PayloadError
 from fedfm.flower.cache import cached_world
-from fedfm.flower.codec import MEMORY, blob_of, info_of, load_memory, save_memory, to_content
+from fedfm.flower.codec import (
+    MEMORY,
+    blob_of,
+    info_of,
+    load_memory,
+    node_content,
+    save_memory,
+    to_content,
+)
 from fedfm.messages import ClientTask, decode, encode
 from fedfm.setup import set_threads
 from fedfm.sim.clients import EVALUATE, TRAIN, run_client
@@ -111,8 +119,6 @@ def make_client_app(cfg: RunConfig | None = None, threads: int | None = None) ->
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
-        pid = context.node_config.get("partition-id", -1)
-        return Message(RecordDict({"fedfm.node": ConfigRecord({"partition-id": pid})}),
-                       reply_to=msg)
+        return Message(node_content(context.node_config.get("partition-id", -1)), reply_to=msg)
 
     return app

@@ -27,7 +27,7 @@ from fedfm.messages import read_header
 
 STYPE = "fedfm/safetensors"
 PAYLOAD, INFO, BLOB = "fedfm", "fedfm.info", "blob"
-MEMORY = "fedfm.memory"
+MEMORY, NODE = "fedfm.memory", "fedfm.node"
 
 
 def _bytes_array(blob: bytes) -> Array:
@@ -60,6 +60,17 @@ def blob_of(content: RecordDict) -> bytes:
 def info_of(content: RecordDict) -> dict[str, Any]:
     rec = content.config_records.get(INFO)
     return dict(rec) if rec is not None else {}
+
+
+def node_content(partition_id: object) -> RecordDict:
+    """A `query` reply: which fedfm client this node serves (-1 = none configured)."""
+    return RecordDict({NODE: ConfigRecord({"partition-id": partition_id})})
+
+
+def partition_of(content: RecordDict) -> int | None:
+    rec = content.config_records.get(NODE)
+    pid = rec.get("partition-id") if rec is not None else None
+    return pid if isinstance(pid, int) else None
 
 
 def save_memory(state: RecordDict, memory: ClientMemory, key: str = MEMORY) -> None:

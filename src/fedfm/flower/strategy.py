@@ -27,7 +27,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from fedfm.config import RunConfig
 from fedfm.errors import ConfigError, PayloadError
 from fedfm.flower.client import CONFIG_KEY
-from fedfm.flower.codec import blob_of, info_of, to_content
+from fedfm.flower.codec import blob_of, info_of, partition_of, to_content
 from fedfm.messages import ClientTask, decode, encode
 from fedfm.sim.clients import EVALUATE, TRAIN, Exchange
 from fedfm.sim.runner import EmbeddedRunner
@@ -49,10 +49,9 @@ def discover(grid: Grid, num_clients: int, timeout_s: float) -> dict[int, int]:
             asked.update(new)
             msgs = [Message(RecordDict(), dst_node_id=n, message_type="query") for n in new]
             for r in grid.send_and_receive(msgs, timeout=max(deadline - time.monotonic(), 1)):
-                if r.has_content() and "fedfm.node" in r.content.config_records:
-                    pid = r.content.config_records["fedfm.node"].get("partition-id")
-                    if isinstance(pid, int) and 0 <= pid < num_clients and pid not in nodes:
-                        nodes[pid] = r.metadata.src_node_id
+                pid = partition_of(r.content) if r.has_content() else None
+                if pid is not None and 0 <= pid < num_clients and pid not in nodes:
+                    nodes[pid] = r.metadata.src_node_id
         if time.monotonic() > deadline:
             missing = sorted(set(range(num_clients)) - set(nodes))
             raise ConfigError(
