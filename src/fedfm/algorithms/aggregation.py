@@ -55,16 +55,16 @@ def effective(tensors: Tensors) -> Tensors:
 
 def coordinate_median(stack: torch.Tensor) -> torch.Tensor:
     """(n, ...) -> (...): per-coordinate median, the mean of the two middle values for even n."""
-    s = stack.sort(dim=0).values
-    n = s.shape[0]
-    return s[(n - 1) // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+    s = stack.movedim(0, -1).sort(dim=-1).values  # (..., n): sorting the last dim is ~4x faster
+    n = s.shape[-1]
+    return s[..., (n - 1) // 2] if n % 2 else 0.5 * (s[..., n // 2 - 1] + s[..., n // 2])
 
 
 def trimmed_mean(stack: torch.Tensor, beta: float) -> torch.Tensor:
     """(n, ...) -> (...): per coordinate, mean after dropping ⌊β·n⌋ values at each end."""
     n = stack.shape[0]
     k = min(int(math.floor(beta * n)), (n - 1) // 2)
-    return stack.sort(dim=0).values[k: n - k].mean(0)
+    return stack.movedim(0, -1).sort(dim=-1).values[..., k: n - k].mean(-1)
 
 
 def refactor(product: torch.Tensor, a_like: Sequence[torch.Tensor],
