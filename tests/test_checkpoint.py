@@ -130,6 +130,9 @@ def test_resume_state_covers_memory_and_stragglers(reference):
     assert set(meta["clients"]) == {"0", "1", "2", "3"}  # fedper's private heads
     assert sum(r.get("late", 0) for r in meta["rows"]) > 0  # stragglers happened
     assert "rng/torch" in ck["tensors"]
+    summary = json.loads((reference / "summary.json").read_text())  # totals in summary.json
+    for key in ("rejected", "dropped", "late", "stale"):
+        assert summary[key] == sum(r[key] for r in meta["rows"])
 
 
 @pytest.fixture

@@ -33,6 +33,11 @@ def summarise(cfg: RunConfig, rows: list[dict[str, Any]], runner: EmbeddedRunner
         s[key] = sum(r.get(key) or 0 for r in rows)
     s["peak_rss_mb"] = max((r["peak_rss_mb"] for r in rows), default=peak_rss_mb())
     s["overhead_ratio"] = s["round_wall_s"] / s["client_compute_s"] if s["client_compute_s"] else None
+    for key in ("rejected", "dropped", "late", "stale", "clipped", "skipped"):  # issue #7 totals
+        if any(key in r for r in rows):
+            s[key] = sum(int(r.get(key) or 0) for r in rows)
+    if any(r.get("dp_epsilon") is not None for r in rows):
+        s["dp_epsilon"] = rows[-1].get("dp_epsilon")  # after the last round (δ = dp.delta)
     data = runner.world.data
     s["clients"] = [
         {"id": c.client_id, "n_train": len(c.train), "n_test": len(c.test),
