@@ -85,21 +85,32 @@ def markdown_table(header: tuple[str, ...], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def describe_config(c: dict[str, Any]) -> str:
-    """One line naming what the runs of a setting share (from the first run's config.json)."""
-    m, d, t = c.get("model", {}), c.get("data", {}), c.get("train", {})
-    parts = [f"model {m.get('name')} ({m.get('finetune')}, max_length {m.get('max_length')})",
-             f"data {d.get('name')} {d.get('partition')}"
-             + (f" α={d.get('alpha')}" if d.get("partition") in ("dirichlet", "quantity") else ""),
-             f"{d.get('num_clients')} clients (fraction {c.get('sampling', {}).get('fraction')})",
-             f"{c.get('rounds')} rounds", f"{t.get('precision')}", f"batch {t.get('batch_size')}"]
-    if d.get("max_examples"):
-        parts.append(f"max_examples {d['max_examples']}")
-    if t.get("max_steps"):
-        parts.append(f"max_steps {t['max_steps']}")
-    if c.get("resources", {}).get("tiers"):
-        parts.append(f"tiers {c['resources']['tiers']}")
-    return ", ".join(parts)
+SHOWN = (("model", "model.name"), ("finetune", "model.finetune"),
+         ("max_length", "model.max_length"), ("data", "data.name"),
+         ("partition", "data.partition"), ("alpha", "data.alpha"), ("clients", "data.num_clients"),
+         ("max_examples", "data.max_examples"), ("fraction", "sampling.fraction"),
+         ("rounds", "rounds"), ("precision", "train.precision"), ("batch", "train.batch_size"),
+         ("lr", "train.lr"), ("max_steps", "train.max_steps"), ("threads", "train.threads"),
+         ("tiers", "resources.tiers"), ("budget unit", "resources.unit"))
+
+
+def _get(config: dict[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def describe_config(configs: list[dict[str, Any]]) -> str:
+    """What the runs of a setting share, then the shown keys that vary between their cells."""
+    common, varying = [], []
+    for name, key in SHOWN:
+        values = [_get(c, key) for c in configs]
+        if any(v != values[0] for v in values):
+            varying.append(key)
+        elif values[0] is not None and values[0] != {}:
+            common.append(f"{name} {values[0]}")
+    return ", ".join(common) + (f"; varies by cell: {', '.join(varying)}" if varying else "")
 
 
 def _drift(runs: list[RunRecord], threads: Any) -> float:
@@ -138,6 +149,8 @@ def write_report(runs: list[RunRecord], out: Path, title: str, command: str | No
     from fedfm.bench.plots import plot_bytes, plot_rounds
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    titles = titles or {r.setting: str(r.bench["setting_title"]) for r in runs
+                        if r.bench and r.bench.get("setting_title")}
     ref = probe_ref(runs)
     lines = [f"# {title}", "",
              f"Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC from {len(runs)} "
@@ -146,7 +159,7 @@ def write_report(runs: list[RunRecord], out: Path, title: str, command: str | No
     for setting, groups in group_runs(runs).items():
         name = (titles or {}).get(setting, setting)
         lines += [f"## {name}" + (f" (`{setting}`)" if name != setting else ""), "",
-                  f"Config: {describe_config(groups[0].runs[0].config)}.", "",
+                  f"Config: {describe_config([r.config for g in groups for r in g.runs])}.", "",
                   markdown_table(COLUMNS, [table_row(g, ref) for g in groups]), ""]
         for kind, plot in (("rounds", plot_rounds), ("bytes", plot_bytes)):
             png = plot(groups, out.parent / f"{out.stem}-{setting}-{kind}.png", name)
