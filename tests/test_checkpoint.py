@@ -191,3 +191,29 @@ def test_global_rng_states_round_trip():
     got = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(expected[0], got[0]) and np.array_equal(expected[1], got[1])
     assert expected[2] == got[2]
+
+
+class _Sentinel:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_pickled_checkpoint_is_refused_even_with_a_matching_checksum(checkpointed, tmp_path):
+    """Someone replaces the checkpoint by a pickle and fixes latest.json: never unpickled."""
+    import hashlib
+    import pickle
+
+    sentinel = tmp_path / "pwned"
+    blob = pickle.dumps({"state": _Sentinel(str(sentinel))})
+    f = checkpointed / "checkpoint" / "round-0002.safetensors"
+    f.write_bytes(blob)
+    latest_path = checkpointed / "checkpoint" / "latest.json"
+    latest = json.loads(latest_path.read_text())
+    latest.update(bytes=len(blob), sha256=hashlib.sha256(blob).hexdigest())
+    latest_path.write_text(json.dumps(latest))
+    with pytest.raises(PayloadError, match="cannot be parsed|not JSON|too short|header"):
+        resume_run(checkpointed, quiet=True)
+    assert not sentinel.exists()
