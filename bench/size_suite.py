@@ -11,7 +11,8 @@ For each rehearsed cell: the worker's CPU seconds (bench.json `cpu_s`) are split
 (interpreter, model, tokenisation) and rounds in the proportion of their wall times in the same
 run (contention hits both alike), giving CPU s per round. A cell of R rounds then costs
 `startup + R · per_round` CPU seconds = its wall time on one idle core; on two idle cores it lies
-between that / 2 (perfect scaling) and that / 1, and `--speedup` (default 1.6) picks a point.
+between that / 2 (perfect scaling) and that / 1, and `--speedup` (default 1.4, measured for
+MiniLM LoRA steps: bench/reports/bench-sizing.md) picks a point.
 Cells of the suite not rehearsed take the cost of the rehearsed cell named by `--like`.
 """
 
@@ -46,7 +47,7 @@ def main() -> None:
     p.add_argument("rehearsal", type=Path)
     p.add_argument("--rounds", type=int, required=True, help="rounds of the real suite")
     p.add_argument("--suite", help="the suite TOML, to count its cells")
-    p.add_argument("--speedup", type=float, default=1.6, help="2-thread speed-up over 1 thread")
+    p.add_argument("--speedup", type=float, default=1.4, help="2-thread speed-up over 1 thread")
     p.add_argument("--like", default="fedavg-lora=fedprox,local,fedper;raffm=heterofl;"
                    "fedmoe=randommoe", help="rehearsed=unrehearsed,... groups")
     args = p.parse_args()
