@@ -72,8 +72,8 @@ def test_epsilon_from_the_accountant():
 
 
 def test_epsilon_is_reported_every_round():
-    cfg = build_config(tiny_raw(rounds=3, **{"dp.enabled": True, "dp.noise_multiplier": 1.0,
-                                             "dp.clip": 1.0}))
+    cfg = build_config(tiny_raw(rounds=2, **{"eval.every": 2, "dp.enabled": True,
+                                             "dp.noise_multiplier": 1.0, "dp.clip": 1.0}))
     rows, _ = run_attacked(cfg)
     eps = [r["dp_epsilon"] for r in rows]
     assert all(e is not None and e > 0 for e in eps) and eps == sorted(eps) and eps[0] < eps[-1]
