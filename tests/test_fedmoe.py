@@ -22,7 +22,7 @@ from fedfm.models.moe import (
 from fedfm.run import run
 from tests.conftest import tiny_raw
 
-MOE_RES = {"unit": "memory", "tiers": {"small": 0.97, "large": 1.0},
+MOE_RES = {"unit": "memory", "tiers": {"small": 0.5, "large": 1.0},
            "proportions": {"small": 0.5, "large": 0.5}}
 
 
@@ -212,11 +212,12 @@ def _half_expert_budget(tmp_path) -> float:
     return (mem.dense + sum(map(sum, mem.expert)) / 2) / mem.full
 
 
-@pytest.mark.parametrize("algo", ["fedmoe", "randommoe"])
-def test_end_to_end_per_client_summary(tmp_path, algo):
-    f = _half_expert_budget(tmp_path)
+@pytest.mark.parametrize("algo,scope", [("fedmoe", "experts"), ("randommoe", "model")])
+def test_end_to_end_per_client_summary(tmp_path, algo, scope):
+    # half budget: "experts" scope = b_k of the experts; "model" = b_k of the full MoE's memory
+    f = 0.5 if scope == "experts" else _half_expert_budget(tmp_path)
     res = {"unit": "memory", "per_client": [1.0, f, 1.0, f]}
-    cfg = _cfg(tmp_path, algo, resources=res, **{f"{algo}.alpha": 1.0})
+    cfg = _cfg(tmp_path, algo, resources=res, **{f"{algo}.alpha": 1.0, f"{algo}.budget_of": scope})
     s = run(cfg, quiet=True)
     assert 0 <= s["acc_personal_mean"] <= 1 and s["acc_global"] is None
     rows = [json.loads(x) for x in open(f"{cfg.out}/metrics.jsonl")]
@@ -227,14 +228,17 @@ def test_end_to_end_per_client_summary(tmp_path, algo):
         assert len(c["experts_per_layer"]) == 2 and c["experts"] == sum(c["experts_per_layer"])
         assert c["memory_mb"] > 0 and c["bytes_sent"] > 0
         if c["id"] % 2:  # half budget: at most half of the 8 experts, within its memory
-            assert 2 <= c["experts"] <= 4 and c["memory_mb"] <= f * full_mb + 1e-3
+            assert 2 <= c["experts"] <= 4 and c["memory_mb"] < full_mb
+            if scope == "model":
+                assert c["memory_mb"] <= f * full_mb + 1e-3
     assert sum(c["experts"] for c in s["clients"] if c["id"] % 2 == 0) > 8
 
 
 def test_stage2_payload_is_per_client_and_unheld_experts_unchanged(tmp_path):
     from fedfm.setup import build_world
 
-    world = build_world(_cfg(tmp_path, "randommoe"))
+    res = {"unit": "memory", "per_client": [0.5] * 4}
+    world = build_world(_cfg(tmp_path, "randommoe", resources=res))
     algo = world.algorithm
     algo.init_server(world.model)
     tasks = algo.configure_train(0, [0, 1])

@@ -32,7 +32,7 @@ from fedfm.algorithms.submoe import (
     search_threshold, select_keys, submodel_memory, to_flat, write_flat,
 )
 from fedfm.algorithms.training import (
-    count_correct, cross_entropy_loss, param_groups, train_local,
+    autocast, count_correct, cross_entropy_loss, param_groups, train_local,
 )
 from fedfm.config import RunConfig
 from fedfm.data.federated import ClientData, Split
@@ -60,6 +60,8 @@ class FedMoEOptions:
     recommend: bool = True
     val_fraction: float = 0.2  # of each client's train split, for validation and p
     min_experts: int = 1  # per block
+    budget_of: str = "experts"  # the budget fraction b_k scales: experts | model (see docs)
+    score: str = "loss"  # validation score for recommendation: loss (-CE) | accuracy
 
     def check(self) -> None:
         rules = [
@@ -74,10 +76,23 @@ class FedMoEOptions:
             (self.patience >= 1, "patience must be >= 1"),
             (0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)"),
             (1 <= self.min_experts <= self.num_experts, "min_experts must be in 1..num_experts"),
+            (self.budget_of in ("experts", "model"), "budget_of must be experts or model"),
+            (self.score in ("loss", "accuracy"), "score must be loss or accuracy"),
         ]
         for ok, msg in rules:
             if not ok:
                 raise ConfigError(f"[fedmoe/randommoe] {msg}.")
+
+
+@torch.inference_mode()
+def mean_loss(model: Classifier, split: Split, batch_size: int, precision: str) -> float:
+    """Mean cross-entropy of the model on `split` (the validation score's finer signal)."""
+    total = 0.0
+    for ids, mask, y in split.batches(batch_size):
+        with autocast(precision):
+            logits = model(ids, mask)
+        total += float(torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
+    return total / max(len(split), 1)
 
 
 def split_val(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
@@ -140,7 +155,12 @@ class FedMoE:
                      if not k.startswith("head.")}
 
     def limit(self, cid: int, alpha: float) -> float:
-        return alpha * self.budgets[cid] * self.mem.full
+        """alpha · M_k in bytes. budget_of = "model": M_k = b_k · memory(full MoE);
+        "experts": M_k = memory(dense part) + b_k · memory(all experts), alpha on the experts."""
+        b = self.budgets[cid]
+        if self.opts.budget_of == "model":
+            return alpha * b * self.mem.full
+        return self.mem.dense + alpha * b * (self.mem.full - self.mem.dense)
 
     # ---------------------------------------------------------------- server: plans
     def stage(self, rnd: int) -> int:
@@ -229,10 +249,12 @@ class FedMoE:
         stats = train_local(param_groups(named, self.cfg.train.lr, self.cfg.train.head_lr), train,
                             cross_entropy_loss(model), self.cfg.train, ctx.generator(), extra)
         correct, total = count_correct(model, val, self.cfg.eval.batch_size, self.cfg.train.precision)
+        val_loss = mean_loss(model, val, self.cfg.eval.batch_size, self.cfg.train.precision)
         p = activation_shares(model, model, val.batches(self.cfg.eval.batch_size))
         out = read_flat(model, list(task.tensors))
         memory.state["bytes_sent"] = memory.state.get("bytes_sent", 0) + payload_bytes(out)
-        metrics = {"loss": stats.loss, "val_acc": correct / max(total, 1), "task": data.task,
+        metrics = {"loss": stats.loss, "val_acc": correct / max(total, 1), "val_loss": val_loss,
+                   "task": data.task,
                    "p": p.tolist(), "phase": task.config["phase"]}
         return ClientUpdate(task.round, task.client_id, n, out, metrics)
 
@@ -275,12 +297,14 @@ class FedMoE:
             if not u.tensors:
                 continue
             cid, st = u.client_id, self.rec.setdefault(u.client_id, RecState())
-            action = observe(st, float(u.metrics["val_acc"]), self.opts.patience)
+            score = (-float(u.metrics["val_loss"]) if self.opts.score == "loss"
+                     else float(u.metrics["val_acc"]))
+            action = observe(st, score, self.opts.patience)
             if action == "revert":
                 self._set_plan(cid, self._plan_for(st.trial_prev))
                 st.trial_prev = st.trial_score = None
             elif action == "recommend":
-                action = self._try_change(cid, st, float(u.metrics["val_acc"]))
+                action = self._try_change(cid, st, score)
             if action in counts:
                 counts[action] += 1
                 st.changes.append(action)
