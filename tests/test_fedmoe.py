@@ -9,15 +9,29 @@ import torch
 
 from fedfm.algorithms.expert_rec import RecState, observe, recommend, reference_set
 from fedfm.algorithms.submoe import (
-    MemoryModel, build_submoe, expert_of, modular_aggregate, read_flat, search_threshold,
-    select_by_threshold, select_keys, submodel_memory, to_flat, write_flat,
+    MemoryModel,
+    build_submoe,
+    expert_of,
+    modular_aggregate,
+    read_flat,
+    search_threshold,
+    select_by_threshold,
+    select_keys,
+    submodel_memory,
+    to_flat,
+    write_flat,
 )
 from fedfm.config import build_config
 from fedfm.errors import ConfigError
 from fedfm.models.classifier import Classifier
 from fedfm.models.loading import load_backbone
 from fedfm.models.moe import (
-    MoEOutput, activation_shares, balance_loss, moe_blocks, set_held, to_moe,
+    MoEOutput,
+    activation_shares,
+    balance_loss,
+    moe_blocks,
+    set_held,
+    to_moe,
 )
 from fedfm.run import run
 from tests.conftest import tiny_raw

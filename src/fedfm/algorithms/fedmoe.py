@@ -28,11 +28,25 @@ from fedfm.algorithms import registry
 from fedfm.algorithms.base import ClientContext, ClientMemory
 from fedfm.algorithms.expert_rec import RecState, observe, recommend, reference_set
 from fedfm.algorithms.submoe import (
-    MemoryModel, Plan, all_held, build_submoe, estimate_shares, modular_aggregate, read_flat,
-    search_threshold, select_keys, submodel_memory, to_flat, write_flat,
+    MemoryModel,
+    Plan,
+    all_held,
+    build_submoe,
+    estimate_shares,
+    modular_aggregate,
+    read_flat,
+    search_threshold,
+    select_keys,
+    submodel_memory,
+    to_flat,
+    write_flat,
 )
 from fedfm.algorithms.training import (
-    autocast, count_correct, cross_entropy_loss, param_groups, train_local,
+    autocast,
+    count_correct,
+    cross_entropy_loss,
+    param_groups,
+    train_local,
 )
 from fedfm.config import RunConfig
 from fedfm.data.federated import ClientData, Split
@@ -138,7 +152,11 @@ class FedMoE:
         o, m = self.opts, self.cfg.model
         to_moe(model.backbone, o.num_experts, o.top_k, o.build, self.cfg.seed)
         freeze(model.backbone)
-        inject_lora(model.backbone, m.lora_targets, m.lora_rank, m.lora_alpha, self.cfg.seed)
+        try:
+            inject_lora(model.backbone, m.lora_targets, m.lora_rank, m.lora_alpha, self.cfg.seed)
+        except ValueError:
+            raise ConfigError(f"model.lora_targets {list(m.lora_targets)} match no attention "
+                              "layer of the MoE model (e.g. query, value).") from None
         scale = m.lora_alpha / m.lora_rank
         inject_lora(model.backbone, ("dense_in", "dense_out"), o.expert_lora_rank,
                     scale * o.expert_lora_rank, self.cfg.seed + 1)
