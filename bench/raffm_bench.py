@@ -5,7 +5,8 @@ Three steps, each one command under ~12 minutes on the 2-core CPU:
   python bench/raffm_bench.py train fedavg      # full-model FedAvg (model.finetune=full)
   python bench/raffm_bench.py train raffm       # mixed tiers 30/40/30 % small/medium/large
   python bench/raffm_bench.py train heterofl    # same tiers, static prefixes, no SPP
-  python bench/raffm_bench.py export            # 50% exports (bert + elastic) + timing
+  python bench/raffm_bench.py export raffm bert   # 50% exports + timing (also: raffm
+  python bench/raffm_bench.py export fedavg bert  #   elastic); one process each
   python bench/raffm_bench.py report            # bench/reports/raffm.json + PNGs
 
 All runs share every setting but the algorithm (same seed, partition, lr, rounds). Per-tier
@@ -34,7 +35,7 @@ COMMON = {
     "resources": {"unit": "params", "tiers": {"small": 0.3, "medium": 0.6, "large": 1.0},
                   "proportions": {"small": 0.3, "medium": 0.4, "large": 0.3}},
 }
-EXPORTS = [("raffm", "bert"), ("raffm", "elastic"), ("fedavg", "bert"), ("heterofl", "elastic")]
+EXPORTS = [("raffm", "bert"), ("raffm", "elastic"), ("fedavg", "bert")]
 
 
 def train(algorithm: str) -> None:
@@ -48,14 +49,13 @@ def train(algorithm: str) -> None:
                                             "client_compute_s", "round_wall_s")}))
 
 
-def export_all() -> None:
+def export_one(algo: str, shape: str) -> None:
     from fedfm.export import export
 
-    for algo, shape in EXPORTS:
-        r = export(RUNS / algo, 0.5, RUNS / f"export_{algo}_{shape}", shape=shape,
-                   overwrite=True, repeats=9)
-        print(json.dumps({k: r[k] for k in ("algorithm", "shape", "params_fraction", "speedup",
-                                            "acc_export", "acc_full")}))
+    r = export(RUNS / algo, 0.5, RUNS / f"export_{algo}_{shape}", shape=shape, overwrite=True,
+               repeats=7)
+    print(json.dumps({k: r[k] for k in ("algorithm", "shape", "params_fraction", "speedup",
+                                        "acc_export", "acc_full")}))
 
 
 def per_tier(summary: dict, rounds: int, batch: int) -> dict:
@@ -102,7 +102,32 @@ def report() -> None:
     REPORT.mkdir(parents=True, exist_ok=True)
     (REPORT / "raffm.json").write_text(json.dumps(out, indent=2))
     plot(out)
-    print(json.dumps(out["runs"], indent=1)[:3000])
+    print(markdown(out))
+
+
+def markdown(out: dict) -> str:
+    lines = ["| algorithm | tier | clients | params fraction | MB sent / client / round | "
+             "s / local step | personal acc (own subnetwork) |", "|---|---|---|---|---|---|---|"]
+    for algo, r in out["runs"].items():
+        for tier, t in sorted(r["tiers"].items()):
+            lines.append(f"| {algo} | {tier} | {t['clients']} | {t['params_fraction']:.3f} | "
+                         f"{t['bytes_sent_per_round'] / 1e6:.1f} | {t['step_s']:.2f} | "
+                         f"{t['acc_personal']:.3f} |")
+    lines += ["", "| algorithm | global acc by round | bytes up (MB) | bytes down (MB) | "
+              "client compute (s) |", "|---|---|---|---|---|"]
+    for algo, r in out["runs"].items():
+        accs = ", ".join(f"{a:.3f}" for a in r["acc_global_by_round"] if a is not None)
+        lines.append(f"| {algo} | {accs} | {r['bytes_up'] / 1e6:.0f} | "
+                     f"{r['bytes_down'] / 1e6:.0f} | {r['client_compute_s']:.0f} |")
+    lines += ["", "| export | shape | heads x FFN | block params | FLOPs/example | ms/example "
+              "(export / full) | speedup | acc export / full |", "|---|---|---|---|---|---|---|---|"]
+    for e in out["exports"]:
+        lines.append(f"| {e['algorithm']} 0.5 | {e['shape']} | {e['heads'][0]} x {e['ffn'][0]} | "
+                     f"{e['params_fraction']:.3f} | {e['flops_per_example'] / 1e6:.0f} M / "
+                     f"{e['flops_per_example_full'] / 1e6:.0f} M | "
+                     f"{e['latency_ms_per_example']:.2f} / {e['latency_ms_per_example_full']:.2f}"
+                     f" | {e['speedup']:.2f}x | {e['acc_export']:.3f} / {e['acc_full']:.3f} |")
+    return "\n".join(lines)
 
 
 def plot(out: dict) -> None:
@@ -138,6 +163,6 @@ if __name__ == "__main__":
     if cmd == "train":
         train(sys.argv[2])
     elif cmd == "export":
-        export_all()
+        export_one(sys.argv[2], sys.argv[3])
     else:
         report()
