@@ -55,7 +55,7 @@ def effective(tensors: Tensors) -> Tensors:
 
 def coordinate_median(stack: torch.Tensor) -> torch.Tensor:
     """(n, ...) -> (...): per-coordinate median, the mean of the two middle values for even n."""
-    s = stack.movedim(0, -1).sort(dim=-1).values  # (..., n): sorting the last dim is ~4x faster
+    s = stack.movedim(0, -1).contiguous().sort(dim=-1).values  # (..., n): last dim sorts fastest
     n = s.shape[-1]
     return s[..., (n - 1) // 2] if n % 2 else 0.5 * (s[..., n // 2 - 1] + s[..., n // 2])
 
@@ -64,14 +64,15 @@ def trimmed_mean(stack: torch.Tensor, beta: float) -> torch.Tensor:
     """(n, ...) -> (...): per coordinate, mean after dropping ⌊β·n⌋ values at each end."""
     n = stack.shape[0]
     k = min(int(math.floor(beta * n)), (n - 1) // 2)
-    return stack.movedim(0, -1).sort(dim=-1).values[..., k: n - k].mean(-1)
+    return stack.movedim(0, -1).contiguous().sort(dim=-1).values[..., k: n - k].mean(-1)
 
 
 def refactor(product: torch.Tensor, a_like: Sequence[torch.Tensor],
              dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """E (out, in) -> (A (r, in), B (out, r)) with B·A = best rank-r approximation of E."""
     r = a_like[0].shape[0]
-    u, s, vh = torch.linalg.svd(product, full_matrices=False)  # (out,k) (k,) (k,in)
+    work = product.to(torch.float32 if dtype == torch.float32 else torch.float64)
+    u, s, vh = torch.linalg.svd(work, full_matrices=False)  # (out,k) (k,) (k,in)
     c = sum(float(a.double().norm()) for a in a_like) / len(a_like) / math.sqrt(r)
     c = c if c > 0 else 1.0
     a = c * vh[:r]  # (r, in)
