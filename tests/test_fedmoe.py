@@ -280,3 +280,43 @@ def test_config_errors_name_the_problem(tmp_path):
         raw = tiny_raw(algorithm="fedmoe", out=str(tmp_path / "x"),
                        resources={**MOE_RES, "unit": "params"})
         run(build_config(raw), quiet=True)
+
+
+def test_heads_per_task_and_same_task_estimate(tmp_path):
+    from fedfm.algorithms.submoe import estimate_shares
+    from fedfm.messages import ClientUpdate
+    from fedfm.setup import build_world
+
+    world = build_world(_cfg(tmp_path, "fedmoe", resources={"unit": "memory"}))
+    algo = world.algorithm
+    algo.init_server(world.model)
+    pa = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]], dtype=torch.float64)
+    pb = torch.tensor([[0, 0, 0.5, 0.5], [0, 0, 0, 1.0]], dtype=torch.float64)
+    ups = []
+    for cid, task, p, fill in ((0, "a", pa, 1.0), (1, "b", pb, 3.0), (2, "a", pa, 2.0)):
+        head = {k: torch.full_like(v, fill) for k, v in algo.init_head.items()}
+        ups.append(ClientUpdate(0, cid, 10, head, {"task": task, "p": p.tolist()}))
+    algo.aggregate_train(0, ups)  # round 0 = stage 1: reports kept
+    assert torch.all(algo.flat["task[a].head.weight"] == 1.5)  # mean of clients 0 and 2
+    assert torch.all(algo.flat["task[b].head.weight"] == 3.0)
+    est = estimate_shares(algo.reports, "b", (2, 4))
+    assert torch.equal(est, pb)  # a client of task b is estimated from task-b clients only
+    payload = algo.configure_train(1, [1])[0].tensors  # stage 2: client 1 gets its task's head
+    assert torch.all(payload["head.weight"] == 3.0)
+
+
+def test_server_state_roundtrip_keeps_plans_and_recommendation(tmp_path):
+    from fedfm.algorithms.expert_rec import RecState
+    from fedfm.setup import build_world
+
+    cfg = _cfg(tmp_path, "fedmoe", resources={"unit": "memory", "per_client": [1.0, 0.5, 1.0, 0.5]})
+    a = build_world(cfg).algorithm
+    a.init_server(a.model)
+    tasks = a.configure_train(1, [0, 1, 2, 3])  # stage 2 from uniform estimates
+    a.rec[1] = RecState(best=-0.3, stall=1, trial_prev=[[0], [1]], trial_score=-0.4)
+    tensors, state = a.server_state()
+    b = build_world(cfg).algorithm
+    b.load_server_state(tensors, json.loads(json.dumps(state)))
+    again = b.configure_train(1, [0, 1, 2, 3])
+    assert [t.config["held"] for t in again] == [t.config["held"] for t in tasks]
+    assert b.rec[1] == a.rec[1]

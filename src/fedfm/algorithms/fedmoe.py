@@ -18,7 +18,7 @@ randomMoE (randommoe.py) = the same machinery with random expert sets of the sam
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -353,15 +353,28 @@ class FedMoE:
         return dict(self.flat)
 
     def server_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        plans = {str(c): {"theta": p.theta, "held": p.held, "fits": p.fits}
-                 for c, p in self.plans.items()}
-        return dict(self.flat), {"plans": plans, "task_of": {str(k): v for k, v in self.task_of.items()}}
+        """Flat tensors + JSON: tasks, stage-1 reports, profiles, plans, recommendation state."""
+        state = {
+            "task_of": {str(k): v for k, v in self.task_of.items()},
+            "reports": {str(c): [p.tolist(), n, t] for c, (p, n, t) in self.reports.items()},
+            "latest_p": {str(c): p.tolist() for c, p in self.latest_p.items()},
+            "plans": {str(c): {"theta": p.theta, "held": p.held, "fits": p.fits}
+                      for c, p in self.plans.items()},
+            "rec": {str(c): asdict(r) for c, r in self.rec.items()},
+        }
+        return dict(self.flat), state
 
     def load_server_state(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
         self.flat = dict(tensors)
+        f64 = torch.float64
         self.task_of = {int(k): v for k, v in state.get("task_of", {}).items()}
+        self.reports = {int(c): (torch.tensor(p, dtype=f64), n, t)
+                        for c, (p, n, t) in state.get("reports", {}).items()}
+        self.latest_p = {int(c): torch.tensor(p, dtype=f64)
+                         for c, p in state.get("latest_p", {}).items()}
         for c, p in state.get("plans", {}).items():
             self._set_plan(int(c), Plan(p["theta"], p["held"], self.mem.cost(p["held"]), p["fits"]))
+        self.rec = {int(c): RecState(**r) for c, r in state.get("rec", {}).items()}
 
 
 def _drop_last_added(new, old, p: torch.Tensor):
