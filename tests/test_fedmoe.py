@@ -320,3 +320,24 @@ def test_server_state_roundtrip_keeps_plans_and_recommendation(tmp_path):
     again = b.configure_train(1, [0, 1, 2, 3])
     assert [t.config["held"] for t in again] == [t.config["held"] for t in tasks]
     assert b.rec[1] == a.rec[1]
+
+
+def test_moe_folder_roundtrip_and_fedmoe_starts_from_it(tmp_path):
+    from fedfm.models.moe import load_moe_folder, save_moe_folder
+    from fedfm.setup import build_world
+
+    src = _bert()
+    to_moe(src, 4, 2, "upcycle", seed=3)  # a different layout/seed than the default build
+    with torch.no_grad():
+        moe_blocks(src)[1].moe.experts[2].dense_in.weight.add_(0.5)
+    save_moe_folder(src, tmp_path / "moe")
+    dst = _bert()
+    layout = load_moe_folder(dst, tmp_path / "moe")
+    assert layout["mode"] == "upcycle" and layout["widths"] == [[64] * 4] * 2
+    ids, mask = _batch()
+    assert torch.equal(dst(ids, mask), src(ids, mask))
+    world = build_world(_cfg(tmp_path, "fedmoe", **{"fedmoe.checkpoint": str(tmp_path / "moe")}))
+    got = moe_blocks(world.model)[1].moe.experts[2].dense_in.weight
+    assert torch.equal(got, moe_blocks(src)[1].moe.experts[2].dense_in.weight)
+    with pytest.raises(ConfigError, match="not a fedfm MoE folder"):
+        build_world(_cfg(tmp_path, "fedmoe", **{"fedmoe.checkpoint": str(tmp_path)}))

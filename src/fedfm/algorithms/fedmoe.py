@@ -54,7 +54,14 @@ from fedfm.errors import ConfigError
 from fedfm.messages import ClientTask, ClientUpdate, payload_bytes
 from fedfm.models.classifier import Classifier, freeze, get_tensors
 from fedfm.models.lora import inject_lora
-from fedfm.models.moe import BUILDS, activation_shares, aux_loss, set_held, to_moe
+from fedfm.models.moe import (
+    BUILDS,
+    activation_shares,
+    aux_loss,
+    load_moe_folder,
+    set_held,
+    to_moe,
+)
 from fedfm.resources import client_profiles
 
 MiB = 2**20
@@ -76,6 +83,7 @@ class FedMoEOptions:
     min_experts: int = 1  # per block
     budget_of: str = "experts"  # the budget fraction b_k scales: experts | model (see docs)
     score: str = "loss"  # validation score for recommendation: loss (-CE) | accuracy
+    checkpoint: str | None = None  # a fedfm MoE folder (models.moe.save_moe_folder) to start from
 
     def check(self) -> None:
         rules = [
@@ -150,7 +158,15 @@ class FedMoE:
     # ---------------------------------------------------------------- model
     def prepare_model(self, model: Classifier) -> None:
         o, m = self.opts, self.cfg.model
-        to_moe(model.backbone, o.num_experts, o.top_k, o.build, self.cfg.seed)
+        if o.checkpoint:
+            try:
+                load_moe_folder(model.backbone, o.checkpoint)
+            except ValueError as e:
+                raise ConfigError(f"{self.name}.checkpoint: {e}.") from None
+            for blk in model.backbone.layers:
+                blk.moe.router.top_k = o.top_k
+        else:
+            to_moe(model.backbone, o.num_experts, o.top_k, o.build, self.cfg.seed)
         freeze(model.backbone)
         try:
             inject_lora(model.backbone, m.lora_targets, m.lora_rank, m.lora_alpha, self.cfg.seed)
@@ -166,7 +182,10 @@ class FedMoE:
         self.model = model
         flat = to_flat(get_tensors(model))
         self.init_head = {k: v for k, v in flat.items() if k.startswith("head.")}
-        self.shape = (len(model.backbone.layers), o.num_experts)
+        counts = {len(blk.moe.experts) for blk in model.backbone.layers}
+        if len(counts) != 1:
+            raise ConfigError(f"{self.name} needs the same expert count in every block, got {counts}.")
+        self.shape = (len(model.backbone.layers), counts.pop())
 
     def init_server(self, model: Classifier) -> None:
         self.flat = {k: v for k, v in to_flat(get_tensors(model)).items()

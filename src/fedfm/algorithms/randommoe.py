@@ -23,13 +23,14 @@ class RandomMoEOptions:
     val_fraction: float = 0.2
     min_experts: int = 1
     budget_of: str = "experts"
+    checkpoint: str | None = None
 
     def to_fedmoe(self) -> FedMoEOptions:
         return FedMoEOptions(
             num_experts=self.num_experts, top_k=self.top_k, build=self.build,
             expert_lora_rank=self.expert_lora_rank, balance_coef=self.balance_coef,
             profile_rounds=0, alpha=self.alpha, recommend=False, val_fraction=self.val_fraction,
-            min_experts=self.min_experts, budget_of=self.budget_of)
+            min_experts=self.min_experts, budget_of=self.budget_of, checkpoint=self.checkpoint)
 
     def check(self) -> None:
         self.to_fedmoe().check()

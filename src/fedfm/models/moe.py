@@ -23,6 +23,8 @@ Two builds from a dense pre-trained model (no pre-trained MoE can be downloaded 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -261,3 +263,53 @@ def activation_shares(forward, model: nn.Module, batches) -> torch.Tensor:
         forward(ids, mask)
         counts += torch.stack([blk.last.load.double() for blk in blocks])
     return counts / counts.sum(1, keepdim=True).clamp_min(1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# MoE checkpoint folders: `moe.json` (experts, widths, top_k, mode) + `model.safetensors`
+
+
+def save_moe_folder(bert: Bert, folder: str | Path) -> None:
+    """Write an MoE backbone (e.g. MoEfied offline on co-activations of your own texts) so that
+    `fedmoe.checkpoint = folder` starts from it. Weights: safetensors; layout: JSON."""
+    from safetensors.torch import save_file
+
+    blocks = moe_blocks(bert)
+    if len(blocks) != bert.spec.num_layers:
+        raise ValueError("every block must be an MoE block (call to_moe first)")
+    layout = {"format": "fedfm-moe/1", "hidden": bert.spec.hidden,
+              "widths": [[ex.dense_in.out_features for ex in b.moe.experts] for b in blocks],
+              "top_k": blocks[0].moe.router.top_k, "mode": blocks[0].moe.mode}
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "moe.json").write_text(json.dumps(layout, indent=1))
+    state = {k: v.detach().contiguous() for k, v in bert.state_dict().items()
+             if "lora_" not in k}
+    save_file(state, str(out / "model.safetensors"))
+
+
+def load_moe_folder(bert: Bert, folder: str | Path) -> dict:
+    """Turn `bert`'s blocks into the folder's MoE layout and load all its weights (in place).
+    Raises ValueError naming the problem when the folder does not fit the backbone."""
+    from safetensors.torch import load_file
+
+    root = Path(folder)
+    if not (root / "moe.json").is_file() or not (root / "model.safetensors").is_file():
+        raise ValueError(f"'{root}' is not a fedfm MoE folder (needs moe.json and model.safetensors)")
+    layout = json.loads((root / "moe.json").read_text())
+    widths = layout.get("widths", [])
+    if layout.get("hidden") != bert.spec.hidden or len(widths) != bert.spec.num_layers:
+        raise ValueError(f"'{root}': hidden {layout.get('hidden')} x {len(widths)} blocks does not "
+                         f"match the backbone ({bert.spec.hidden} x {bert.spec.num_layers})")
+    for i, layer in enumerate(bert.layers):
+        moe = MoEFFN(bert.spec.hidden, widths[i], layout["top_k"], bert.spec.eps, layout["mode"])
+        bert.layers[i] = MoEBlock(layer.attention, moe)
+    state = load_file(str(root / "model.safetensors"))
+    own = bert.state_dict()
+    bad = [k for k in own if k not in state or state[k].shape != own[k].shape]
+    if bad:
+        raise ValueError(f"'{root}' lacks or mis-shapes {len(bad)} weights, e.g. '{bad[0]}'")
+    bert.load_state_dict({k: state[k] for k in own})
+    for p in bert.parameters():
+        p.requires_grad_(False)
+    return layout
