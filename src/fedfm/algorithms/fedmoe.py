@@ -56,9 +56,9 @@ from fedfm.models.classifier import Classifier, freeze, get_tensors
 from fedfm.models.lora import inject_lora
 from fedfm.models.moe import (
     BUILDS,
-    activation_shares,
     aux_loss,
     load_moe_folder,
+    moe_blocks,
     set_held,
     to_moe,
 )
@@ -107,14 +107,21 @@ class FedMoEOptions:
 
 
 @torch.inference_mode()
-def mean_loss(model: Classifier, split: Split, batch_size: int, precision: str) -> float:
-    """Mean cross-entropy of the model on `split` (the validation score's finer signal)."""
-    total = 0.0
+def validate(model: Classifier, split: Split, batch_size: int,
+             precision: str) -> tuple[float, float, torch.Tensor]:
+    """One pass over `split`: accuracy, mean cross-entropy, and p[i, j] = share of the
+    token->expert assignments of block i that went to expert j (rows sum to 1)."""
+    blocks = moe_blocks(model)
+    counts = torch.zeros(len(blocks), len(blocks[0].moe.experts), dtype=torch.float64)
+    correct, loss = 0, 0.0
     for ids, mask, y in split.batches(batch_size):
         with autocast(precision):
-            logits = model(ids, mask)
-        total += float(torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
-    return total / max(len(split), 1)
+            logits = model(ids, mask).float()  # (B, C)
+        correct += int((logits.argmax(-1) == y).sum())
+        loss += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+        counts += torch.stack([blk.last.load.double() for blk in blocks])
+    n = max(len(split), 1)
+    return correct / n, loss / n, counts / counts.sum(1, keepdim=True).clamp_min(1.0)
 
 
 def split_val(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
@@ -285,12 +292,11 @@ class FedMoE:
         extra = (lambda: self.opts.balance_coef * aux_loss(model)) if self.opts.balance_coef else None
         stats = train_local(param_groups(named, self.cfg.train.lr, self.cfg.train.head_lr), train,
                             cross_entropy_loss(model), self.cfg.train, ctx.generator(), extra)
-        correct, total = count_correct(model, val, self.cfg.eval.batch_size, self.cfg.train.precision)
-        val_loss = mean_loss(model, val, self.cfg.eval.batch_size, self.cfg.train.precision)
-        p = activation_shares(model, model, val.batches(self.cfg.eval.batch_size))
+        val_acc, val_loss, p = validate(model, val, self.cfg.eval.batch_size,
+                                        self.cfg.train.precision)
         out = read_flat(model, list(task.tensors))
         memory.state["bytes_sent"] = memory.state.get("bytes_sent", 0) + payload_bytes(out)
-        metrics = {"loss": stats.loss, "val_acc": correct / max(total, 1), "val_loss": val_loss,
+        metrics = {"loss": stats.loss, "val_acc": val_acc, "val_loss": val_loss,
                    "task": data.task,
                    "p": p.tolist(), "phase": task.config["phase"]}
         return ClientUpdate(task.round, task.client_id, n, out, metrics)
