@@ -36,6 +36,8 @@ def _draw(groups: list[Group], out: Path, title: str, x_bytes: bool) -> Path | N
                         color=colors[label])
         if x_bytes:
             ax.set_xscale("log")
+        else:
+            ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
         ax.set_xlabel("cumulative MB sent (up + down)" if x_bytes else "round")
         ax.set_title(name, fontsize=9)
         ax.set_ylim(0, 1)
