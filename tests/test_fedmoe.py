@@ -341,3 +341,15 @@ def test_moe_folder_roundtrip_and_fedmoe_starts_from_it(tmp_path):
     assert torch.equal(got, moe_blocks(src)[1].moe.experts[2].dense_in.weight)
     with pytest.raises(ConfigError, match="not a fedfm MoE folder"):
         build_world(_cfg(tmp_path, "fedmoe", **{"fedmoe.checkpoint": str(tmp_path)}))
+
+
+def test_propose_trims_additions_to_the_budget():
+    from fedfm.algorithms.expert_rec import propose
+
+    own = torch.tensor([[0.1, 0.2, 0.3, 0.4]], dtype=torch.float64)
+    ref = torch.tensor([[0.1, 0.2, 0.3, 0.4]], dtype=torch.float64)
+    held = {0: [[3]], 1: [[0, 1, 2, 3]]}
+    cost = lambda h: sum(map(len, h))  # noqa: E731  (one unit per expert)
+    assert propose(0, {0: own, 1: ref}, held, 1, cost, limit=10) == [[0, 1, 2, 3]]
+    assert propose(0, {0: own, 1: ref}, held, 1, cost, limit=2) == [[2, 3]]  # kept highest own p
+    assert propose(0, {0: own, 1: ref}, held, 1, cost, limit=1) == [[3]]

@@ -52,6 +52,23 @@ def recommend(own: Held, refs: list[tuple[torch.Tensor, Held, float]]) -> Held:
     return new
 
 
+def propose(cid: int, profiles: dict[int, torch.Tensor], held: dict[int, Held], k: int,
+            cost, limit: float) -> Held:
+    """`recommend` for client `cid` from its top-k reference set, then the added experts with
+    the lowest own p dropped until `cost(new) <= limit` (its memory budget)."""
+    old = held[cid]
+    refs = [(profiles[j], held[j], s) for j, s in reference_set(cid, profiles, k)]
+    new = recommend(old, refs)
+    while new != old and cost(new) > limit:
+        added = [(float(profiles[cid][i, e]), i, e)
+                 for i, h in enumerate(new) for e in h if e not in old[i]]
+        if not added:
+            return old
+        _, i, e = min(added)
+        new = [[x for x in h if not (j == i and x == e)] for j, h in enumerate(new)]
+    return new
+
+
 @dataclass
 class RecState:
     """A client's recommendation state (JSON-able): best score, stalls, pending trial."""

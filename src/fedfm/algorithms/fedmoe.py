@@ -26,7 +26,7 @@ import torch
 
 from fedfm.algorithms import registry
 from fedfm.algorithms.base import ClientContext, ClientMemory
-from fedfm.algorithms.expert_rec import RecState, observe, recommend, reference_set
+from fedfm.algorithms.expert_rec import RecState, observe, propose
 from fedfm.algorithms.submoe import (
     MemoryModel,
     Plan,
@@ -357,13 +357,11 @@ class FedMoE:
         return Plan(-1.0, held, self.mem.cost(held), True)
 
     def _try_change(self, cid: int, st: RecState, score: float) -> str:
-        refs = reference_set(cid, self.latest_p, self.opts.references)
         old = self.plans[cid].held
-        ref_sets = [(self.latest_p[j], self.plans[j].held, s) for j, s in refs]
-        new = recommend(old, ref_sets)
-        limit = self.limit(cid, 1.0)  # stage 2 may use the headroom alpha left
-        while new != old and self.mem.cost(new) > limit:
-            new = _drop_last_added(new, old, self.latest_p[cid])
+        held = {c: p.held for c, p in self.plans.items()}
+        # stage 2 may use the headroom alpha left: the limit is the full budget M_k
+        new = propose(cid, self.latest_p, held, self.opts.references, self.mem.cost,
+                      self.limit(cid, 1.0))
         if new == old:
             return "none"
         st.trial_prev, st.trial_score = old, score
@@ -400,15 +398,6 @@ class FedMoE:
         for c, p in state.get("plans", {}).items():
             self._set_plan(int(c), Plan(p["theta"], p["held"], self.mem.cost(p["held"]), p["fits"]))
         self.rec = {int(c): RecState(**r) for c, r in state.get("rec", {}).items()}
-
-
-def _drop_last_added(new, old, p: torch.Tensor):
-    """Remove the added expert with the lowest p (to fit the budget)."""
-    added = [(float(p[i, e]), i, e) for i, h in enumerate(new) for e in h if e not in old[i]]
-    if not added:
-        return old
-    _, i, e = min(added)
-    return [[x for x in h if not (j == i and x == e)] for j, h in enumerate(new)]
 
 
 registry.register(
