@@ -190,8 +190,11 @@ def test_report_aggregates_seeds_and_labels_adhoc_runs(tmp_path):
     assert row[7] == "15.0" and row[8] == "10.0"  # compute @ref: (20 * 0.5 + 10 * 1) / 2
     assert row[9] == "101"  # peak memory: max over seeds
     assert curve(lora, "acc_global") == [(1, 1.5, 0.55), (2, 3.0, 0.8)]
-    md = write_report(runs, tmp_path / "rep/report.md", "t")
+    md = write_report(runs, tmp_path / "rep/report.md", "t", baseline="fedavg (model.finetune=lora)")
     text = md.read_text()
+    ratios = text.split("Against")[1]
+    # full vs lora: accuracy 0.6 vs mean(0.7, 0.9) = -20 points; same bytes
+    assert "| fedavg (model.finetune=full) | -20.0 | -10.0 | 1 |" in ratios
     assert "varied 4.0x" in text and "| fedavg (model.finetune=full) |" in text
     assert (tmp_path / "rep/report-runs-rounds.png").exists()
 

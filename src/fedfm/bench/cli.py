@@ -50,7 +50,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from fedfm.bench import find_runs, write_report
 
     runs = find_runs(args.run_dirs)
-    out = write_report(runs, Path(args.out), args.title, "fedfm report " + " ".join(args.run_dirs))
+    out = write_report(runs, Path(args.out), args.title, "fedfm report " + " ".join(args.run_dirs),
+                       baseline=args.baseline)
     if args.tensorboard:
         from fedfm.bench.tensorboard import export
 
@@ -79,5 +80,7 @@ def add_parsers(sub) -> None:
     r.add_argument("run_dirs", nargs="+", help="run folders, or folders holding run folders")
     r.add_argument("--out", default="report.md", help="markdown path; PNGs go next to it")
     r.add_argument("--title", default="Run comparison")
+    r.add_argument("--baseline", help="cell label the ratio tables compare against "
+                   "(default: each setting's first)")
     r.add_argument("--tensorboard", metavar="LOGDIR", help="also export metrics to TensorBoard")
     r.set_defaults(func=cmd_report)

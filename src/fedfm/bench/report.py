@@ -11,7 +11,13 @@ Columns (per cell, over its seeds):
                         machine was slower compare fairly
     peak MB             peak resident memory of the run's process (max over seeds)
     wall s              the run's wall time (setup + rounds + evaluation)
-    probe GFLOP/s       fp32 512x512 matmul speed measured at the start of the run
+    probe GFLOP/s       fp32 512x512 matmul speed measured at the start of the run (best of 20:
+                        the machine's speed, not how much of it other processes took)
+
+The second table compares each cell with the setting's first: accuracy differences in points,
+ratios of bytes (up + down), rescaled compute, worker CPU seconds (`cpu_s` in bench.json: user +
+system time of the cell's own process; with one torch thread it is the cell's work whatever
+else ran, the most robust cost figure on a shared machine) and peak memory.
 """
 
 from __future__ import annotations
@@ -79,6 +85,39 @@ def table_row(g: Group, ref: dict[Any, float]) -> list[str]:
     ]
 
 
+RATIO_COLUMNS = ("cell", "Δ acc_global (points)", "Δ acc_personal (points)", "bytes ×",
+                 "compute @ref ×", "worker CPU ×", "peak MB ×")
+
+
+def _means(g: Group, ref: dict[Any, float]) -> dict[str, float | None]:
+    s = [r.summary for r in g.runs]
+    return {"g": mean_std([x.get("acc_global") for x in s])[0],
+            "p": mean_std([x.get("acc_personal_mean") for x in s])[0],
+            "bytes": mean_std([(x.get("bytes_up") or 0) + (x.get("bytes_down") or 0) for x in s])[0],
+            "compute": mean_std([_scaled(r, ref) for r in g.runs])[0],
+            "cpu": mean_std([(r.bench or {}).get("cpu_s") for r in g.runs])[0],
+            "peak": mean_std([x.get("peak_rss_mb") for x in s])[0]}
+
+
+def ratio_rows(groups: list[Group], ref: dict[Any, float]) -> list[list[str]]:
+    """Each cell against the setting's first cell: accuracy differences and cost ratios."""
+    base = _means(groups[0], ref)
+
+    def diff(a, b):
+        return "-" if a is None or b is None else f"{100 * (a - b):+.1f}"
+
+    def ratio(a, b):
+        return "-" if a is None or not b else f"{a / b:.3g}"
+
+    rows = []
+    for g in groups[1:]:
+        m = _means(g, ref)
+        rows.append([g.label, diff(m["g"], base["g"]), diff(m["p"], base["p"]),
+                     ratio(m["bytes"], base["bytes"]), ratio(m["compute"], base["compute"]),
+                     ratio(m["cpu"], base["cpu"]), ratio(m["peak"], base["peak"])])
+    return rows
+
+
 def markdown_table(header: tuple[str, ...], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -144,8 +183,9 @@ def machine_line(runs: list[RunRecord]) -> str:
 
 def write_report(runs: list[RunRecord], out: Path, title: str, command: str | None = None,
                  titles: dict[str, str] | None = None,
-                 failed: list[tuple[str, str]] | None = None) -> Path:
-    """Write `out` (markdown) and its PNGs (`<stem>-<setting>-rounds.png`, `-bytes.png`)."""
+                 failed: list[tuple[str, str]] | None = None, baseline: str | None = None) -> Path:
+    """Write `out` (markdown) and its PNGs (`<stem>-<setting>-rounds.png`, `-bytes.png`).
+    `baseline`: the cell label the ratio tables compare against (default: each setting's first)."""
     from fedfm.bench.plots import plot_bytes, plot_rounds
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -157,10 +197,15 @@ def write_report(runs: list[RunRecord], out: Path, title: str, command: str | No
              f"finished runs." + (f" Command: `{command}`." if command else ""), "",
              f"Machine: {machine_line(runs)}", ""]
     for setting, groups in group_runs(runs).items():
+        groups.sort(key=lambda g: g.label != baseline)  # the baseline cell first (stable)
         name = (titles or {}).get(setting, setting)
         lines += [f"## {name}" + (f" (`{setting}`)" if name != setting else ""), "",
                   f"Config: {describe_config([r.config for g in groups for r in g.runs])}.", "",
                   markdown_table(COLUMNS, [table_row(g, ref) for g in groups]), ""]
+        if len(groups) > 1:
+            lines += [f"Against `{groups[0].label}` (same setting, means over seeds; "
+                      f"bytes = up + down):", "",
+                      markdown_table(RATIO_COLUMNS, ratio_rows(groups, ref)), ""]
         for kind, plot in (("rounds", plot_rounds), ("bytes", plot_bytes)):
             png = plot(groups, out.parent / f"{out.stem}-{setting}-{kind}.png", name)
             if png is not None:
