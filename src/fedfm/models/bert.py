@@ -74,8 +74,21 @@ class SelfAttention(nn.Module):
         q = self.query(h).view(split).transpose(1, 2)  # (B, nh, T, hd)
         k = self.key(h).view(split).transpose(1, 2)
         v = self.value(h).view(split).transpose(1, 2)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, T, hd)
+        o = attention(q, k, v, mask)  # (B, nh, T, hd)
         return o.transpose(1, 2).reshape(b, t, self.heads * self.head_dim)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              mask: torch.Tensor | None) -> torch.Tensor:
+    """softmax(q·kᵀ / √d, masked) · v. On CPU it runs in fp32 even under bf16 autocast: torch's
+    CPU flash-attention kernel (forward + backward, head_dim 32) is ~1.6x slower in bf16 than in
+    fp32 (bench/reports/performance.md), and fp32 is also the more accurate. The output keeps
+    q's dtype, so the rest of the block is unchanged."""
+    if q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    with torch.autocast("cpu", enabled=False):
+        o = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+    return o.to(q.dtype)
 
 
 class DenseLN(nn.Module):
