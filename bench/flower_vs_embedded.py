@@ -1,13 +1,22 @@
 """Embedded runtime vs Flower, the same run side by side (issue #6).
 
-One process runs the same config (FedAvg-LoRA on real all-MiniLM-L6-v2 + BBC) four ways:
-  embedded      fedfm's loop, clients in this process, one after another
+One process runs the same config (FedAvg-LoRA on real all-MiniLM-L6-v2 + BBC) several ways
+(--variants, in this order):
+  embedded      fedfm's loop, clients in this process one after another, torch threads = cores
+  embedded-t1   the same with train.threads = 1
   flower-inproc fedfm's loop + the Flower ClientApp/codec/context.state path, no Ray (InProcessGrid)
-  flower-sim    `runtime=flower`: Flower's simulation engine (Ray actors, flower.client_cpus each)
+  flower-sim    `runtime=flower`: Flower's simulation engine, 1 CPU per client (2 clients at once
+                on 2 cores, one torch thread each)
+  flower-sim-c2 the same with flower.client_cpus = 2: one client at a time on 2 threads, i.e. the
+                embedded run's compute layout, so the difference is Flower's own cost
   embedded-2    the embedded run again (brackets the shared machine's drift)
-and writes bench/reports/flower.json + flower.png. Final global tensors are compared too.
+  flower-sim-t1, flower-sim-t1-c2, embedded-t1-2: the same with train.threads = 1 everywhere
+                (c2: one client at a time, exactly embedded-t1's compute layout)
+The first embedded pair present (embedded/embedded-2, else embedded-t1/embedded-t1-2) is the
+baseline of the ratios.
+and writes bench/reports/flower[-TAG].json + .png. Final global tensors are compared too.
 
-  python bench/flower_vs_embedded.py [--rounds 3] [--clients 4] [--max-examples 400]
+  python bench/flower_vs_embedded.py [--rounds 2] [--clients 4] [--max-examples 200] [--tag T]
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from fedfm.config import build_config
 from fedfm.run import run
 
 HERE = Path(__file__).parent
+TRAIN = {"batch_size": 16, "lr": 1e-3, "head_lr": 5e-3, "precision": "bf16"}
 
 
 def config(args, out: str, **over):
@@ -34,8 +44,7 @@ def config(args, out: str, **over):
         "model": {"name": "minilm-l6", "max_length": 64, "lora_rank": 8},
         "data": {"name": "bbc", "num_clients": args.clients, "max_examples": args.max_examples,
                  "partition": "dirichlet", "alpha": 0.5},
-        "train": {"batch_size": 16, "lr": 1e-3, "head_lr": 5e-3, "precision": "bf16",
-                  "max_steps": args.max_steps},
+        "train": {**TRAIN, "max_steps": args.max_steps},
         "flower": {"client_cpus": 1.0},
     }
     raw.update(over)
@@ -52,7 +61,7 @@ def timed(name: str, fn) -> dict:
             "client_compute_s": round(s["client_compute_s"], 2),
             "eval_wall_s": round(s["eval_wall_s"], 2), "acc_global": s["acc_global"],
             "acc_personal_mean": s["acc_personal_mean"], "bytes_up": s["bytes_up"],
-            "bytes_down": s["bytes_down"], "out": s.get("out")}
+            "bytes_down": s["bytes_down"]}
 
 
 def inproc(cfg):
@@ -95,31 +104,45 @@ def main() -> int:
     p.add_argument("--max-examples", type=int, default=400)
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--out", default="runs/bench_flower")
+    p.add_argument("--variants", default="embedded,flower-inproc,flower-sim,embedded-2")
+    p.add_argument("--tag", default="", help="suffix of the report files")
     args = p.parse_args()
     os.environ.setdefault("FEDFM_CACHE", f"{args.out}/cache")
     o = args.out
-    results = [
-        timed("embedded", lambda: run(config(args, f"{o}/embedded"), quiet=True)),
-        timed("flower-inproc", lambda: inproc(config(args, f"{o}/inproc"))),
-        timed("flower-sim", lambda: run(config(args, f"{o}/sim", runtime="flower"), quiet=True)),
-        timed("embedded-2", lambda: run(config(args, f"{o}/embedded2"), quiet=True)),
-    ]
-    base = (results[0]["wall_s"] + results[3]["wall_s"]) / 2
-    base_rounds = (results[0]["round_wall_s"] + results[3]["round_wall_s"]) / 2
-    report = {
-        "command": " ".join([sys.executable.split("/")[-1], *sys.argv]),
-        "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "results": results,
-        "ratio_wall_sim_vs_embedded": round(results[2]["wall_s"] / base, 2),
-        "ratio_rounds_sim_vs_embedded": round(results[2]["round_wall_s"] / base_rounds, 2),
-        "ratio_wall_inproc_vs_embedded": round(results[1]["wall_s"] / base, 2),
-        "max_abs_diff_sim_vs_embedded": max_diff(f"{o}/embedded", f"{o}/sim"),
-        "max_abs_diff_inproc_vs_embedded": max_diff(f"{o}/embedded", f"{o}/inproc"),
+    t1 = {**TRAIN, "max_steps": args.max_steps, "threads": 1}  # one torch thread per client
+    variants = {
+        "embedded": lambda: run(config(args, f"{o}/embedded"), quiet=True),
+        "embedded-t1": lambda: run(config(args, f"{o}/embedded-t1", train=t1), quiet=True),
+        "flower-inproc": lambda: inproc(config(args, f"{o}/flower-inproc")),
+        "flower-sim": lambda: run(config(args, f"{o}/flower-sim", runtime="flower"), quiet=True),
+        "flower-sim-c2": lambda: run(config(args, f"{o}/flower-sim-c2", runtime="flower",
+                                            flower={"client_cpus": 2.0}), quiet=True),
+        "embedded-2": lambda: run(config(args, f"{o}/embedded-2"), quiet=True),
+        "embedded-t1-2": lambda: run(config(args, f"{o}/embedded-t1-2", train=t1), quiet=True),
+        "flower-sim-t1": lambda: run(config(args, f"{o}/flower-sim-t1", runtime="flower",
+                                            train=t1), quiet=True),
+        "flower-sim-t1-c2": lambda: run(config(args, f"{o}/flower-sim-t1-c2", runtime="flower",
+                                               train=t1, flower={"client_cpus": 2.0}), quiet=True),
     }
+    results = [timed(v, variants[v]) for v in args.variants.split(",")]
+    by = {r["name"]: r for r in results}
+    base = [by[n] for n in ("embedded", "embedded-2") if n in by] or [
+        by[n] for n in ("embedded-t1", "embedded-t1-2") if n in by]
+    wall = sum(r["wall_s"] for r in base) / len(base)
+    rounds = sum(r["round_wall_s"] for r in base) / len(base)
+    report = {"command": " ".join(["python", *sys.argv]), "cores": os.cpu_count(),
+              "torch_threads_embedded": torch.get_num_threads(), "results": results}
+    for r in results:
+        if r not in base:
+            n = r["name"]
+            report[f"ratio_wall_{n}_vs_embedded"] = round(r["wall_s"] / wall, 2)
+            report[f"ratio_rounds_{n}_vs_embedded"] = round(r["round_wall_s"] / rounds, 2)
+            report[f"max_abs_diff_{n}_vs_embedded"] = max_diff(f"{o}/{base[0]['name']}", f"{o}/{n}")
     out = HERE / "reports"
     out.mkdir(exist_ok=True)
-    (out / "flower.json").write_text(json.dumps(report, indent=2))
-    plot(results, out / "flower.png")
+    stem = "flower" + (f"-{args.tag}" if args.tag else "")
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    plot(results, out / f"{stem}.png")
     print(json.dumps({k: v for k, v in report.items() if k != "results"}, indent=2))
     return 0
 
