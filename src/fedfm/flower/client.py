@@ -96,9 +96,10 @@ def handle(msg: Message, context: Context, cfg: RunConfig, phase: int,
     if not isinstance(task, ClientTask) or task.client_id != cid:
         raise PayloadError(f"node of client {cid} received a message that is not its task")
     key = f"{MEMORY}.{cfg.hash()}"
+    kept = key in context.state.array_records
     memory = load_memory(context.state, key)
     reply, compute_s = run_client(world, task, memory, phase)
-    if phase == TRAIN:
+    if phase == TRAIN or kept:  # as the embedded ClientStore: evaluation may update kept memory
         save_memory(context.state, memory, key)
     blob = encode(reply, cfg.comm.dtype)
     info = {"compute_s": compute_s, "client_wall_s": time.perf_counter() - t0}
