@@ -32,7 +32,7 @@ def suite_file(tmp_path, body: str, head: str = "isolate = false\n") -> Path:
 def table(md: str, setting: str) -> dict[str, dict[str, str]]:
     """The markdown table under `## ... (`setting`)` as {cell label: {column: value}}."""
     part = md.split(f"(`{setting}`)")[1].split("\n## ")[0]
-    lines = [x for x in part.splitlines() if x.startswith("|")]
+    lines = part[part.index("\n|"):].strip().split("\n\n")[0].splitlines()  # the first table
     header = [h.strip() for h in lines[0].strip("|").split("|")]
     rows = [[v.strip() for v in x.strip("|").split("|")] for x in lines[2:]]
     return {r[0]: dict(zip(header, r)) for r in rows}
@@ -56,6 +56,9 @@ def test_quick_suite_runs_every_registered_algorithm(tmp_path):
             assert 0 <= float(row["acc_personal_mean"]) <= 1
         assert float(rows["local"]["up MB"]) < 0.01 < float(rows["fedavg"]["up MB"])
         assert float(rows["fedavg-full"]["up MB"]) > 5 * float(rows["fedavg"]["up MB"])
+        ratio_lines = text.split("Against `fedavg`")[1].split("\n\n")[1].splitlines()[2:]
+        ratios = {x.split("|")[1].strip(): x.split("|")[4].strip() for x in ratio_lines}
+        assert float(ratios["local"]) < 0.1 and float(ratios["fedavg-full"]) > 5  # bytes ×
         for kind in ("rounds", "bytes"):
             assert (tmp_path / f"quick-{setting}-{kind}.png").stat().st_size > 5000
     assert "Speed probe" in text
