@@ -186,6 +186,30 @@ def test_strategy_interface_matches_embedded(tmp_path, monkeypatch):
     assert res["acc_personal_mean"] == pytest.approx(summary["acc_personal_mean"], abs=1e-12)
 
 
+def test_strategy_start_runs_fedfm_rounds(tmp_path, monkeypatch):
+    """FedfmStrategy.start (Flower's entry point) = the embedded run's rounds and tensors."""
+    from fedfm.flower.client import make_client_app
+    from fedfm.flower.inprocess import InProcessGrid
+    from fedfm.flower.strategy import FedfmStrategy, discover
+    from fedfm.setup import build_world
+    from fedfm.sim.runner import EmbeddedRunner
+
+    monkeypatch.setenv("FEDFM_CACHE", str(tmp_path / "cache"))
+    run(build_config(parity_raw("fedper", tmp_path / "emb")), quiet=True)
+    cfg = build_config(parity_raw("fedper", tmp_path / "strategy"))
+    world = build_world(cfg)
+    world.algorithm.init_server(world.model)
+    grid = InProcessGrid(make_client_app(cfg), 3)
+    strategy = FedfmStrategy(EmbeddedRunner(world), discover(grid, 3, timeout_s=10))
+    result = strategy.start(grid)
+    assert sorted(result.train_metrics_clientapp) == [1, 2]
+    want = load_file(str(tmp_path / "emb/final/global.safetensors"))
+    got = result.arrays.to_torch_state_dict()
+    assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
+    rows = [json.loads(x) for x in (tmp_path / "emb/metrics.jsonl").read_text().splitlines()]
+    assert strategy.rows[-1]["acc_personal_mean"] == rows[-1]["acc_personal_mean"]
+
+
 @pytest.mark.slow
 def test_parity_flower_simulation_engine(tmp_path, monkeypatch):
     """Every algorithm on Flower's simulation engine (Ray; started once for all of them)."""
