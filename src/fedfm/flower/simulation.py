@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from pathlib import Path
 from typing import Any
 
 from fedfm.config import RunConfig
@@ -42,6 +43,11 @@ def run_many(cfgs: list[RunConfig], quiet: bool = True) -> list[dict[str, Any]]:
     if len(sizes) != 1:
         raise ConfigError(f"runs sharing one Flower simulation need one data.num_clients, "
                           f"got {sorted(sizes)}.")
+    for c in cfgs:  # fail before Ray starts (tens of seconds) on a taken run folder
+        out = Path(c.out)
+        if not c.overwrite and out.is_dir() and any(out.iterdir()):
+            raise ConfigError(f"Output folder '{out}' already holds a run. Choose another with "
+                              "out=..., or pass overwrite=true to replace it.")
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
