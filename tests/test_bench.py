@@ -145,6 +145,8 @@ data = { name = "csv", path = "/nonexistent/file.csv" }
     assert [c.label for c in r2.skipped] == ["ok"] and len(r2.failed) == 1
     _, r3, _ = bench(p, ["train.lr=0.001"], only=["ok"], quiet=True)  # config changed: rerun
     assert [c.label for c in r3.ran] == ["ok"]
+    _, r4, _ = bench(p, ["train.lr=0.001"], only=["ok"], quiet=True, force=True)
+    assert [c.label for c in r4.ran] == ["ok"] and r4.skipped == []
     saved = json.loads((tmp_path / "runs/default/ok/seed0/config.json").read_text())
     assert saved["train"]["lr"] == 0.001
 

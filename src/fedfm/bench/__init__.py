@@ -29,12 +29,12 @@ def report_suite(suite: Suite, result: GridResult | None = None, command: str | 
 
 def bench(path: str | Path, overrides: list[str] | None = None, *, only: list[str] | None = None,
           settings: list[str] | None = None, seeds: list[int] | None = None, skip_unknown: bool = False, out: str | None = None,
-          report: str | None = None, quiet: bool = False,
+          report: str | None = None, quiet: bool = False, force: bool = False,
           tensorboard: str | None = None) -> tuple[Suite, GridResult, Path | None]:
     """Load a suite, run its unfinished (selected) cells, write the report."""
     suite = load_suite(path, overrides, skip_unknown=skip_unknown, out=out, only=only)
     cells = select(suite, only, settings, seeds)
-    result = run_grid(suite, cells, quiet=quiet)
+    result = run_grid(suite, cells, quiet=quiet, force=force)
     command = " ".join(["fedfm bench", str(path), *map(shlex.quote, overrides or [])])
     md = report_suite(suite, result, command, Path(report) if report else None)
     if tensorboard or suite.tensorboard:

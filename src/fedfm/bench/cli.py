@@ -72,6 +72,8 @@ def add_parsers(sub) -> None:
     b.add_argument("--report", help="report path (default: the suite's `report`)")
     b.add_argument("--skip-unknown", action="store_true",
                    help="run the cells whose algorithm is registered, skip the others")
+    b.add_argument("--force", action="store_true",
+                   help="rerun the selected cells even if finished (e.g. after a code change)")
     b.add_argument("--dry-run", action="store_true", help="list the cells and their state; run nothing")
     b.add_argument("--tensorboard", metavar="LOGDIR", help="also export metrics to TensorBoard")
     b.add_argument("--quiet", action="store_true", help="no progress bar")

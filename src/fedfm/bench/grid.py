@@ -171,12 +171,14 @@ def _line(cell: Cell, summary: dict[str, Any], wall: float) -> str:
             f"acc_personal {f(summary.get('acc_personal_mean'))}  wall {wall:.0f}s")
 
 
-def run_grid(suite: Suite, cells: list[Cell], quiet: bool = False) -> GridResult:
-    """Run every unfinished cell of `cells` in order; one progress bar over the cells to run."""
+def run_grid(suite: Suite, cells: list[Cell], quiet: bool = False,
+             force: bool = False) -> GridResult:
+    """Run every unfinished cell of `cells` (all of them when `force`) in order, with a progress
+    bar over the cells to run."""
     result = GridResult()
     todo = []
     for c in cells:
-        if is_finished(c):
+        if not force and is_finished(c):
             result.skipped.append(c)
             if not (Path(c.cfg.out) / BENCH_FILE).exists():
                 write_bench_file(c, suite, None)
