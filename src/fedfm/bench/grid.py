@@ -35,8 +35,14 @@ from fedfm.config import RunConfig
 from fedfm.ui import console
 
 BENCH_FILE = "bench.json"  # (suite, setting, label, seed) of a run made by `fedfm bench`
-_CPU: dict[str, float] = {}  # cell key -> CPU seconds (user + sys) of its worker process
-_LOAD: dict[str, list[float]] = {}  # cell key -> 1-min load averages sampled while it ran
+
+
+@dataclass
+class CellStats:
+    """Measured around one cell: written to its bench.json."""
+
+    cpu_s: float | None = None  # user + sys CPU seconds of its worker process (isolated only)
+    loads: list[float] = field(default_factory=list)  # 1-min load averages sampled while it ran
 
 
 @dataclass
@@ -79,19 +85,21 @@ def _round(v: float | None) -> float | None:
     return None if v is None else round(v, 2)
 
 
-def write_bench_file(cell: Cell, suite: Suite, wall_s: float | None) -> None:
+def write_bench_file(cell: Cell, suite: Suite, wall_s: float | None,
+                     stats: CellStats | None = None) -> None:
+    stats = stats or CellStats()
     info = {"suite": suite.name, "setting": cell.setting, "setting_title":
             suite.settings.get(cell.setting, cell.setting), "label": cell.label,
             "seed": cell.seed, "cell_wall_s": _round(wall_s),
-            "isolated": suite.isolate, "cpu_s": _round(_CPU.pop(cell.key, None)),
-            "load_avg": _round(statistics.fmean(_LOAD.pop(cell.key, None) or [os.getloadavg()[0]]))}
+            "isolated": suite.isolate, "cpu_s": _round(stats.cpu_s),
+            "load_avg": _round(statistics.fmean(stats.loads) if stats.loads else None)}
     (Path(cell.cfg.out) / BENCH_FILE).write_text(json.dumps(info, indent=2))
 
 
-def _run_here(cell: Cell) -> str | None:
+def _run_here(cell: Cell, stats: CellStats) -> str | None:
     from fedfm.run import run
 
-    _LOAD[cell.key] = [os.getloadavg()[0]]
+    stats.loads.append(os.getloadavg()[0])
     try:
         run(cell.cfg, quiet=True)
     except KeyboardInterrupt:
@@ -115,7 +123,8 @@ def _children_cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def _run_isolated(cell: Cell, on_round: Callable[[int], None] | None) -> str | None:
+def _run_isolated(cell: Cell, stats: CellStats,
+                  on_round: Callable[[int], None] | None) -> str | None:
     """`python -m fedfm.bench.worker` on the cell's config; polls metrics.jsonl for progress."""
     cpu0 = _children_cpu_s()
     with tempfile.TemporaryDirectory(prefix="fedfm-cell-") as tmp:
@@ -130,14 +139,14 @@ def _run_isolated(cell: Cell, on_round: Callable[[int], None] | None) -> str | N
                         proc.wait(timeout=1.0)
                         break
                     except subprocess.TimeoutExpired:
-                        _LOAD.setdefault(cell.key, []).append(os.getloadavg()[0])
+                        stats.loads.append(os.getloadavg()[0])
                         if on_round:
                             on_round(_rounds_done(cell))
             except BaseException:
                 proc.kill()
                 raise
         if proc.returncode == 0:
-            _CPU[cell.key] = _children_cpu_s() - cpu0
+            stats.cpu_s = _children_cpu_s() - cpu0
             return None
         text = log.read_text()
         _fail(cell, text)
@@ -155,11 +164,11 @@ def _fail(cell: Cell, text: str) -> None:
 def run_cell(cell: Cell, suite: Suite,
              on_round: Callable[[int], None] | None = None) -> tuple[dict[str, Any] | None, str | None]:
     """Run one cell (in a fresh process when `suite.isolate`); (summary, None) or (None, error)."""
-    t0 = time.perf_counter()
-    error = _run_isolated(cell, on_round) if suite.isolate else _run_here(cell)
+    t0, stats = time.perf_counter(), CellStats()
+    error = _run_isolated(cell, stats, on_round) if suite.isolate else _run_here(cell, stats)
     if error is not None:
         return None, error
-    write_bench_file(cell, suite, time.perf_counter() - t0)
+    write_bench_file(cell, suite, time.perf_counter() - t0, stats)
     return json.loads((Path(cell.cfg.out) / "summary.json").read_text()), None
 
 
