@@ -118,9 +118,10 @@ def main() -> None:
     REPORTS.mkdir(parents=True, exist_ok=True)
     base = Path(args.runs)
     runs = {a: load(base / a) for a in ALGOS if (base / a / "summary.json").exists()}
+    tag = base.name.removeprefix("bench_fedms")  # "" for the main run, e.g. "_800s1" else
     if REQUIRED <= set(runs):
-        plot_rounds(runs, REPORTS / "fedms_bbc.png")
-        plot_clients(runs, REPORTS / "fedms_clients.png")
+        plot_rounds(runs, REPORTS / f"fedms_bbc{tag}.png")
+        plot_clients(runs, REPORTS / f"fedms_clients{tag}.png")
         table(runs)
     if Path(args.sal).exists():
         plot_sal(json.loads(Path(args.sal).read_text()), REPORTS / "fedms_sal_step.png")
