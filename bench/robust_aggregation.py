@@ -33,8 +33,8 @@ BASE = {  # shrunk to fit a loaded 2-core box: the real first 2 layers of MiniLM
     "algorithm": "fedavg", "rounds": 3, "seed": 0,
     "model": {"name": "minilm-l6", "num_layers": 2, "max_length": 64, "lora_rank": 8},
     "data": {"name": "bbc", "partition": "dirichlet", "alpha": 1.0, "num_clients": 10,
-             "max_examples": 800},
-    "train": {"batch_size": 16, "lr": 1e-3, "head_lr": 5e-3, "max_steps": 4,
+             "max_examples": 500},
+    "train": {"batch_size": 16, "lr": 2e-3, "head_lr": 1e-2, "max_steps": 3,
               "precision": "bf16", "threads": 2},
     "eval": {"every": 1, "batch_size": 64},
 }
