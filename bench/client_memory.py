@@ -66,7 +66,7 @@ def measure(args) -> dict:
     cfg = build_config({"algorithm": "local", "model": {"max_length": args.seq},
                         "train": {"max_steps": 1, "batch_size": args.n, "threads": args.threads},
                         "sim": {"memory_budget_mb": budget}})
-    backbone, _ = load_backbone("minilm-l6", None, None, 0)
+    backbone, _ = load_backbone("hf" if args.model_path else "minilm-l6", args.model_path, None, 0)
     freeze(backbone)
     model = Classifier(backbone, 5, "mean", 0)
     algo = build(cfg, 5, args.clients)
@@ -110,6 +110,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--budget-mb", type=float, default=32.0)
     p.add_argument("--mode", choices=("ram", "spill", "both"), default="both")
+    p.add_argument("--model-path", default=None, help="local HF folder (default: minilm-l6)")
     p.add_argument("--out", default=str(ROOT / "bench" / "reports" / "client_memory.json"))
     args = p.parse_args()
     if args.mode != "both":
@@ -117,7 +118,7 @@ def main() -> None:
         return
     results = {}
     for mode in ("ram", "spill"):
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--mode", mode]
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--mode", mode]  # last --mode wins
         proc = subprocess.run(cmd, check=True, capture_output=True, text=True)
         line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
         results[mode] = json.loads(line.removeprefix("RESULT "))

@@ -83,3 +83,14 @@ def test_run_with_tiny_budget_matches_run_in_ram(tiny_cfg, tmp_path):
     assert disk["client_memory_ram_mb"] == 0 and disk["client_memory_mb"] == ram["client_memory_mb"] > 0
     assert disk["acc_personal_mean"] == ram["acc_personal_mean"]
     assert [c.get("acc_personal") for c in disk["clients"]] == [c.get("acc_personal") for c in ram["clients"]]
+
+
+def test_put_packs_a_client_into_one_buffer_with_identical_values():
+    store = ClientStore()
+    store.put(3, _memory(3))
+    got = store.get(3).tensors
+    ptrs = {t.untyped_storage().data_ptr() for t in got.values()}
+    assert len(ptrs) == 1  # one allocation for the whole client
+    for k, v in _memory(3).tensors.items():
+        assert got[k].dtype == v.dtype and torch.equal(got[k], v)
+        assert got[k].data_ptr() % 64 == 0
