@@ -29,6 +29,7 @@ from fedfm.algorithms.training import autocast
 from fedfm.data.federated import Split
 from fedfm.models.bert import Bert
 from fedfm.models.lora import block_of
+from fedfm.sim.seeds import derive_seed
 
 Tensors = dict[str, torch.Tensor]
 ORDERS = ("top-down", "bottom-up", "random")
@@ -59,8 +60,6 @@ class SALSchedule:
             return list(range(L - 1, -1, -1))
         if self.order == "bottom-up":
             return list(range(L))
-        from fedfm.sim.seeds import derive_seed
-
         return [int(b) for b in np.random.default_rng(derive_seed(self.seed, t, 0x5A1))
                 .permutation(L)]
 
