@@ -35,7 +35,8 @@ COMMON = {
     "resources": {"unit": "params", "tiers": {"small": 0.3, "medium": 0.6, "large": 1.0},
                   "proportions": {"small": 0.3, "medium": 0.4, "large": 0.3}},
 }
-EXPORTS = [("raffm", "bert"), ("raffm", "elastic"), ("fedavg", "bert")]
+EXPORTS = [("raffm", "bert"), ("raffm", "elastic"), ("fedavg", "bert"),
+           ("pretrained", "bert"), ("pretrained", "elastic")]  # pretrained: timing only
 
 
 def train(algorithm: str) -> None:
@@ -53,7 +54,7 @@ def export_one(algo: str, shape: str) -> None:
     from fedfm.export import export
 
     r = export(RUNS / algo, 0.5, RUNS / f"export_{algo}_{shape}", shape=shape, overwrite=True,
-               repeats=7)
+               repeats=7, threads=1)
     print(json.dumps({k: r[k] for k in ("algorithm", "shape", "params_fraction", "speedup",
                                         "acc_export", "acc_full")}))
 

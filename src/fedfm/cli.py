@@ -45,7 +45,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from fedfm.export import export
 
-    report = export(args.run_dir, args.budget, args.out, shape=args.shape, overwrite=args.overwrite)
+    report = export(args.run_dir, args.budget, args.out, shape=args.shape,
+                    overwrite=args.overwrite, threads=args.threads)
     print(json.dumps(report))
     print(f"export folder: {args.out}", file=sys.stderr)
     return 0
@@ -90,6 +91,7 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--shape", default="bert", choices=["bert", "elastic"],
                     help="bert: vanilla BertConfig (FFN cut); elastic: heads+FFN (fedfm only)")
     ex.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    ex.add_argument("--threads", type=int, default=None, help="threads for the timing")
     ex.set_defaults(func=cmd_export)
     from fedfm.bench.cli import add_parsers as add_bench_parsers
 

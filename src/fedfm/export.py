@@ -196,8 +196,13 @@ def cut(full: Classifier, tensors: dict[str, torch.Tensor], w: Widths,
 
 
 def export(run_dir: str | Path, budget: float, out: str | Path, shape: str = "bert",
-           overwrite: bool = False, repeats: int = 5, batch: int = 32) -> dict[str, Any]:
-    """Cut, write and measure a `budget`-sized export of a run; returns the report."""
+           overwrite: bool = False, repeats: int = 5, batch: int = 32,
+           threads: int | None = None) -> dict[str, Any]:
+    """Cut, write and measure a `budget`-sized export of a run; returns the report.
+
+    threads: intra-op threads for the timing (default: the run's train.threads). On a loaded
+    machine 1 thread gives steadier ratios (multi-thread barriers stall when cores are shared).
+    """
     from fedfm.setup import build_world, set_threads
 
     run_dir, out = Path(run_dir), Path(out)
@@ -205,6 +210,8 @@ def export(run_dir: str | Path, budget: float, out: str | Path, shape: str = "be
         raise ConfigError(f"'{out}' is not empty; pass --overwrite to replace it.")
     cfg, tensors = load_run(run_dir)
     set_threads(cfg)
+    if threads:
+        torch.set_num_threads(threads)
     world = build_world(cfg)
     full = world.model
     set_tensors(full, {k: v for k, v in tensors.items() if not k.startswith("backbone.emb")})
