@@ -52,12 +52,12 @@ def client_data(n_clients: int, n: int, seq: int):
 
 
 def measure(args) -> dict:
+    from fedfm.algorithms.base import ClientContext
     from fedfm.algorithms.registry import build
     from fedfm.config import build_config
     from fedfm.messages import ClientTask
     from fedfm.models.classifier import Classifier, freeze
     from fedfm.models.loading import load_backbone
-    from fedfm.algorithms.base import ClientContext
     from fedfm.sim.seeds import derive_seed
     from fedfm.sim.store import ClientStore
 
