@@ -6,6 +6,9 @@ Cells (name: what runs):
   clean           FedAvg, no attack                         (the reference)
   fedavg_scale    FedAvg, clients {0,1,2} upload θ_t - 10·(θ - θ_t)
   fedavg_random   FedAvg, clients {0,1,2} upload θ_t + N(0, 1)
+  fedavg_nan      FedAvg, clients {0,1,2} upload a NaN: validation rejects them, so this is
+                  FedAvg over the 7 honest clients — what a perfect defence could reach
+  median_clean    coordinate median, no attack (the robust rule's own cost)
   median_scale / trimmed_scale / krum_scale / multikrum_scale / median_random / multikrum_random
   dropout30       FedAvg, availability.drop_prob = 0.3
   dp              DP-FedAvg, clip 0.5, σ = 0.5
@@ -43,6 +46,8 @@ CELLS = {
     "clean": ({}, None),
     "fedavg_scale": ({}, "scale"),
     "fedavg_random": ({}, "random"),
+    "fedavg_nan": ({}, "nan"),
+    "median_clean": ({"aggregation.method": "median", **ROBUST}, None),
     "median_scale": ({"aggregation.method": "median", **ROBUST}, "scale"),
     "trimmed_scale": ({"aggregation.method": "trimmed_mean", **ROBUST}, "scale"),
     "krum_scale": ({"aggregation.method": "krum", **ROBUST}, "scale"),
