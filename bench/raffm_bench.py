@@ -123,7 +123,7 @@ def markdown(out: dict) -> str:
     lines += ["", "| export | shape | heads x FFN | block params | FLOPs/example | ms/example "
               "(export / full) | speedup | acc export / full |", "|---|---|---|---|---|---|---|---|"]
     for e in out["exports"]:
-        lines.append(f"| {e['algorithm']} 0.5 | {e['shape']} | {e['heads'][0]} x {e['ffn'][0]} | "
+        lines.append(f"| {Path(e['run']).name} 0.5 | {e['shape']} | {e['heads'][0]} x {e['ffn'][0]} | "
                      f"{e['params_fraction']:.3f} | {e['flops_per_example'] / 1e6:.0f} M / "
                      f"{e['flops_per_example_full'] / 1e6:.0f} M | "
                      f"{e['latency_ms_per_example']:.2f} / {e['latency_ms_per_example_full']:.2f}"
