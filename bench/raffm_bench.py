@@ -151,8 +151,9 @@ def plot(out: dict) -> None:
             steps.append(t["step_s"])
     ax[1].bar(names, bytes_, color="tab:blue")
     ax[1].set(ylabel="MB sent per client per round", title="upload per tier")
-    ax[2].bar(names, steps, color="tab:orange")
-    ax[2].set(ylabel="s per local step", title="step time per tier")
+    st = json.loads((REPORT / "raffm_steps.json").read_text())["step_s_median"]
+    ax[2].bar(list(st), list(st.values()), color="tab:orange")
+    ax[2].set(ylabel="s per step (1 thread)", title="full-FT step, side by side (raffm_steps)")
     for a in ax[1:]:
         a.tick_params(axis="x", labelsize=7)
     fig.tight_layout()
