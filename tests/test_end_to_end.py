@@ -44,7 +44,7 @@ def test_same_seed_same_weights(tiny_cfg, tmp_path):
     tb = load_file(str(tmp_path / "b/final/global.safetensors"))
     assert all(torch.equal(ta[k], tb[k]) for k in ta)
     assert a["acc_global"] == b["acc_global"]
-    c = run(tiny_cfg(out=str(tmp_path / "c"), seed=1), quiet=True)
+    run(tiny_cfg(out=str(tmp_path / "c"), seed=1), quiet=True)
     tc = load_file(str(tmp_path / "c/final/global.safetensors"))
     assert any(not torch.equal(ta[k], tc[k]) for k in ta)
 

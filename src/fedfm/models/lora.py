@@ -101,7 +101,7 @@ def set_active_blocks(model: nn.Module, blocks: set[int] | None) -> None:
 def lora_param_names(model: nn.Module, blocks: set[int] | None = None) -> list[str]:
     """Names of LoRA parameters, restricted to `blocks` when given."""
     names = []
-    for name, m in lora_modules(model).items():
+    for name in lora_modules(model):
         if blocks is None or block_of(name) in blocks:
             names += [f"{name}.lora_A", f"{name}.lora_B"]
     return names
