@@ -58,7 +58,7 @@ def thread_settings() -> dict[str, int]:
 
 def build_data(cfg: RunConfig, tokenizer) -> FederatedData:
     d = cfg.data
-    ds = load_dataset(d.name, d.path, d.text_column, d.label_column, cfg.seed)
+    ds = load_dataset(d.name, d.path, d.text_column, d.label_column, cfg.seed, d.synthetic_size)
     return build_federated(
         ds, tokenizer, d.num_clients, d.partition, cfg.seed, alpha=d.alpha,
         shards_per_client=d.shards_per_client, min_examples=d.min_examples,

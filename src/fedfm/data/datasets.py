@@ -106,11 +106,13 @@ def make_synthetic(n: int = 400, num_labels: int = 4, seed: int = 0) -> TextData
 
 
 def load_dataset(name: str, path: str | None = None, text_col: str = "text",
-                 label_col: str = "label", seed: int = 0) -> TextDataset:
+                 label_col: str = "label", seed: int = 0, synthetic_size: int = 400) -> TextDataset:
     if name == "bbc":
         return load_bbc()
     if name in ("csv", "jsonl"):
         return load_file(path, name, text_col, label_col)
     if name == "synthetic":
-        return make_synthetic(seed=seed)
+        if synthetic_size < 8:
+            raise DataError(f"data.synthetic_size must be >= 8, got {synthetic_size}.")
+        return make_synthetic(n=synthetic_size, seed=seed)
     raise DataError(f"Unknown data set '{name}'. Valid data sets: {choices(DATASETS)}.")
