@@ -23,7 +23,7 @@ from fedfm.algorithms.training import (
 from fedfm.config import RunConfig
 from fedfm.data.federated import ClientData, Split
 from fedfm.messages import ClientTask, ClientUpdate
-from fedfm.models.classifier import Classifier, get_tensors, set_tensors, trainable_names
+from fedfm.models.classifier import Classifier, get_tensors, set_tensors
 from fedfm.models.finetune import configure_finetune
 
 
@@ -109,11 +109,6 @@ class FedAvg:
 
     def load_server_state(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
         self.global_ = dict(tensors)
-
-
-def trainable_count(model: Classifier) -> int:
-    params = dict(model.named_parameters())
-    return sum(params[n].numel() for n in trainable_names(model))
 
 
 registry.register(
