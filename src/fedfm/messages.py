@@ -117,9 +117,5 @@ def payload_bytes(tensors: Tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
-def is_finite(tensors: Tensors) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point())
-
-
 def finite_metrics(metrics: Mapping[str, Any]) -> bool:
     return all(not (isinstance(v, float) and not math.isfinite(v)) for v in metrics.values())

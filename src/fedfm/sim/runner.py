@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import Any
 
 from fedfm.algorithms.base import ClientContext
-from fedfm.messages import ClientTask, ClientUpdate
 from fedfm.probe import peak_rss_mb
 from fedfm.setup import World
 from fedfm.sim.availability import Inbox
@@ -36,15 +35,6 @@ from fedfm.sim.store import ClientStore
 log = logging.getLogger("fedfm")
 
 ProgressHook = Callable[[str, int, int], None]  # (phase, done, total)
-
-
-def check_update(update: ClientUpdate, task: ClientTask) -> str | None:
-    """Why an update must be rejected (None = accept): stale round or wrong client."""
-    if update.round != task.round:
-        return f"stale update: round {update.round}, expected {task.round}"
-    if update.client_id != task.client_id:
-        return f"update from client {update.client_id} answers client {task.client_id}'s task"
-    return None
 
 
 class EmbeddedRunner:
