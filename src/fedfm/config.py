@@ -298,17 +298,22 @@ def build_config(raw: Mapping[str, Any]) -> RunConfig:
     return cfg
 
 
+def read_toml(p: Path, what: str) -> dict[str, Any]:
+    """Parse a TOML file; a missing, non-UTF-8 or malformed file is a ConfigError naming `what`."""
+    if not p.is_file():
+        raise ConfigError(f"{what} '{p}' does not exist.")
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{what} '{p}' is not valid TOML: {e}.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} '{p}' is not UTF-8 text.") from None
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Read a TOML file, apply overrides, validate. Errors name the file and the problem."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"Config file '{p}' does not exist.")
-    try:
-        raw = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"Config file '{p}' is not valid TOML: {e}.") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"Config file '{p}' is not UTF-8 text.") from None
+    raw = read_toml(p, "Config file")
     raw = apply_overrides(raw, overrides or [])
     try:
         return build_config(raw)

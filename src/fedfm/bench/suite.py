@@ -30,19 +30,13 @@ from __future__ import annotations
 
 import copy
 import re
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedfm.config import RUN_FIELDS, RunConfig, apply_overrides, build_config
+from fedfm.config import RUN_FIELDS, RunConfig, apply_overrides, build_config, read_toml
 from fedfm.errors import ConfigError, choices
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 SUITE_KEYS = {"name", "out", "report", "seeds", "algorithms", "base", "settings", "cells",
               "tensorboard", "isolate"}
@@ -205,12 +199,7 @@ def _expand(p: Path, base: dict[str, Any], settings: dict[str, dict[str, Any]],
 
 
 def _read_toml(p: Path) -> dict[str, Any]:
-    if not p.is_file():
-        raise ConfigError(f"Suite file '{p}' does not exist.")
-    try:
-        raw = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"Suite file '{p}' is not valid TOML: {e}.") from None
+    raw = read_toml(p, "Suite file")
     unknown = set(raw) - SUITE_KEYS
     if unknown:
         raise ConfigError(f"{p}: unknown suite key '{sorted(unknown)[0]}'. Valid keys: "
