@@ -11,7 +11,7 @@ from rich.progress import Progress as RichProgress
 console = Console(stderr=True)
 
 
-def _fmt(v: Any, pct: bool = False) -> str:
+def _fmt(v: Any) -> str:
     if v is None:
         return "  -  "
     return f"{v:.3f}"

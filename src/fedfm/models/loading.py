@@ -101,7 +101,6 @@ def load_backbone(name: str, path: str | None, num_layers: int | None, seed: int
         folder = Path(path)
         return load_hf_folder(folder, num_layers, dropout), folder
     if name == "tiny-bert":
-        torch.manual_seed  # noqa: B018 (no global seeding: a generator-seeded init below)
         model = Bert(tiny_spec(layers=num_layers or 2))
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
