@@ -7,6 +7,7 @@ Client:  start from θ_t, run local epochs of AdamW on CE(f(x; θ), y) + extra(�
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -25,6 +26,9 @@ from fedfm.data.federated import ClientData, Split
 from fedfm.messages import ClientTask, ClientUpdate
 from fedfm.models.classifier import Classifier, get_tensors, set_tensors
 from fedfm.models.finetune import configure_finetune
+
+# (model holding the global tensors, client data, ctx) -> extra metrics; may change the model
+Personalise = Callable[[Classifier, ClientData, ClientContext], dict[str, Any]]
 
 
 def prepare(model: Classifier, cfg: RunConfig) -> None:
@@ -60,8 +64,10 @@ class FedAvg:
 
     has_global_model = True
 
-    def __init__(self, cfg: RunConfig, name: str = "fedavg", mu: float = 0.0):
+    def __init__(self, cfg: RunConfig, name: str = "fedavg", mu: float = 0.0,
+                 personalise: Personalise | None = None):
         self.cfg, self.name, self.mu = cfg, name, mu
+        self.personalise = personalise  # e.g. FedAvg-FT: fine-tune the copy before evaluating
         self.global_: dict[str, torch.Tensor] = {}
 
     def prepare_model(self, model: Classifier) -> None:
@@ -92,9 +98,10 @@ class FedAvg:
     def client_evaluate(self, task: ClientTask, model: Classifier, data: ClientData,
                         memory: ClientMemory, ctx: ClientContext) -> ClientUpdate:
         set_tensors(model, dict(task.tensors))
+        extra = self.personalise(model, data, ctx) if self.personalise else {}
         correct, total = evaluate_on(model, data.test, self.cfg)
         return ClientUpdate(task.round, task.client_id, total, {},
-                            {"correct": correct, "total": total})
+                            {"correct": correct, "total": total, **extra})
 
     def evaluate_global(self, model: Classifier, split: Split) -> float | None:
         set_tensors(model, self.global_)

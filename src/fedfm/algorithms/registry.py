@@ -15,6 +15,7 @@ from fedfm.config import RunConfig, from_dict
 from fedfm.errors import ConfigError, choices
 
 MODULES = ["fedavg", "fedprox", "local", "fedper", "fedms", "raffm", "heterofl", "fedmoe", "randommoe"]
+MODULES += ["fedsa", "feddpa", "fedavg_ft", "ditto"]  # personalised baselines (issue #19)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,126 @@
+"""Personalised baselines (issue #19): the mechanism of each, on a tiny model.
+
+FedSA-LoRA: B (and the local head) never leave the client. FedDPA: the instance-wise weights and
+the dual-adapter combination. FedAvg-FT: personal evaluation uses a fine-tuned copy, the global
+model is untouched. Ditto: the personal model stays private and is pulled towards the global one.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedfm.algorithms.base import ClientContext, ClientMemory
+from fedfm.algorithms.feddpa import instance_weights
+from fedfm.cli import main
+from fedfm.errors import ConfigError
+from fedfm.models.classifier import get_tensors, set_tensors
+from fedfm.models.dual_lora import dual_forward
+from fedfm.setup import build_world
+
+
+def ctx(rnd=0, cid=0):
+    return ClientContext(4321 + rnd, rnd, cid)
+
+
+def trained(tiny_cfg, algorithm, **over):
+    """A world whose server is initialised, and client 0's first update and memory."""
+    w = build_world(tiny_cfg(algorithm=algorithm, **over))
+    w.algorithm.init_server(w.model)
+    task = w.algorithm.configure_train(0, [0])[0]
+    mem = ClientMemory()
+    up = w.algorithm.client_update(task, w.model, w.data.clients[0], mem, ctx())
+    return w, task, up, mem
+
+
+def test_fedsa_uploads_only_a_and_keeps_b_on_the_client(tiny_cfg):
+    w, task, up, mem = trained(tiny_cfg, "fedsa")
+    assert up.tensors and all(k.endswith(".lora_A") for k in up.tensors)
+    assert set(up.tensors) == set(w.algorithm.expected_update(task))
+    assert mem.tensors and all(k.endswith(".lora_B") or k.startswith("head.") for k in mem.tensors)
+    assert any(float(v.abs().sum()) > 0 for k, v in mem.tensors.items() if k.endswith("lora_B"))
+    w.algorithm.aggregate_train(0, [up])
+    assert all(torch.equal(w.algorithm.global_[k], up.tensors[k]) for k in up.tensors)
+    shared = build_world(tiny_cfg(algorithm="fedsa", **{"fedsa.head": "shared"})).algorithm
+    assert shared.shared("head.weight") and not shared.shared("x.lora_B")
+
+
+def test_fedsa_and_feddpa_refuse_full_finetuning(tiny_cfg):
+    for algorithm in ("fedsa", "feddpa"):
+        with pytest.raises(ConfigError, match="model.finetune"):
+            build_world(tiny_cfg(algorithm=algorithm, **{"model.finetune": "full"}))
+
+
+def test_feddpa_instance_weights_are_scaled_mean_cosines():
+    test = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    ref = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    a = instance_weights(test, ref, 0.5)
+    cos = 2 ** -0.5
+    assert torch.allclose(a, torch.tensor([0.5 * (1 + cos) / 2, 0.5 * cos / 2, 0.0]))
+
+
+def test_feddpa_combination_interpolates_global_and_local(tiny_cfg):
+    w, task, up, mem = trained(tiny_cfg, "feddpa")
+    model, split = w.model, w.data.clients[0].test
+    ids, mask = split.input_ids[:4], split.attention_mask[:4]
+    assert set(mem.tensors) == set(up.tensors)  # the local adapter mirrors the global one
+    assert any(not torch.equal(mem.tensors[k], up.tensors[k]) for k in up.tensors)
+    set_tensors(model, dict(task.tensors))
+    with torch.no_grad():
+        z_g = model(ids, mask)
+        _, z0 = dual_forward(model, mem.tensors, 0.0, ids, mask)
+        _, z_half = dual_forward(model, mem.tensors, torch.full((4,), 0.5), ids, mask)
+        _, z1 = dual_forward(model, mem.tensors, 1.0, ids, mask)
+        set_tensors(model, mem.tensors)
+        z_l = model(ids, mask)
+    assert torch.allclose(z0, z_g, atol=1e-5) and torch.allclose(z1, z_l, atol=1e-5)
+    assert not torch.allclose(z_half, z_g, atol=1e-4) and not torch.allclose(z_half, z_l, atol=1e-4)
+    set_tensors(model, dict(task.tensors))
+    alphas = w.algorithm.alphas(model, mem.tensors, w.data.clients[0])
+    assert alphas.shape == (len(split),) and 0 <= float(alphas.min()) <= float(alphas.max()) <= 0.5
+
+
+def test_fedavg_ft_evaluates_a_fine_tuned_copy_and_leaves_the_global_untouched(tiny_cfg):
+    w = build_world(tiny_cfg(algorithm="fedavg-ft", **{"fedavg-ft.steps": 3}))
+    algo, model = w.algorithm, w.model
+    algo.init_server(model)
+    before = {k: v.clone() for k, v in algo.global_.items()}
+    task = algo.configure_evaluate(0, [1])[0]
+    res = algo.client_evaluate(task, model, w.data.clients[1], ClientMemory(), ctx(0, 1))
+    assert res.metrics["ft_steps"] == 3 and not res.tensors
+    assert all(torch.equal(before[k], algo.global_[k]) for k in before)
+    moved = get_tensors(model, list(before))  # the shared model held the fine-tuned copy
+    assert any(not torch.equal(moved[k], before[k]) for k in before)
+    plain = build_world(tiny_cfg(algorithm="fedavg-ft", **{"fedavg-ft.steps": 0})).algorithm
+    assert plain.personalise(model, w.data.clients[1], ctx()) == {}
+
+
+def test_ditto_keeps_the_personal_model_private_and_proximal(tiny_cfg):
+    far = trained(tiny_cfg, "ditto", **{"ditto.lam": 0.0})
+    near = trained(tiny_cfg, "ditto", **{"ditto.lam": 50.0})
+    for _w, task, up, mem in (far, near):
+        assert set(up.tensors) == set(task.tensors) == set(mem.tensors)
+        assert any(not torch.equal(mem.tensors[k], up.tensors[k]) for k in up.tensors)
+
+    def dist(run):
+        _, task, _, mem = run
+        return sum(float((mem.tensors[k] - task.tensors[k]).norm() ** 2) for k in task.tensors)
+
+    assert dist(near) < 0.5 * dist(far)
+
+
+@pytest.mark.parametrize("algorithm", ["fedsa", "feddpa", "fedavg-ft", "ditto"])
+def test_listed(algorithm, capsys):
+    assert main(["list"]) == 0
+    assert algorithm in capsys.readouterr().out
+
+
+def test_new_baselines_run_end_to_end(tiny_cfg):
+    from fedfm.run import run
+
+    for algorithm in ("fedsa", "feddpa", "ditto", "fedavg-ft"):
+        s = run(tiny_cfg(algorithm=algorithm, out=str(tiny_cfg().out) + algorithm), quiet=True)
+        assert s["acc_personal_mean"] is not None and 0 <= s["acc_personal_mean"] <= 1
+        assert (s["acc_global"] is None) == (algorithm == "fedsa")
+    with pytest.raises(ConfigError):
+        tiny_cfg(algorithm="feddpa", **{"feddpa.max_weight": 2.0})
