@@ -217,3 +217,25 @@ def test_a_pickled_checkpoint_is_refused_even_with_a_matching_checksum(checkpoin
     with pytest.raises(PayloadError, match="cannot be parsed|not JSON|too short|header"):
         resume_run(checkpointed, quiet=True)
     assert not sentinel.exists()
+
+
+@pytest.mark.parametrize("algorithm", ["fedsa", "feddpa", "fedavg-ft", "ditto"])
+def test_personalised_baselines_resume_identically(algorithm, tmp_path, monkeypatch):
+    """Issue #19's baselines keep private state (B, local adapter, personal model): a crash after
+    round 2 + resume = the uninterrupted run, for each of them."""
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    run(build_config(raw_for(ref, algorithm=algorithm)), quiet=True)
+    save = Checkpointer.save
+
+    def save_then_crash(self, rnd, runner, rows):
+        path = save(self, rnd, runner, rows)
+        if rnd == 2:
+            raise Crash
+        return path
+
+    monkeypatch.setattr(Checkpointer, "save", save_then_crash)
+    with pytest.raises(Crash):
+        run(build_config(raw_for(out, algorithm=algorithm)), quiet=True)
+    monkeypatch.setattr(Checkpointer, "save", save)
+    resume_run(out, quiet=True)
+    assert_same_run(ref, out)

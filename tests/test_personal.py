@@ -124,3 +124,35 @@ def test_new_baselines_run_end_to_end(tiny_cfg):
         assert (s["acc_global"] is None) == (algorithm == "fedsa")
     with pytest.raises(ConfigError):
         tiny_cfg(algorithm="feddpa", **{"feddpa.max_weight": 2.0})
+
+
+def test_personal_metrics_weighted_p10_and_min_test():
+    from fedfm.sim.personal import eligible_clients, personal_metrics
+
+    m = personal_metrics([(1, 1), (0, 1), (90, 100), (5, 10)])
+    assert m["acc_personal_mean"] == pytest.approx((1 + 0 + 0.9 + 0.5) / 4)
+    assert m["acc_personal_weighted"] == pytest.approx(96 / 112)
+    assert m["acc_personal_p10"] == pytest.approx(0.15)  # numpy linear: 0 + 0.3 · (0.5 - 0)
+    assert eligible_clients([3, 12, 0, 40], 10) == [1, 3]
+    assert eligible_clients([3, 12, 0, 40], 0) == [0, 1, 3]
+    with pytest.raises(ConfigError, match="excludes every client"):
+        eligible_clients([3, 4], 10)
+
+
+def test_min_client_test_is_logged_and_metrics_rows_carry_the_new_fields(tiny_cfg):
+    import json
+    from pathlib import Path
+
+    from fedfm.run import run
+
+    cfg = tiny_cfg(**{"data.min_client_test": 10})
+    s = run(cfg, quiet=True)
+    sizes = [c["n_test"] for c in s["clients"]]
+    assert s["personal_excluded"] == sum(n < 10 for n in sizes) and s["min_client_test"] == 10
+    assert 0 < s["personal_excluded"] < len(sizes)  # the tiny run has small and large clients
+    assert all(("acc_personal" in c) == (c["n_test"] >= 10) for c in s["clients"])
+    rows = [json.loads(x) for x in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()]
+    assert all(k in rows[-1] for k in ("acc_personal_weighted", "acc_personal_p10"))
+    kept = [c for c in s["clients"] if c["n_test"] >= 10]
+    assert s["acc_personal_weighted"] == pytest.approx(
+        sum(c["acc_personal"] * c["n_test"] for c in kept) / sum(c["n_test"] for c in kept))

@@ -28,6 +28,11 @@ def summarise(cfg: RunConfig, rows: list[dict[str, Any]], runner: EmbeddedRunner
         "algorithm": cfg.algorithm, "rounds": cfg.rounds, "seed": cfg.seed,
         "acc_global": last_eval.get("acc_global"),
         "acc_personal_mean": last_eval.get("acc_personal_mean"),
+        "acc_personal_weighted": last_eval.get("acc_personal_weighted"),
+        "acc_personal_p10": last_eval.get("acc_personal_p10"),
+        "min_client_test": cfg.data.min_client_test,
+        "personal_clients": len(runner.personal_clients),
+        "personal_excluded": runner.world.data.num_clients - len(runner.personal_clients),
     }
     for key in SUMMED:
         s[key] = sum(r.get(key) or 0 for r in rows)

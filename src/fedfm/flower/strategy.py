@@ -30,6 +30,7 @@ from fedfm.flower.client import CONFIG_KEY
 from fedfm.flower.codec import blob_of, info_of, partition_of, to_content
 from fedfm.messages import ClientTask, decode, encode
 from fedfm.sim.clients import EVALUATE, TRAIN, Exchange
+from fedfm.sim.personal import personal_metrics
 from fedfm.sim.runner import EmbeddedRunner
 from fedfm.sim.seeds import sample_clients
 from fedfm.validation import expected_schema, validate_update
@@ -169,20 +170,21 @@ class FedfmStrategy(Strategy):
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         rnd = server_round - 1
-        tasks = self.algo.configure_evaluate(rnd, list(range(self.runner.world.data.num_clients)))
+        tasks = self.algo.configure_evaluate(rnd, self.runner.personal_clients)
         return self.transport(grid).messages(tasks, rnd, EVALUATE)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
-        accs = []
+        results = []
         for reply in FlowerClients(None, self.nodes).replies_by_client(replies).values():
             try:
                 res = decode(blob_of(reply.content))
             except PayloadError as e:
                 log.warning("evaluation reply refused: %s", e)
                 continue
-            accs.append(res.metrics["correct"] / max(res.metrics["total"], 1))
-        return MetricRecord({"acc_personal_mean": sum(accs) / len(accs)}) if accs else None
+            results.append((res.metrics["correct"], res.metrics["total"]))
+        metrics = personal_metrics(results)
+        return MetricRecord(metrics) if results and None not in metrics.values() else None
 
     def summary(self) -> None:
         log.info("FedfmStrategy(%s) over %d client nodes", self.algo.name, len(self.nodes))

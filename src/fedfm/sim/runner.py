@@ -29,6 +29,8 @@ from fedfm.sim.clients import (
     client_context,
     roundtrip,  # noqa: F401  (re-exported: the transport edge)
 )
+from fedfm.sim.personal import KEYS as PERSONAL_KEYS
+from fedfm.sim.personal import eligible_clients, personal_metrics
 from fedfm.sim.seeds import sample_clients
 from fedfm.sim.store import ClientStore
 
@@ -49,6 +51,9 @@ class EmbeddedRunner:
         self.client_metrics: dict[int, dict[str, Any]] = {}
         # server side of uploads: dropouts, stragglers, validation (fedfm.sim.availability)
         self.inbox = Inbox(self.cfg, self.algo, world.data.num_clients)
+        # personalised evaluation skips clients with a test split < data.min_client_test
+        self.personal_clients = eligible_clients([len(c.test) for c in world.data.clients],
+                                                 self.cfg.data.min_client_test)
 
     def ctx(self, rnd: int, cid: int, phase: int) -> ClientContext:
         return client_context(self.cfg.seed, rnd, cid, phase)
@@ -84,18 +89,18 @@ class EmbeddedRunner:
         t0 = time.perf_counter()
         d = self.world.data
         acc_global = self.algo.evaluate_global(self.world.model, d.global_test)
-        tasks = self.algo.configure_evaluate(rnd, list(range(d.num_clients)))
-        accs, eval_bytes, compute = [], 0, 0.0
+        tasks = self.algo.configure_evaluate(rnd, self.personal_clients)
+        results, eval_bytes, compute = [], 0, 0.0
         for i, ex in enumerate(self.clients.exchange(tasks, rnd, EVALUATE)):
             task, res = ex.task, ex.reply
             compute += ex.compute_s
             eval_bytes += ex.bytes_down + ex.bytes_up
             acc = res.metrics["correct"] / max(res.metrics["total"], 1)
-            accs.append(acc)
+            results.append((res.metrics["correct"], res.metrics["total"]))
             self.client_metrics[task.client_id] = {"acc_personal": acc, **{
                 k: v for k, v in res.metrics.items() if k not in ("correct", "total")}}
             self.progress("evaluate", i + 1, len(tasks))
-        return {"acc_global": acc_global, "acc_personal_mean": _mean(accs),
+        return {"acc_global": acc_global, **personal_metrics(results),
                 "bytes_eval": eval_bytes, "client_eval_s": compute,
                 "eval_wall_s": time.perf_counter() - t0}
 
@@ -106,7 +111,7 @@ class EmbeddedRunner:
         if last or (rnd + 1) % self.cfg.eval.every == 0:
             row.update(self.evaluate(rnd))
         else:
-            row.update({"acc_global": None, "acc_personal_mean": None})
+            row.update({"acc_global": None, **dict.fromkeys(PERSONAL_KEYS)})
         row["peak_rss_mb"] = round(peak_rss_mb(), 1)
         return row
 
