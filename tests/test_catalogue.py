@@ -14,7 +14,7 @@ from fedfm.data.packaged import install_command, installed, package_path
 from fedfm.data.records import GenerationDataset
 from fedfm.errors import DataError
 
-NEEDS = {e.name: e.package.split()[0] for e in catalogue.CATALOGUE.values()
+NEEDS = {e.name: e.package.split()[-1] for e in catalogue.CATALOGUE.values()
          if e.package and e.kind in ("classify", "generate")}
 
 

