@@ -13,7 +13,7 @@ import torch
 
 from fedfm.algorithms.base import Algorithm, build_algorithm
 from fedfm.config import RunConfig
-from fedfm.data.datasets import load_dataset
+from fedfm.data import catalogue
 from fedfm.data.federated import FederatedData, build_federated
 from fedfm.models.classifier import Classifier, freeze
 from fedfm.models.loading import load_backbone, load_tokenizer
@@ -58,12 +58,17 @@ def thread_settings() -> dict[str, int]:
 
 def build_data(cfg: RunConfig, tokenizer) -> FederatedData:
     d = cfg.data
-    ds = load_dataset(d.name, d.path, d.text_column, d.label_column, cfg.seed, d.synthetic_size)
+    if d.tasks:
+        from fedfm.data.tasks import build_multitask
+
+        return build_multitask(cfg, tokenizer)
+    ds, test = catalogue.load(d.name, d, cfg.seed)
     return build_federated(
         ds, tokenizer, d.num_clients, d.partition, cfg.seed, alpha=d.alpha,
         shards_per_client=d.shards_per_client, min_examples=d.min_examples,
         client_test_fraction=d.client_test_fraction,
         global_test_fraction=d.global_test_fraction, max_examples=d.max_examples,
+        test_ds=test, max_test_examples=d.max_test_examples,
     )
 
 
