@@ -40,6 +40,7 @@ from fedfm.data.federated import ClientData, Split
 from fedfm.errors import ConfigError
 from fedfm.messages import ClientTask, ClientUpdate
 from fedfm.models.classifier import Classifier, get_tensors
+from fedfm.models.gate_net import GateNetwork
 from fedfm.models.lora import block_of, lora_param_names, set_active_blocks
 from fedfm.models.mofm import Gate, Tail, expert_forward, mixture_log_probs
 from fedfm.models.sal import (
@@ -77,6 +78,8 @@ class FedMSOptions:
     gate_lr: float | None = None  # None = train.head_lr or train.lr
     global_in_stage2: bool = False  # keep training + averaging the global expert in stage 2
     local_ce_weight: float = 0.0  # + w · CE(z_local, y) next to the mixture's CE
+    gate_type: str = "head"  # head (adapter + softmax head on pooled features) | network
+    stage2_average: str = "gate"  # gate (adapter + head averaged) | adapter (head stays local)
 
     def check(self) -> None:
         rules = [
@@ -84,6 +87,9 @@ class FedMSOptions:
             (self.growth in GROWTHS, f"fedms.growth must be one of {', '.join(GROWTHS)}"),
             (self.inactive in ("skip", "frozen"), "fedms.inactive must be skip or frozen"),
             (self.gate_input in ("frozen", "global"), "fedms.gate_input must be frozen or global"),
+            (self.gate_type in ("head", "network"), "fedms.gate_type must be head or network"),
+            (self.stage2_average in ("gate", "adapter"),
+             "fedms.stage2_average must be gate or adapter"),
             (self.k0 >= 0, "fedms.k0 must be >= 0"),
             (self.step >= 1, "fedms.step must be >= 1"),
             (self.ramp_rounds is None or self.ramp_rounds >= 1, "fedms.ramp_rounds must be >= 1"),
@@ -127,7 +133,8 @@ class FedMS:
         self.schedule = SALSchedule(L, self.opts.k0, self.opts.step, self.opts.growth, ramp,
                                     self.opts.order, self.cfg.seed)
         self.init = get_tensors(model, lora_param_names(model) + ["head.weight", "head.bias"])
-        self.gate = Gate(model.backbone.spec.hidden, self.opts.gate_rank, self.opts.tau,
+        make = GateNetwork if self.opts.gate_type == "network" else Gate
+        self.gate = make(model.backbone.spec.hidden, self.opts.gate_rank, self.opts.tau,
                          derive_seed(self.cfg.seed, 0x6A7E))
         self.tail = Tail(model.backbone, model.head, model.pooling)
         self.num_layers = L
@@ -169,11 +176,16 @@ class FedMS:
             names += ["head.weight", "head.bias"]
         ref = {**self.init, **(self._gate_tensors() if task.config["stage"] == 2 else {})}
         if task.config["stage"] == 2:
-            names += [k for k in ref if k.startswith("gate.")]
+            names += [k for k in ref if k.startswith("gate.") and self._shared_gate(k)]
         return {n: (tuple(ref[n].shape), ref[n].dtype) for n in names}
 
     def _gate_tensors(self) -> Tensors:
         return {f"gate.{k}": v for k, v in self.gate.state_dict().items()}
+
+    def _shared_gate(self, key: str) -> bool:
+        """Averaged in stage 2: the whole gate, or (stage2_average = adapter) its adapter only;
+        the gate head then stays on the client (`gate_type = network` has no trained head)."""
+        return self.opts.stage2_average == "gate" or not key.startswith("gate.head.")
 
     def aggregate_train(self, rnd: int, updates: list[ClientUpdate]) -> dict[str, Any]:
         stage = self.stage(rnd)
@@ -328,8 +340,12 @@ class FedMS:
             memory.tensors[key] = self._expert_view(src, self.init, set())[1]
         return memory.tensors[key]
 
-    def _gate(self, tensors: Tensors) -> Gate:
-        self.gate.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("gate.")})
+    def _gate(self, tensors: Tensors, memory: ClientMemory | None = None) -> Gate:
+        """The gate from the task's tensors (+ the client's own gate head, if it keeps one)."""
+        private = {k: v for k, v in (memory.tensors if memory else {}).items()
+                   if k.startswith("gate.")}
+        mixed = {**{k: v for k, v in tensors.items() if k.startswith("gate.")}, **private}
+        self.gate.load_state_dict({k[5:]: v for k, v in mixed.items()})
         return self.gate
 
     def _train_mixture(self, task: ClientTask, glob: Tensors, g_blocks: set[int],
@@ -345,7 +361,7 @@ class FedMS:
         names = [f"backbone.{n}" for n in lora_param_names(self.tail.backbone, active)]
         leaves = {n: local[n].clone().requires_grad_(True) for n in names + ["head.weight",
                                                                             "head.bias"]}
-        weights, gate, g_sum = {**local, **leaves}, self._gate(task.tensors), []
+        weights, gate, g_sum = {**local, **leaves}, self._gate(task.tensors, memory), []
         set_active_blocks(self.tail.backbone, applied)
 
         def loss_fn(rows, mask, y):
@@ -362,7 +378,9 @@ class FedMS:
         for n, t in leaves.items():
             memory.tensors[f"local.{n}"] = t.detach().clone()
         memory.state["local_blocks"] = sorted(l_blocks | active)
-        gate_out = {k: v.detach().clone() for k, v in self._gate_tensors().items()}
+        gate_all = {k: v.detach().clone() for k, v in self._gate_tensors().items()}
+        gate_out = {k: v for k, v in gate_all.items() if self._shared_gate(k)}
+        memory.tensors.update({k: v for k, v in gate_all.items() if k not in gate_out})
         return gate_out, {"loss": stats.loss, "prefix_cached": float(src.cache is not None),
                           "gate_local": float(torch.cat(g_sum).mean()) if g_sum else None}
 
@@ -386,7 +404,7 @@ class FedMS:
         logp_g, feat = self._views("test", src, glob, g_blocks, memory, task.config["version"])
         logp_l, _ = self._expert_view(src, local, l_blocks)
         with torch.no_grad():
-            g = self._gate(task.tensors)(feat)
+            g = self._gate(task.tensors, memory)(feat)
             mix = mixture_log_probs(g.log_weights, [logp_g, logp_l])
         acc = lambda lp: int((lp.argmax(-1) == y).sum())  # noqa: E731
         return ClientUpdate(task.round, task.client_id, n, {}, {
