@@ -47,8 +47,8 @@ def test_fedsa_uploads_only_a_and_keeps_b_on_the_client(tiny_cfg):
 
 def test_fedsa_and_feddpa_refuse_full_finetuning(tiny_cfg):
     for algorithm in ("fedsa", "feddpa"):
-        with pytest.raises(ConfigError, match="model.finetune"):
-            build_world(tiny_cfg(algorithm=algorithm, **{"model.finetune": "full"}))
+        with pytest.raises(ConfigError, match="model.finetune = 'full' is not supported"):
+            tiny_cfg(algorithm=algorithm, **{"model.finetune": "full"})
 
 
 def test_feddpa_instance_weights_are_scaled_mean_cosines():
@@ -156,3 +156,14 @@ def test_min_client_test_is_logged_and_metrics_rows_carry_the_new_fields(tiny_cf
     kept = [c for c in s["clients"] if c["n_test"] >= 10]
     assert s["acc_personal_weighted"] == pytest.approx(
         sum(c["acc_personal"] * c["n_test"] for c in kept) / sum(c["n_test"] for c in kept))
+
+
+@pytest.mark.parametrize("algorithm", ["fedsa", "feddpa", "fedavg-ft", "ditto"])
+def test_new_baselines_honour_robust_aggregation_and_dp(algorithm, tiny_cfg):
+    """They average through aggregation.masked_aggregate, so they declare [aggregation]/[dp]."""
+    from fedfm.run import run
+
+    s = run(tiny_cfg(algorithm=algorithm, rounds=1, **{"aggregation.method": "median"}),
+            quiet=True)
+    assert s["acc_personal_mean"] is not None
+    tiny_cfg(algorithm=algorithm, **{"dp.enabled": True})  # accepted by validation

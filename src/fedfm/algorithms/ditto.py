@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from fedfm.algorithms import registry
 from fedfm.algorithms.base import ClientContext, ClientMemory
+from fedfm.algorithms.capabilities import AVERAGING
 from fedfm.algorithms.fedavg import FedAvg, evaluate_on, train_on
 from fedfm.config import RunConfig
 from fedfm.data.federated import ClientData
@@ -77,4 +78,5 @@ def build(cfg: RunConfig, opts: DittoOptions) -> FedAvg:
 registry.register(
     "ditto", lambda cfg, opts, nl, nc: build(cfg, opts), DittoOptions,
     "Ditto: FedAvg global model + a personal model per client, proximal term (λ/2)||v-w||²",
+    capabilities=AVERAGING,
 )

@@ -23,6 +23,7 @@ from typing import Any
 
 from fedfm.algorithms import registry
 from fedfm.algorithms.base import ClientContext
+from fedfm.algorithms.capabilities import AVERAGING
 from fedfm.algorithms.fedavg import FedAvg
 from fedfm.algorithms.training import cross_entropy_loss, param_groups, train_local
 from fedfm.config import RunConfig
@@ -66,5 +67,5 @@ registry.register(
     lambda cfg, opts, nl, nc: FedAvg(cfg, name="fedavg-ft", personalise=fine_tuner(cfg, opts)),
     FedAvgFTOptions,
     "FedAvg, then each client fine-tunes a copy of the global adapter for `steps` steps "
-    "before its personal evaluation",
+    "before its personal evaluation", capabilities=AVERAGING,
 )

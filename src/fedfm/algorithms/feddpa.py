@@ -30,7 +30,7 @@ matters. acc_global = the global adapter alone on the pooled test set.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from fedfm.algorithms import registry
 from fedfm.algorithms.aggregation import aggregate_updates
 from fedfm.algorithms.base import ClientContext, ClientMemory
+from fedfm.algorithms.capabilities import AVERAGING
 from fedfm.algorithms.fedavg import evaluate_on, prepare, train_on
-from fedfm.algorithms.fedsa import require_lora
 from fedfm.algorithms.training import autocast, train_local
 from fedfm.config import RunConfig
 from fedfm.data.federated import ClientData, Split
@@ -80,7 +80,6 @@ class FedDPA:
     has_global_model = True
 
     def __init__(self, cfg: RunConfig, opts: FedDPAOptions):
-        require_lora(cfg, "feddpa")
         self.cfg, self.opts, self.name = cfg, opts, "feddpa"
         self.global_: Tensors = {}
 
@@ -192,4 +191,7 @@ class FedDPA:
 registry.register(
     "feddpa", lambda cfg, opts, nl, nc: FedDPA(cfg, opts), FedDPAOptions,
     "FedDPA: global LoRA (FedAvg) + private local LoRA, mixed per instance by similarity",
+    capabilities=replace(AVERAGING, finetune=("lora",),
+                         why="its two adapters are LoRA adapters; fedavg-ft and ditto "
+                             "personalise full or head fine-tuning"),
 )

@@ -18,7 +18,7 @@ There is no single global model (acc_global is null): the global A's alone give 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -26,6 +26,7 @@ import torch
 from fedfm.algorithms import registry
 from fedfm.algorithms.aggregation import aggregate_updates
 from fedfm.algorithms.base import ClientContext, ClientMemory
+from fedfm.algorithms.capabilities import AVERAGING
 from fedfm.algorithms.fedavg import evaluate_on, prepare, train_on
 from fedfm.config import RunConfig
 from fedfm.data.federated import ClientData, Split
@@ -45,18 +46,10 @@ class FedSAOptions:
             raise ConfigError(f"fedsa.head must be local or shared, not '{self.head}'.")
 
 
-def require_lora(cfg: RunConfig, name: str) -> None:
-    if cfg.model.finetune != "lora":
-        raise ConfigError(
-            f"{name} personalises LoRA adapters and needs model.finetune = \"lora\", not "
-            f"'{cfg.model.finetune}'. Use fedavg-ft or ditto for full or head fine-tuning.")
-
-
 class FedSA:
     has_global_model = False
 
     def __init__(self, cfg: RunConfig, opts: FedSAOptions):
-        require_lora(cfg, "fedsa")
         self.cfg, self.opts, self.name = cfg, opts, "fedsa"
         self.init: Tensors = {}
         self.global_: Tensors = {}
@@ -126,4 +119,7 @@ class FedSA:
 registry.register(
     "fedsa", lambda cfg, opts, nl, nc: FedSA(cfg, opts), FedSAOptions,
     "FedSA-LoRA: LoRA A matrices FedAvg-ed, B matrices (and the head) kept on each client",
+    capabilities=replace(AVERAGING, finetune=("lora",),
+                         why="it shares LoRA A matrices and keeps B; fedavg-ft and ditto "
+                             "personalise full or head fine-tuning"),
 )
