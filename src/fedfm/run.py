@@ -29,6 +29,8 @@ def summarise(cfg: RunConfig, rows: list[dict[str, Any]], runner: EmbeddedRunner
         "acc_global": last_eval.get("acc_global"),
         "acc_personal_mean": last_eval.get("acc_personal_mean"),
     }
+    if "acc_by_task" in last_eval:  # multi-task federations (fedfm.algorithms.multitask)
+        s["acc_by_task"] = last_eval["acc_by_task"]
     for key in SUMMED:
         s[key] = sum(r.get(key) or 0 for r in rows)
     s["peak_rss_mb"] = max((r["peak_rss_mb"] for r in rows), default=peak_rss_mb())
@@ -41,6 +43,7 @@ def summarise(cfg: RunConfig, rows: list[dict[str, Any]], runner: EmbeddedRunner
     data = runner.world.data
     s["clients"] = [
         {"id": c.client_id, "n_train": len(c.train), "n_test": len(c.test),
+         **({"task": c.task} if data.task_tests else {}),
          **runner.client_metrics.get(c.client_id, {})}
         for c in data.clients
     ]
