@@ -87,5 +87,11 @@ def assemble_world(cfg: RunConfig, backbone, data: FederatedData) -> World:
     freeze(backbone)
     model = Classifier(backbone, data.num_labels, cfg.model.pooling, cfg.seed)
     algorithm = build_algorithm(cfg, data.num_labels, data.num_clients)
+    if data.task_tests:  # multi-task federation: one head per task (fedfm.algorithms.multitask)
+        from fedfm.algorithms.multitask import MultiTask
+        from fedfm.models.multihead import add_task_heads
+
+        add_task_heads(model, data.tasks, cfg.seed)
+        algorithm = MultiTask(algorithm, [c.task for c in data.clients])
     algorithm.prepare_model(model)
     return World(cfg, data, model, algorithm)

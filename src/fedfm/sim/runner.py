@@ -33,7 +33,7 @@ from fedfm.sim.clients import (
 )
 from fedfm.sim.personal import KEYS as PERSONAL_KEYS
 from fedfm.sim.personal import eligible_clients, personal_metrics
-from fedfm.sim.seeds import sample_clients
+from fedfm.sim.seeds import sample_by_task, sample_clients
 from fedfm.sim.store import ClientStore
 
 log = logging.getLogger("fedfm")
@@ -64,8 +64,11 @@ class EmbeddedRunner:
         """One federated round; returns its metrics (bytes, times, algorithm extras)."""
         t0 = time.perf_counter()
         d = self.world.data
-        clients = sample_clients(d.num_clients, self.cfg.sampling.fraction,
-                                 self.cfg.sampling.min_clients, self.cfg.seed, rnd)
+        s = self.cfg.sampling
+        if s.enforce_tasks:  # every task each round (multi-task federations)
+            clients = sample_by_task([c.task for c in d.clients], s.fraction, self.cfg.seed, rnd)
+        else:
+            clients = sample_clients(d.num_clients, s.fraction, s.min_clients, self.cfg.seed, rnd)
         tasks = self.algo.configure_train(rnd, clients)
         live = self.inbox.open(rnd, tasks)  # dropouts; last round's stragglers -> stale
         updates, up, down, compute = [], 0, 0, 0.0
@@ -90,7 +93,8 @@ class EmbeddedRunner:
         """Global accuracy (pooled test) and personalised accuracy (each client, own test)."""
         t0 = time.perf_counter()
         d = self.world.data
-        acc_global = self.algo.evaluate_global(self.world.model, d.global_test)
+        acc_global = None if d.task_tests else self.algo.evaluate_global(self.world.model,
+                                                                        d.global_test)
         tasks = self.algo.configure_evaluate(rnd, self.personal_clients)
         results, eval_bytes, compute = [], 0, 0.0
         rejected = 0
@@ -106,8 +110,16 @@ class EmbeddedRunner:
             self.client_metrics[task.client_id] = {"acc_personal": acc, **{
                 k: v for k, v in res.metrics.items() if k not in ("correct", "total")}}
             self.progress("evaluate", i + 1, len(tasks))
-        return {"acc_global": acc_global, **personal_metrics(results),
-                "bytes_eval": eval_bytes, "client_eval_s": compute, "eval_rejected": rejected,
+        row = {"acc_global": acc_global, **personal_metrics(results)}
+        if d.task_tests:  # multi-task: per-task accuracy, macro means over tasks
+            from fedfm.algorithms.multitask import task_metrics
+
+            by_task = self.algo.evaluate_tasks(self.world.model, d.task_tests)
+            personal = {c: m["acc_personal"] for c, m in self.client_metrics.items()
+                        if c in self.personal_clients}
+            row = {**row, **task_metrics(by_task, personal, [c.task for c in d.clients])}
+        return {**row, "bytes_eval": eval_bytes, "client_eval_s": compute,
+                "eval_rejected": rejected,
                 "eval_wall_s": time.perf_counter() - t0}
 
     def run_round(self, rnd: int) -> dict[str, Any]:
