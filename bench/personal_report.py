@@ -5,7 +5,9 @@
 Reads ROOT/SETTING/LABEL/seedK/{summary,metrics}.json(l) and prints markdown tables:
 - per cell, mean over seeds with a 95% t-interval (mean ± t_{.975,n-1} · s / √n) of
   acc_personal_mean (client mean), acc_personal_weighted (example-weighted), acc_personal_p10
-  (10th-percentile client) and acc_global; bytes (up + down, MB per run), client compute s;
+  (10th-percentile client) and acc_global; bytes (up + down, MB per run); client train / eval
+  seconds (wall, inflated by machine load) and the cell process's CPU seconds (bench.json cpu_s,
+  one torch thread: the cell's own work whatever else ran);
 - paired differences against the reference cell (default fedms): per client k of the same
   federation (same seed = same partition), Δ_k = acc_k(ref) - acc_k(cell), mean over clients and
   seeds with a 95% bootstrap interval over clients (2,000 resamples, seeded);
@@ -34,7 +36,10 @@ def load(root: Path) -> dict:
         run = summary.parent
         rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x]
         cell = out.setdefault(run.parent.parent.name, {}).setdefault(run.parent.name, [])
-        cell.append((int(run.name[4:]), json.loads(summary.read_text()), rows))
+        summ = json.loads(summary.read_text())
+        bench = run / "bench.json"  # cpu_s: the cell process's user + system CPU seconds
+        summ["cpu_s"] = json.loads(bench.read_text()).get("cpu_s") if bench.exists() else None
+        cell.append((int(run.name[4:]), summ, rows))
     return out
 
 
@@ -70,16 +75,20 @@ def paired(ref_runs, runs, seed: int = 0) -> str:
 
 def table(cells: dict, ref: str) -> list[str]:
     head = ("| cell | seeds | acc_personal_mean | acc_personal_weighted | acc_personal_p10 | "
-            f"acc_global | Δ {ref} − cell, points (clients) | MB up+down | client compute s |")
-    lines = [head, "|" + "---|" * 9]
+            f"acc_global | Δ {ref} − cell, points (clients) | MB up+down | client train s | "
+            "client eval s | CPU s |")
+    lines = [head, "|" + "---|" * 11]
     for label, runs in cells.items():
         vals = {k: [s.get(k) for _, s, _ in runs] for k in KEYS}
         mb = statistics.fmean((s["bytes_up"] + s["bytes_down"]) / 1e6 for _, s, _ in runs)
         comp = statistics.fmean(s["client_compute_s"] for _, s, _ in runs)
+        ev = statistics.fmean(s.get("client_eval_s") or 0 for _, s, _ in runs)
+        cpu = [s["cpu_s"] for _, s, _ in runs if s.get("cpu_s") is not None]
+        cpu_s = f"{statistics.fmean(cpu):.0f}" if cpu else "-"
         delta = paired(cells[ref], runs) if ref in cells and label != ref else ""
         lines.append(f"| {label} | {','.join(str(s) for s, _, _ in runs)} | "
                      + " | ".join(interval(vals[k]) for k in KEYS)
-                     + f" | {delta} | {mb:.2f} | {comp:.0f} |")
+                     + f" | {delta} | {mb:.2f} | {comp:.0f} | {ev:.0f} | {cpu_s} |")
     return lines
 
 
