@@ -99,8 +99,8 @@ def _cell_specs(raw: Mapping[str, Any], registered: list[str]) -> list[dict[str,
     A [[cells]] table whose label is also a shorthand name replaces that shorthand cell (so
     `algorithms = "all"` can be refined per algorithm)."""
     algos = raw.get("algorithms", [])
-    if algos == "all":
-        algos = registered
+    if algos == "all":  # FedAvg first: the reports' ratio tables compare with the first cell
+        algos = sorted(registered, key=lambda a: a != "fedavg")
     if not isinstance(algos, list) or not all(isinstance(a, str) for a in algos):
         raise ConfigError("'algorithms' must be a list of algorithm names or \"all\".")
     tables = raw.get("cells", [])
