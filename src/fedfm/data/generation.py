@@ -26,6 +26,7 @@ from fedfm.data.records import GenerationDataset, from_pairs
 from fedfm.errors import DataError
 
 IGNORE = -100  # label of tokens without loss (prompt, padding), as in transformers
+_SENTINEL = "\u2063fedfm-content\u2063"  # stands for the prompt inside its template
 
 
 # ---------------------------------------------------------------- loading
@@ -158,10 +159,10 @@ class PromptEncoder:
         head = self._ids(self._prompt_text(prompt))
         budget = self.max_length - len(resp)
         if len(head) > budget:  # cut the prompt's content from the left, keep the template
-            content = self._ids(prompt)
-            keep = max(1, len(content) - (len(head) - budget))
-            prompt = self.tok.decode(content[-keep:])
-            head = self._ids(self._prompt_text(prompt))[-budget:]
+            pre, _, post = self._prompt_text(_SENTINEL).partition(_SENTINEL)
+            pre_ids, post_ids, content = self._ids(pre), self._ids(post), self._ids(prompt)
+            keep = max(0, budget - len(pre_ids) - len(post_ids))
+            head = (pre_ids + content[len(content) - keep:] + post_ids)[-budget:]
         return head, resp
 
     def __call__(self, ds: GenerationDataset) -> GenSplit:
@@ -199,8 +200,14 @@ def build_federated_generation(ds: GenerationDataset, encoder: PromptEncoder, nu
                                shards_per_client: int = 2, min_examples: int = 4,
                                client_test_fraction: float = 0.2,
                                global_test_fraction: float = 0.2,
-                               max_examples: int | None = None):
-    """As `build_federated`, partitioning by the records' groups (label-like key)."""
+                               max_examples: int | None = None,
+                               test: GenerationDataset | None = None):
+    """As `build_federated`, partitioning by the records' groups (label-like key).
+
+    `test`: the source's official held-out split. When given, the global test set is a seeded,
+    group-stratified sample of it with round(global_test_fraction · n) records (n = records
+    used from `ds`), and all of those n records go to the clients.
+    """
     from fedfm.data.federated import ClientData, FederatedData, _stratified_holdout
     from fedfm.data.partition import partition
 
@@ -209,10 +216,16 @@ def build_federated_generation(ds: GenerationDataset, encoder: PromptEncoder, nu
     pool = np.arange(len(groups))
     if max_examples is not None and max_examples < len(groups):
         pool = np.sort(rng.choice(len(groups), size=max_examples, replace=False))
-    kept, held = _stratified_holdout(groups[pool], global_test_fraction, rng)
-    kept, held = pool[kept], pool[held]
-    used = np.sort(np.concatenate([kept, held]))
-    full = encoder(ds.subset(used.tolist()))  # tokenise only what the run uses
+    if test is None:
+        kept, held = _stratified_holdout(groups[pool], global_test_fraction, rng)
+        kept, held = pool[kept], pool[held]
+        used = np.sort(np.concatenate([kept, held]))
+        full = encoder(ds.subset(used.tolist()))  # tokenise only what the run uses
+        global_test = None
+    else:
+        kept, used = pool, pool
+        full = encoder(ds.subset(used.tolist()))
+        global_test = encoder(_sample(test, global_test_fraction * len(pool), rng))
     pos = {int(j): i for i, j in enumerate(used)}
     at = lambda idx: [pos[int(j)] for j in idx]  # noqa: E731
     parts = partition(groups[kept], num_clients, scheme, seed, alpha=alpha,
@@ -227,5 +240,18 @@ def build_federated_generation(ds: GenerationDataset, encoder: PromptEncoder, nu
             raise DataError(f"client {cid} has no training example; lower data.num_clients.")
         clients.append(ClientData(cid, full.subset(at(np.sort(idx[n_test:]))),
                                   full.subset(at(np.sort(idx[:n_test])))))
-    return FederatedData(clients, full.subset(at(held)), list(ds.group_names),
+    if global_test is None:
+        global_test = full.subset(at(held))
+    return FederatedData(clients, global_test, list(ds.group_names),
                          {"main": ds.num_labels})
+
+
+def _sample(ds: GenerationDataset, size: float, rng) -> GenerationDataset:
+    """A group-stratified sample of about `size` records (at least one per group)."""
+    fraction = min(1.0, max(size, 1.0) / len(ds))
+    if fraction >= 1.0:
+        return ds
+    from fedfm.data.federated import _stratified_holdout
+
+    _, held = _stratified_holdout(np.asarray(ds.groups), fraction, rng)
+    return ds.subset(held.tolist())
