@@ -126,10 +126,15 @@ def load_hf_tokenizer(folder: Path, max_length: int, padding_side: str = "right"
     except (ValueError, OSError, KeyError, TypeError) as e:
         raise ConfigError(f"'{folder}': no usable tokenizer "
                           f"({str(e).splitlines()[0][:200]}).") from None
+    ensure_pad(tok, str(folder))
+    tok.padding_side = padding_side
+    return HFTokenizer(tok, max_length)
+
+
+def ensure_pad(tok, where: str = "the tokenizer") -> None:
+    """Decoder tokenizers often have no pad token: pad with eos (else unk)."""
     if tok.pad_token is None:
         fallback = tok.eos_token or tok.unk_token
         if fallback is None:
-            raise ConfigError(f"'{folder}': the tokenizer has no pad, eos or unk token to pad with.")
+            raise ConfigError(f"'{where}': the tokenizer has no pad, eos or unk token to pad with.")
         tok.pad_token = fallback
-    tok.padding_side = padding_side
-    return HFTokenizer(tok, max_length)
