@@ -43,8 +43,18 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.format in ("peft", "merged"):  # the final global LoRA in HF formats
+        from fedfm.export_peft import export_hf
+
+        report = export_hf(args.run_dir, args.out, args.format, overwrite=args.overwrite)
+        print(json.dumps(report))
+        print(f"export folder: {args.out}", file=sys.stderr)
+        return 0
     from fedfm.export import export
 
+    if args.budget is None:
+        raise FedfmError("fedfm export --format budget needs --budget B (fraction of block "
+                         "params); --format peft|merged exports the whole model's LoRA.")
     report = export(args.run_dir, args.budget, args.out, shape=args.shape,
                     overwrite=args.overwrite, threads=args.threads)
     print(json.dumps(report))
@@ -84,9 +94,14 @@ def parser() -> argparse.ArgumentParser:
     rs.set_defaults(func=cmd_resume)
     ls = sub.add_parser("list", help="show algorithms, models, data sets, partitioners")
     ls.set_defaults(func=cmd_list)
-    ex = sub.add_parser("export", help="cut a budget-sized subnetwork of a run as a HF folder")
-    ex.add_argument("run_dir", help="a finished raffm / heterofl / fedavg(full) run folder")
-    ex.add_argument("--budget", type=float, required=True, help="fraction of block params")
+    ex = sub.add_parser("export", help="export a run: a budget-sized subnetwork (RaFFM), a "
+                        "PEFT adapter or a merged HF folder")
+    ex.add_argument("run_dir", help="a finished run folder")
+    ex.add_argument("--format", default="budget", choices=["budget", "peft", "merged"],
+                    help="budget: RaFFM subnetwork (--budget); peft: adapter_config.json + "
+                    "adapter_model.safetensors; merged: HF folder with LoRA folded in")
+    ex.add_argument("--budget", type=float, default=None,
+                    help="--format budget: fraction of block params")
     ex.add_argument("--out", required=True, help="folder to write (HF checkpoint + head)")
     ex.add_argument("--shape", default="bert", choices=["bert", "elastic"],
                     help="bert: vanilla BertConfig (FFN cut); elastic: heads+FFN (fedfm only)")
