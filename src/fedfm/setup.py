@@ -19,6 +19,12 @@ from fedfm.models.classifier import Classifier, freeze
 from fedfm.models.loading import load_model
 
 
+def current_device() -> torch.device:
+    from fedfm.device import current
+
+    return current().device
+
+
 @dataclass
 class World:
     cfg: RunConfig
@@ -92,4 +98,5 @@ def assemble_world(cfg: RunConfig, backbone, data: FederatedData, tokenizer=None
         model = Classifier(backbone, data.num_labels, cfg.model.pooling, cfg.seed)
     algorithm = build_algorithm(cfg, data.num_labels, data.num_clients)
     algorithm.prepare_model(model)
+    model.to(current_device())  # LoRA/heads created on the CPU join the backbone's device
     return World(cfg, data, model, algorithm)
