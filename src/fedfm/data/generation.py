@@ -201,12 +201,14 @@ def build_federated_generation(ds: GenerationDataset, encoder: PromptEncoder, nu
                                client_test_fraction: float = 0.2,
                                global_test_fraction: float = 0.2,
                                max_examples: int | None = None,
-                               test: GenerationDataset | None = None):
+                               test: GenerationDataset | None = None,
+                               max_test_examples: int | None = None):
     """As `build_federated`, partitioning by the records' groups (label-like key).
 
-    `test`: the source's official held-out split. When given, the global test set is a seeded,
-    group-stratified sample of it with round(global_test_fraction · n) records (n = records
-    used from `ds`), and all of those n records go to the clients.
+    `test`: the source's official held-out split. When given, the global test set is drawn from
+    it (as `build_federated` does): all of it, or a seeded group-stratified sample of
+    `max_test_examples` (default when `max_examples` is set: round(global_test_fraction ·
+    max_examples)); all records used from `ds` go to the clients.
     """
     from fedfm.data.federated import ClientData, FederatedData, _stratified_holdout
     from fedfm.data.partition import partition
@@ -225,7 +227,9 @@ def build_federated_generation(ds: GenerationDataset, encoder: PromptEncoder, nu
     else:
         kept, used = pool, pool
         full = encoder(ds.subset(used.tolist()))
-        global_test = encoder(_sample(test, global_test_fraction * len(pool), rng))
+        cap = max_test_examples if max_test_examples is not None else (
+            round(global_test_fraction * max_examples) if max_examples is not None else None)
+        global_test = encoder(test if cap is None else _sample(test, cap, rng))
     pos = {int(j): i for i, j in enumerate(used)}
     at = lambda idx: [pos[int(j)] for j in idx]  # noqa: E731
     parts = partition(groups[kept], num_clients, scheme, seed, alpha=alpha,
