@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from fedfm.data.generation import IGNORE, PromptEncoder, load_generation_file
+from fedfm.data.generation import IGNORE, PromptEncoder
 from fedfm.data.records import GenerationDataset, from_pairs
 from fedfm.errors import DataError
 from fedfm.models.causal_lm import CausalLM, evaluate_generation, exact_match, normalize_answer
@@ -111,16 +111,24 @@ def test_evaluation_counts_exact_matches():
 
 
 def test_jsonl_records_named_columns_and_alpaca(tmp_path):
-    p = write_jsonl(tmp_path / "a.jsonl", [{"q": "2+2", "a": "4"}])
-    ds = load_generation_file(str(p), "q", "a")
-    assert (ds.prompts, ds.responses, ds.groups, ds.group_names) == (["2+2"], ["4"], [0], ["all"])
-    p = write_jsonl(tmp_path / "b.jsonl", [{"instruction": "Add", "input": "2 and 2", "output": "4"},
-                                           {"instruction": "Say hi", "input": "", "output": "hi"}])
-    ds = load_generation_file(str(p))
+    """task = generate reads the user's records through the data catalogue's loaders."""
+    from fedfm.config import DataConfig
+    from fedfm.data import catalogue
+
+    def load(path, **kw):
+        return catalogue.load("jsonl", DataConfig(name="jsonl", path=str(path), **kw), 0,
+                              "generate").train
+
+    ds = load(write_jsonl(tmp_path / "a.jsonl", [{"q": "2+2", "a": "4"}]),
+              prompt_column="q", response_column="a")
+    assert (ds.prompts, ds.responses) == (["2+2"], ["4"])
+    ds = load(write_jsonl(tmp_path / "b.jsonl", [
+        {"instruction": "Add", "input": "2 and 2", "output": "4"},
+        {"instruction": "Say hi", "input": "", "output": "hi"}]))
     assert ds.prompts == ["Add\n\n2 and 2", "Say hi"] and ds.responses == ["4", "hi"]
     (tmp_path / "c.jsonl").write_text(json.dumps({"text": "x"}) + "\n")
     with pytest.raises(DataError, match="prompt_column"):
-        load_generation_file(str(tmp_path / "c.jsonl"))
+        load(tmp_path / "c.jsonl")
 
 
 def test_generation_dataset_checks_its_columns():

