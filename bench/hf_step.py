@@ -110,7 +110,7 @@ def main() -> None:
                     res[f"{k}/{prec}"]["times"].append(one_step(m, split, prec, args.batch))
     peak = max(peak_before, bf16_peak())
     res["bf16_peak_gflops_cpu_time"] = peak
-    for key, r in list(res.items()):
+    for r in list(res.values()):
         if isinstance(r, dict):
             r["step_cpu_s"] = min(r["times"])
             r["gflops"] = r["flops"] / r["step_cpu_s"] / 1e9
