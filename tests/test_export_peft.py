@@ -27,6 +27,12 @@ def finished_run(tmp_path, **over):
     return cfg
 
 
+@pytest.fixture(scope="module")
+def gen_run(tmp_path_factory):
+    """One finished FedAvg task = generate run on a tiny Llama, shared by the export tests."""
+    return finished_run(tmp_path_factory.mktemp("gen"))
+
+
 def fedfm_model(cfg):
     """The run's final global model, rebuilt as fedfm does."""
     from safetensors.torch import load_file
@@ -43,12 +49,12 @@ def probe(world):
     return ids[:, :t], mask[:, :t]
 
 
-def test_peft_adapter_round_trip_generate(tmp_path):
+def test_peft_adapter_round_trip_generate(tmp_path, gen_run):
     from transformers import AutoModelForCausalLM
 
     from fedfm.cli import main
 
-    cfg = finished_run(tmp_path)
+    cfg = gen_run
     out = tmp_path / "adapter"
     assert main(["export", cfg.out, "--format", "peft", "--out", str(out)]) == 0
     conf = json.loads((out / "adapter_config.json").read_text())
@@ -67,12 +73,12 @@ def test_peft_adapter_round_trip_generate(tmp_path):
     assert report["max_abs_diff_vs_fedfm"] < 1e-5
 
 
-def test_merged_export_loads_without_fedfm_or_peft(tmp_path):
+def test_merged_export_loads_without_fedfm_or_peft(tmp_path, gen_run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from fedfm.export_peft import export_hf
 
-    cfg = finished_run(tmp_path)
+    cfg = gen_run
     out = tmp_path / "merged"
     export_hf(cfg.out, out, "merged")
     assert not any("lora" in p.name for p in out.iterdir())

@@ -27,6 +27,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = run(cfg, quiet=args.quiet)
     keys = ("algorithm", "rounds", "acc_global", "acc_personal_mean", "bytes_up", "bytes_down",
             "round_wall_s", "client_compute_s", "peak_rss_mb")
+    keys += tuple(k for k in ("loss_global", "loss_personal_mean") if k in summary)  # generate
     print(json.dumps({k: summary.get(k) for k in keys}))
     print(f"run folder: {cfg.out}", file=sys.stderr)
     return 0
