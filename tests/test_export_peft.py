@@ -133,3 +133,10 @@ def test_export_refuses_personalised_runs(tmp_path, capsys):
     cfg = finished_run(tmp_path, algorithm="local", out=str(tmp_path / "run-local"))
     assert main(["export", cfg.out, "--format", "peft", "--out", str(tmp_path / "x")]) == 2
     assert "no global model" in capsys.readouterr().err
+
+
+def test_budget_export_still_needs_a_budget(tmp_path, capsys):
+    from fedfm.cli import main
+
+    assert main(["export", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+    assert "--budget" in capsys.readouterr().err
