@@ -93,7 +93,8 @@ def test_merged_export_loads_without_fedfm_or_peft(tmp_path, gen_run):
 
 
 def test_peft_adapter_with_head_classify_gpt2(tmp_path):
-    """Classification on GPT-2 (Conv1D, fan_in_fan_out): adapter + saved head = fedfm logits."""
+    """Classification on GPT-2 (Conv1D, fan_in_fan_out): adapter + saved head = fedfm logits;
+    the merged folder (Conv1D weights with LoRA folded in) + head too."""
     from safetensors.torch import load_file
     from transformers import AutoModel
 
@@ -125,6 +126,11 @@ def test_peft_adapter_with_head_classify_gpt2(tmp_path):
         h = base(input_ids=ids, attention_mask=mask).last_hidden_state
         theirs = head(pool(h, mask, pooling))
     assert torch.allclose(ours, theirs, atol=1e-5)
+    export_hf(cfg.out, tmp_path / "merged", "merged")  # plain AutoModel + the same head file
+    with torch.inference_mode():
+        h = AutoModel.from_pretrained(str(tmp_path / "merged"), **KW)(
+            input_ids=ids, attention_mask=mask).last_hidden_state
+    assert torch.allclose(ours, head(pool(h, mask, pooling)), atol=1e-5)
 
 
 def test_export_refuses_personalised_runs(tmp_path, capsys):
