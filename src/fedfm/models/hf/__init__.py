@@ -1,5 +1,6 @@
 """The Hugging Face model layer: a family registry and a backbone wrapper driven by hooks."""
 
+from fedfm.models.hf import moe as _moe_rows  # noqa: F401,E402  (MoE family rows)
 from fedfm.models.hf.backbone import BackboneSpec, HFBackbone, StopForward
 from fedfm.models.hf.family import (
     FAMILIES,
