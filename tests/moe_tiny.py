@@ -7,7 +7,8 @@ import shutil
 from pathlib import Path
 
 import torch
-from hf_tiny import TOKENIZER_FILES, V
+
+from tests.hf_tiny import TOKENIZER_FILES, V
 
 FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
 
