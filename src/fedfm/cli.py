@@ -86,6 +86,24 @@ def cmd_data_install(args: argparse.Namespace) -> int:
     return install(args.packages or None, dry_run=args.dry_run)
 
 
+def cmd_upcycle(args) -> int:
+    from pathlib import Path
+
+    from fedfm.errors import ConfigError
+    from fedfm.models.hf.upcycle import upcycle_folder
+    from fedfm.models.loading import hf_folder
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise ConfigError(f"--out '{out}' is not empty (use --overwrite).")
+    if args.experts < 1:
+        raise ConfigError(f"--experts must be >= 1, got {args.experts}.")
+    upcycle_folder(hf_folder(args.model, args.path), out, args.experts, args.top_k, args.seed)
+    print(f"wrote {out} (MixtralForCausalLM, {args.experts} experts, top-{args.top_k}); "
+          f"use model.name = \"hf\", model.path = \"{out}\"")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedfm", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -121,6 +139,16 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     ex.add_argument("--threads", type=int, default=None, help="threads for the timing")
     ex.set_defaults(func=cmd_export)
+    up = sub.add_parser("upcycle", help="turn a dense Llama-style LM (default SmolLM2-135M) "
+                        "into a native Mixtral MoE folder (FedMoE on real weights)")
+    up.add_argument("--out", required=True, help="folder to write (safetensors + tokenizer)")
+    up.add_argument("--model", default="smollm2-135m", help="model name (smollm2-135m, hf)")
+    up.add_argument("--path", default=None, help="with --model hf: a dense HF LM folder")
+    up.add_argument("--experts", type=int, default=4, help="experts per block (copies)")
+    up.add_argument("--top-k", type=int, default=2, help="experts per token")
+    up.add_argument("--seed", type=int, default=0, help="router initialisation seed")
+    up.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    up.set_defaults(func=cmd_upcycle)
     from fedfm.bench.cli import add_parsers as add_bench_parsers
 
     add_bench_parsers(sub)  # bench SUITE.toml, report RUN_DIR...
