@@ -217,3 +217,33 @@ def test_fedmoe_rejects_uploads_whose_metrics_it_cannot_read(tmp_path):
                 {k: v for k, v in good.items() if k != "val_loss"}, {**good, "task": 3}):
         assert inbox.receive(0, task, encode(ClientUpdate(0, 0, 5, tensors, bad))) is None
     assert inbox.tally.rejected == 5
+
+
+def test_embedded_runtime_rejects_crafted_bytes_and_finishes_the_round(tiny_cfg):
+    """Client 0 answers every task (train and evaluate) with crafted bytes: each is a
+    rejection, the others are aggregated, and the run goes on."""
+    from dataclasses import replace
+
+    from fedfm.setup import build_world
+    from fedfm.sim.clients import LocalClients
+    from fedfm.sim.runner import EmbeddedRunner
+
+    crafted = [join({"__metadata__": {"fedfm": "5"}}, b""),
+               join(b"[" * 100_000 + b"]" * 100_000, b"")]
+
+    class Hostile(LocalClients):
+        def exchange(self, tasks, rnd, phase):
+            for ex in super().exchange(tasks, rnd, phase):
+                if ex.task.client_id == 0:
+                    ex = replace(ex, reply_blob=crafted[(rnd + phase) % 2])
+                yield ex
+
+    cfg = tiny_cfg(rounds=2)
+    world = build_world(cfg)
+    world.algorithm.init_server(world.model)
+    runner = EmbeddedRunner(world)
+    runner.clients = Hostile(world, runner.store, cfg.comm.dtype)
+    rows = [runner.run_round(rnd) for rnd in range(cfg.rounds)]
+    assert [r["rejected"] for r in rows] == [1, 1]
+    assert [r["eval_rejected"] for r in rows] == [1, 1]
+    assert all(torch.isfinite(t).all() for t in world.algorithm.global_tensors().values())
