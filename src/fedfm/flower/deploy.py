@@ -6,13 +6,14 @@
   fedfm flower superlink [--certs DIR] [--auth] [--port 9093]
   fedfm flower register KEY.pub [--superlink ADDR --ca DIR/ca.crt]   allow one SuperNode
   fedfm flower supernode --partition K --num-partitions N [--superlink ADDR] [--ca CA]
-                         [--key PRIVATE_KEY] [--port 9094]
+                         [--key PRIVATE_KEY] [--port P (default: a free local port)]
   fedfm flower run CONFIG [k=v ...] [--superlink ADDR] [--ca CA] [--stream]
 
 Without --certs/--ca everything runs with --insecure (plain HTTP: loopback and tests only).
 `run` writes a Flower App (a pyproject.toml naming fedfm.flower.app's server and client, with
 the RunConfig as run config `fedfm-config`) and a SuperLink connection in $FLWR_HOME/config.toml,
-then calls `flwr run`. Every command sets the variables that keep Flower offline.
+then calls `flwr run`. Every command sets the variables that keep Flower offline, runs Flower
+in its own process group and stops that whole group on SIGTERM/SIGINT/SIGHUP (procs.py).
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ import datetime as dt
 import ipaddress
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 from fedfm.errors import ConfigError
-from fedfm.flower import quiet_env, require_flwr
+from fedfm.flower import require_flwr
+from fedfm.flower.procs import free_port, supervise
 
 DEFAULT_LINK = "127.0.0.1:9093"
 
@@ -129,9 +130,14 @@ def superlink_cmd(host: str = "127.0.0.1", port: int = 9093, certs: str | None =
 
 
 def supernode_cmd(partition: int, num_partitions: int, superlink: str = DEFAULT_LINK,
-                  ca: str | None = None, key: str | None = None, port: int = 9094) -> list[str]:
+                  ca: str | None = None, key: str | None = None,
+                  port: int | None = None) -> list[str]:
+    """port: the node's local runtime API port (127.0.0.1 only); None = a free one, so several
+    SuperNodes run on one machine without flags."""
     if not 0 <= partition < num_partitions:
         raise ConfigError(f"--partition must be in 0..{num_partitions - 1}, got {partition}.")
+    if port is None:
+        port = free_port()
     cmd = ["flower-supernode", "--superlink", superlink, "--host", "127.0.0.1",
            "--port", str(port), *_tls(ca, "--root-certificates"),
            "--node-config", f"partition-id={partition} num-partitions={num_partitions}"]
@@ -202,8 +208,8 @@ fedfm-config = '''{text}'''
 
 
 def _exec(cmd: list[str]) -> int:
-    quiet_env()
-    return subprocess.call(cmd)
+    """Run a Flower command; SIGTERM/SIGINT stop it and everything it started (procs.py)."""
+    return supervise(cmd)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -256,7 +262,8 @@ def add_parser(sub) -> None:
     n = fl.add_parser("supernode", help="start a SuperNode serving one fedfm client")
     n.add_argument("--partition", type=int, required=True, help="this node's client id")
     n.add_argument("--num-partitions", type=int, required=True, help="data.num_clients")
-    n.add_argument("--port", type=int, default=9094, help="the node's local runtime API port")
+    n.add_argument("--port", type=int, default=None,
+                   help="the node's local runtime API port on 127.0.0.1 (default: a free one)")
     r = fl.add_parser("register", help="allow a SuperNode's public key (SuperLink with --auth)")
     r.add_argument("public_key")
     x = fl.add_parser("run", help="start a fedfm run on a SuperLink")
