@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -130,3 +131,124 @@ def test_supernodes_share_a_machine_and_signals_stop_everything(tmp_path):
         assert port_free(port) and all(port_free(p) for p in runtime_ports)
     finally:
         procs.cleanup()
+
+
+# ---- faults on a loopback deployment: SuperLink + 3 SuperNodes, separate processes ---------
+ROUNDS = 3
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
+
+
+def _kill_tree(p: subprocess.Popen) -> None:
+    """SIGKILL a command and all it started (a crash: no chance to clean up)."""
+    for pid in [*children(p.pid), p.pid]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    p.wait(timeout=10)
+
+
+def _fault_raw(out: Path) -> dict:
+    from tests.conftest import tiny_raw
+
+    return tiny_raw(out=str(out), rounds=ROUNDS, **{
+        "data.num_clients": 3, "eval.every": ROUNDS, "availability.min_completion": 0.6,
+        "checkpoint.enabled": True, "flower.reply_timeout_s": REPLY_TIMEOUT_S,
+        "flower.connect_timeout_s": 120.0})
+
+
+REPLY_TIMEOUT_S = 60.0
+
+
+def _reference(tmp_path: Path, missing: set[tuple[int, int]]) -> Path:
+    """The same run uninterrupted, in process, with the same (round, client) train replies
+    missing as in the deployment."""
+    from fedfm.config import build_config
+    from fedfm.flower.client import make_client_app
+    from fedfm.flower.inprocess import InProcessGrid
+    from fedfm.flower.strategy import FlowerClients, discover
+    from fedfm.run import run
+
+    cfg = build_config(_fault_raw(tmp_path / "reference"))
+    grid = InProcessGrid(make_client_app(cfg), 3)
+    deliver = grid.send_and_receive
+
+    def lossy(messages, timeout=None):
+        msgs = list(messages)
+        keep = [m for m in msgs if m.metadata.message_type != "train"
+                or (int(m.metadata.group_id) + 1, m.metadata.dst_node_id - 1001) not in missing]
+        return deliver(keep, timeout=timeout)
+
+    grid.send_and_receive = lossy
+    nodes = discover(grid, 3, timeout_s=10)
+    run(cfg, quiet=True, transport=lambda w: FlowerClients.for_config(grid, nodes, cfg))
+    return tmp_path / "reference"
+
+
+def test_deployment_survives_node_and_superlink_crashes(tmp_path):
+    """SuperLink + 3 SuperNodes on 127.0.0.1, fedavg, 3 rounds, min_completion 0.6:
+    1. SIGKILL SuperNode 2 while it holds its round-1 task -> round 1 aggregates clients 0, 1
+       (after flower.reply_timeout_s) and the run goes on;
+    2. restart SuperNode 2 (a new node id) -> it is rediscovered and trains in round 2;
+    3. SIGKILL the SuperLink (and the ServerApp it runs) after the round-2 checkpoint, restart
+       it on its database, `fedfm flower run --resume` -> the run finishes from that checkpoint;
+    the final global tensors equal, bit for bit, an uninterrupted run with the same missing
+    replies. Which client trained in which round: RUN/flower.jsonl (written by the server)."""
+    import tomli_w
+    import torch
+    from safetensors.torch import load_file
+
+    procs = Procs(tmp_path)
+    port = free_port()
+    link = f"127.0.0.1:{port}"
+    out = tmp_path / "run"
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(tomli_w.dumps(_fault_raw(out)))
+    db = str(tmp_path / "link.db")
+    t0 = time.monotonic()
+    try:
+        sl = procs.start("superlink.log", "superlink", "--port", str(port), "--database", db)
+        nodes = [procs.start(f"node{i}.log", "supernode", "--partition", str(i),
+                             "--num-partitions", "3", "--superlink", link) for i in range(3)]
+        first = procs.start("run1.log", "run", str(cfg), "--superlink", link, "--stream")
+        wait_for(lambda: "Receiving: train message" in procs.log("node2.log"), 240,
+                 "SuperNode 2 to receive its round-1 task")
+        _kill_tree(nodes[2])
+        assert not _rows(out / "metrics.jsonl")  # round 1 was still running
+        procs.start("node2b.log", "supernode", "--partition", "2", "--num-partitions", "3",
+                    "--superlink", link)
+        ckpt = out / "checkpoint/latest.json"
+        wait_for(lambda: ckpt.is_file() and json.loads(ckpt.read_text())["round"] >= 2, 240,
+                 "the round-2 checkpoint")
+        _kill_tree(sl)
+        _kill_tree(first)
+        done = len(_rows(out / "metrics.jsonl"))
+        assert done == 2, done  # killed inside round 3
+        procs.start("superlink2.log", "superlink", "--port", str(port), "--database", db)
+        second = procs.start("run2.log", "run", str(cfg), "--superlink", link, "--stream",
+                             "--resume")
+        assert second.wait(timeout=300) == 0, procs.log("run2.log")[-3000:]
+        wait_for(lambda: (out / "summary.json").is_file(), 60, "summary.json")
+    finally:
+        procs.cleanup()
+    print(f"deployment fault scenario: {time.monotonic() - t0:.0f} s")
+    rows = _rows(out / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert [r["rejected"] for r in rows] == [0, 0, 0] and not any(r.get("skipped") for r in rows)
+    log = _rows(out / "flower.jsonl")
+    train = {}
+    for r in log:  # the last record per round: the resumed run redoes round 3
+        if r["phase"] == "train":
+            train[r["round"]] = r
+    assert train[1]["sent"] == [0, 1, 2] and train[1]["replied"] == [0, 1]
+    assert train[2]["replied"] == [0, 1, 2] and train[2]["nodes"]["2"] != train[1]["nodes"]["2"]
+    assert train[3]["replied"] == [0, 1, 2]
+    missing = {(rnd, c) for rnd, r in train.items() for c in r["sent"] if c not in r["replied"]}
+    assert missing == {(1, 2)}
+    ref = _reference(tmp_path, missing)
+    got, want = load_file(str(out / "final/global.safetensors")), load_file(
+        str(ref / "final/global.safetensors"))
+    assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)

@@ -7,7 +7,7 @@
   fedfm flower register KEY.pub [--superlink ADDR --ca DIR/ca.crt]   allow one SuperNode
   fedfm flower supernode --partition K --num-partitions N [--superlink ADDR] [--ca CA]
                          [--key PRIVATE_KEY] [--port P (default: a free local port)]
-  fedfm flower run CONFIG [k=v ...] [--superlink ADDR] [--ca CA] [--stream]
+  fedfm flower run CONFIG [k=v ...] [--superlink ADDR] [--ca CA] [--stream] [--resume]
 
 Without --certs/--ca everything runs with --insecure (plain HTTP: loopback and tests only).
 `run` writes a Flower App (a pyproject.toml naming fedfm.flower.app's server and client, with
@@ -170,8 +170,9 @@ def write_connection(superlink: str = DEFAULT_LINK, ca: str | None = None) -> st
     return name
 
 
-def write_app(cfg, folder: str | Path) -> Path:
-    """A Flower App folder whose components are fedfm's and whose run config is `cfg`."""
+def write_app(cfg, folder: str | Path, resume: bool = False) -> Path:
+    """A Flower App folder whose components are fedfm's and whose run config is `cfg`
+    (resume: the ServerApp continues the run in cfg.out from its last checkpoint)."""
     from dataclasses import replace
 
     cfg = replace(cfg, out=str(Path(cfg.out).resolve()))  # the ServerApp may run elsewhere
@@ -203,6 +204,7 @@ clientapp = "fedfm.flower.app:client"
 
 [tool.flwr.app.config]
 fedfm-config = '''{text}'''
+fedfm-resume = {"true" if resume else "false"}
 """)
     return app
 
@@ -216,7 +218,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fedfm.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    app = write_app(cfg, flwr_home() / "fedfm-apps" / cfg.hash())
+    if args.resume:
+        from fedfm.flower.app import check_resumable
+
+        check_resumable(cfg.algorithm)
+    app = write_app(cfg, flwr_home() / "fedfm-apps" / cfg.hash(), args.resume)
     name = write_connection(args.superlink, args.ca)
     return _exec(["flwr", "run", str(app), name] + (["--stream"] if args.stream else []))
 
@@ -270,6 +276,8 @@ def add_parser(sub) -> None:
     x.add_argument("config")
     x.add_argument("overrides", nargs="*")
     x.add_argument("--stream", action="store_true", help="stream the run's log")
+    x.add_argument("--resume", action="store_true",
+                   help="continue the run in `out` from its last checkpoint (after a crash)")
     for q in (n, r, x):
         q.add_argument("--superlink", default=DEFAULT_LINK, help="SuperLink address host:port")
         q.add_argument("--ca", help="CA certificate (ca.crt) to verify the SuperLink; "
