@@ -164,3 +164,13 @@ def test_offline_node_is_dropped_and_restarted_node_rejoins(tmp_path, monkeypatc
     assert train[2]["replied"] == [0, 1, 2] and train[2]["nodes"]["2"] == old + 100
     rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     assert [r["rejected"] for r in rows] == [0, 0, 0] and not any(r.get("skipped") for r in rows)
+
+
+def test_missing_node_stops_discovery_with_a_clear_message(tiny_cfg, tmp_path, monkeypatch):
+    from fedfm.errors import ConfigError
+
+    monkeypatch.setenv("FEDFM_CACHE", str(tmp_path / "cache"))
+    grid = InProcessGrid(make_client_app(tiny_cfg()), 2)  # 2 SuperNodes for 3 clients
+    with pytest.raises(ConfigError, match=r"client\(s\) \[2\] after waiting 0.5 s .*"
+                                          r"--num-partitions 3.*flower.connect_timeout_s"):
+        discover(grid, 3, timeout_s=0.5)

@@ -46,7 +46,7 @@ def query(grid: Grid, node_ids: list[int], num_clients: int, timeout_s: float) -
 
 def _missing_error(missing: list[int], num_clients: int, timeout_s: float) -> ConfigError:
     return ConfigError(
-        f"Flower: no SuperNode serves client(s) {missing[:10]} after waiting {timeout_s:.0f} s "
+        f"Flower: no SuperNode serves client(s) {missing[:10]} after waiting {timeout_s:g} s "
         f"(flower.connect_timeout_s). Start one SuperNode per client: `fedfm flower supernode "
         f"--partition K --num-partitions {num_clients}` (each picks its own free local port), "
         f"check their logs, or raise flower.connect_timeout_s.")
