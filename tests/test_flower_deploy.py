@@ -1,8 +1,10 @@
 """Flower deployment processes on loopback (slow: real SuperLink/SuperNode processes).
 
 - several SuperNodes on one machine without --port: each picks a free local port;
+- SIGINT to `fedfm flower run --stream` stops the Flower run it started (`flwr stop`);
 - SIGTERM / SIGINT to a `fedfm flower superlink|supernode` process stops everything it started:
-  no process of its tree is left and its ports are free again.
+  no process of its tree is left and its ports are free again;
+- faults: a SuperNode crash and restart, a SuperLink crash and `--resume` (see the test).
 """
 
 from __future__ import annotations
@@ -54,7 +56,10 @@ def alive(pid: int) -> bool:
 
 
 def port_free(port: int) -> bool:
+    """Nothing listens on it: a server can bind it again (SO_REUSEADDR, as servers do, so
+    closed connections in TIME_WAIT do not count)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
             return True
@@ -103,6 +108,31 @@ class Procs:
                     pass
 
 
+def _run_stops_on_sigint(procs: Procs, tmp_path: Path, link: str, sl: subprocess.Popen) -> None:
+    """Ctrl-C on `fedfm flower run --stream` stops the CLI and the Flower run it started."""
+    import tomli_w
+
+    from tests.conftest import tiny_raw
+
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(tomli_w.dumps(tiny_raw(out=str(tmp_path / "run"), rounds=50,
+                                          **{"data.num_clients": 2})))
+    run = procs.start("run.log", "run", str(cfg), "--superlink", link, "--stream")
+    wait_for(lambda: "Successfully started run" in procs.log("run.log"), 90, "the run")
+    run_id = procs.log("run.log").split("Successfully started run")[1].split()[0]
+    wait_for(lambda: any("flwr-serverapp" in " ".join(cmdline(c)) for c in children(sl.pid)),
+             60, "the ServerApp process")
+    os.kill(run.pid, signal.SIGINT)
+    assert run.wait(timeout=90) == 128 + signal.SIGINT
+    assert f"stopping Flower run {run_id}" in procs.log("run.log")
+    conn = "fedfm-" + link.replace(":", "-").replace(".", "-")
+    status = subprocess.run(["flwr", "list", conn, "--run-id", run_id, "--format", "json"],
+                            env=procs.env, capture_output=True, text=True, timeout=60).stdout
+    assert "stopped" in status, status
+    wait_for(lambda: not any("flwr-serverapp" in " ".join(cmdline(c))
+                             for c in children(sl.pid)), 60, "the ServerApp to exit")
+
+
 def test_supernodes_share_a_machine_and_signals_stop_everything(tmp_path):
     procs = Procs(tmp_path)
     port = free_port()
@@ -119,6 +149,7 @@ def test_supernodes_share_a_machine_and_signals_stop_everything(tmp_path):
             args = cmdline(sn)
             runtime_ports.append(int(args[args.index("--port") + 1]))
         assert len(set(runtime_ports)) == 2 and not any(port_free(p) for p in runtime_ports)
+        _run_stops_on_sigint(procs, tmp_path, link, sl)
         trees = {p.pid: children(p.pid) for p in (sl, *nodes)}
         assert all(len(t) >= 2 for t in trees.values()), trees  # flower server + its superexec
         # a service manager stops them by process id: SIGTERM (and Ctrl-C = SIGINT)

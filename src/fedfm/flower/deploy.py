@@ -23,6 +23,8 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -224,7 +226,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_resumable(cfg.algorithm)
     app = write_app(cfg, flwr_home() / "fedfm-apps" / cfg.hash(), args.resume)
     name = write_connection(args.superlink, args.ca)
-    return _exec(["flwr", "run", str(app), name] + (["--stream"] if args.stream else []))
+    cmd = ["flwr", "run", str(app), name]
+    if not args.stream:  # flwr run returns once the run is submitted
+        return _exec(cmd)
+    run_ids: list[str] = []
+
+    def on_line(line: str) -> None:
+        m = re.search(r"Successfully started run (\d+)", line)
+        if m:
+            run_ids.append(m.group(1))
+
+    def on_stop() -> None:  # Ctrl-C / SIGTERM while streaming stops the run too
+        for rid in run_ids:
+            print(f"fedfm: stopping Flower run {rid}", flush=True)
+            try:
+                subprocess.run(["flwr", "stop", rid, name], timeout=60, check=False,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            except subprocess.TimeoutExpired:
+                print(f"fedfm: `flwr stop {rid} {name}` did not answer", flush=True)
+
+    return supervise(cmd + ["--stream"], on_line=on_line, on_stop=on_stop)
 
 
 def dispatch(args: argparse.Namespace) -> int:

@@ -6,7 +6,8 @@ when a service manager stops the fedfm process with SIGTERM. So:
 
   child = Popen(cmd, start_new_session=True)   its own process group: cmd and all it starts
           + PR_SET_PDEATHSIG=SIGTERM (Linux)   the child is told if fedfm itself is SIGKILLed
-  SIGTERM / SIGINT / SIGHUP to fedfm  ->  the same signal to the whole group
+  SIGTERM / SIGINT / SIGHUP to fedfm  ->  (on_stop, e.g. `flwr stop RUN_ID`) then the same
+                                         signal to the whole group
   the child exits (by itself or signalled)  ->  SIGTERM to what is left of the group, then
                                                SIGKILL after `grace_s`
 Exit status: the child's, or 128 + signal when fedfm was asked to stop.
@@ -19,7 +20,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from fedfm.flower import quiet_env
@@ -78,30 +81,56 @@ def stop_group(pgid: int, grace_s: float = 10.0, sig: int = signal.SIGTERM) -> N
             time.sleep(0.1)
 
 
-def supervise(cmd: list[str], grace_s: float = 10.0) -> int:
-    """Run `cmd` in its own process group; forward stop signals; leave nothing behind."""
+def _pump(stream, on_line: Callable[[str], None]) -> None:
+    for line in stream:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        on_line(line)
+
+
+def supervise(cmd: list[str], grace_s: float = 10.0, on_line: Callable[[str], None] | None = None,
+              on_stop: Callable[[], None] | None = None) -> int:
+    """Run `cmd` in its own process group; forward stop signals; leave nothing behind.
+    on_line: sees each line the command prints (which is still printed);
+    on_stop: called once when a stop signal arrives, before it is forwarded."""
     quiet_env()
-    child = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent)
+    io = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True,
+          "errors": "replace"} if on_line else {}
+    child = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent, **io)
+    reader = None
+    if on_line:
+        reader = threading.Thread(target=_pump, args=(child.stdout, on_line), daemon=True)
+        reader.start()
     asked: list[int] = []
-
-    def forward(signum, _frame) -> None:
-        asked.append(signum)
-        try:
-            os.killpg(child.pid, signum)
-        except ProcessLookupError:
-            pass
-
-    previous = {s: signal.signal(s, forward) for s in STOP_SIGNALS}
+    previous = {s: signal.signal(s, lambda signum, _f: asked.append(signum))
+                for s in STOP_SIGNALS}
     try:
-        while True:
-            try:
-                rc = child.wait(timeout=grace_s if asked else 0.5)
-                break
-            except subprocess.TimeoutExpired:
-                if asked:  # it ignored the signal for grace_s
-                    stop_group(child.pid, 0.0, signal.SIGKILL)
+        rc = _wait(child, asked, grace_s, on_stop)
     finally:
         stop_group(child.pid, grace_s)
         for s, h in previous.items():
             signal.signal(s, h)
+    if reader is not None:
+        reader.join(timeout=5)
     return 128 + asked[0] if asked else rc
+
+
+def _wait(child: subprocess.Popen, asked: list[int], grace_s: float,
+          on_stop: Callable[[], None] | None) -> int:
+    """Wait for `child`; on the first stop signal: on_stop(), forward it, allow grace_s."""
+    forwarded = None
+    while True:
+        try:
+            return child.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            pass
+        if asked and forwarded is None:
+            if on_stop is not None:
+                on_stop()
+            try:
+                os.killpg(child.pid, asked[0])
+            except ProcessLookupError:
+                pass
+            forwarded = time.monotonic()
+        elif forwarded is not None and time.monotonic() - forwarded > grace_s:
+            stop_group(child.pid, 0.0, signal.SIGKILL)  # it ignored the signal
