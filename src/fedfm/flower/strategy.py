@@ -95,9 +95,10 @@ class FlowerClients:
         self.map.refresh()
         sent = [t for t in tasks if self.map.reachable(t.client_id)]
         msgs = self.messages(sent, rnd, phase)
+        t0 = time.perf_counter()
         replies = self.grid.send_and_receive(msgs, timeout=self.timeout_s) if msgs else []
         by_client = self.replies_by_client(replies)
-        self._record(rnd, phase, tasks, sent, by_client)
+        self._record(rnd, phase, tasks, sent, by_client, time.perf_counter() - t0)
         for task, msg in zip(sent, msgs):
             reply = by_client.get(task.client_id)
             if reply is None:
@@ -112,7 +113,7 @@ class FlowerClients:
             yield ex
 
     def _record(self, rnd: int, phase: int, tasks: list[ClientTask], sent: list[ClientTask],
-                by_client: dict[int, Message]) -> None:
+                by_client: dict[int, Message], wait_s: float) -> None:
         """Log and (with log_path) append which clients got a task and which replied."""
         sampled = [t.client_id for t in sent]
         missing = [c for c in sampled if c not in by_client]
@@ -125,7 +126,8 @@ class FlowerClients:
             return
         row = {"round": rnd + 1, "phase": MESSAGE_TYPE[phase], "sent": sampled,
                "replied": sorted(by_client), "offline": offline,
-               "nodes": {str(c): n for c, n in sorted(self.nodes.items())}, "time": time.time()}
+               "nodes": {str(c): n for c, n in sorted(self.nodes.items())},
+               "wait_s": round(wait_s, 3), "time": time.time()}
         with open(self.log_path, "a") as fh:
             fh.write(json.dumps(row) + "\n")
 
