@@ -14,6 +14,7 @@ import torch
 from fedfm.algorithms import registry
 from fedfm.algorithms.aggregation import aggregate_updates
 from fedfm.algorithms.base import ClientContext, ClientMemory
+from fedfm.algorithms.capabilities import AVERAGING
 from fedfm.algorithms.training import (
     count_correct,
     cross_entropy_loss,
@@ -113,5 +114,5 @@ class FedAvg:
 
 registry.register(
     "fedavg", lambda cfg, opts, nl, nc: FedAvg(cfg), None,
-    "FedAvg over LoRA + head (model.finetune = lora | full | head)",
+    "FedAvg over LoRA + head (model.finetune = lora | full | head)", capabilities=AVERAGING,
 )
