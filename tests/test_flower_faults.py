@@ -95,6 +95,7 @@ def test_crafted_uploads_are_rejected_and_rounds_finish(tmp_path, monkeypatch):
         assert not row.get("skipped"), name
     # the lying evaluation reply is refused: personal accuracy is the other two clients'
     assert [c["id"] for c in s["clients"] if "acc_personal" in c] == [0, 2]
+    assert rows[-1]["eval_rejected"] == 1
     log = [json.loads(x) for x in (tmp_path / "run/flower.jsonl").read_text().splitlines()]
     assert all(r["replied"] == [0, 1, 2] for r in log)
 

@@ -8,8 +8,8 @@ and a client whose node is offline (not in `grid.get_node_ids()`) is dropped at 
 of being waited for.
 
 Replies are untrusted bytes from a peer: `reply_blob` never raises (a reply without a fedfm
-payload becomes b"", which validation rejects), `compute_seconds` accepts only a finite
-number >= 0, and `eval_result` checks an evaluation reply before the runner uses it.
+payload becomes b"", which validation rejects), and `compute_seconds` accepts only a finite
+number >= 0. The runner validates the blobs (Inbox for updates, eval_reply for evaluations).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from flwr.serverapp import Grid
 
 from fedfm.errors import ConfigError, PayloadError
 from fedfm.flower.codec import blob_of, info_of, partition_of
-from fedfm.messages import ClientTask, ClientUpdate, decode
 
 log = logging.getLogger("fedfm")
 WAIT_LOG_EVERY_S = 10.0
@@ -122,22 +121,3 @@ def compute_seconds(reply: Message) -> float:
     v = info_of(reply.content).get("compute_s", 0.0)
     ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
     return float(v) if ok else 0.0
-
-
-def eval_result(blob: bytes, task: ClientTask, rnd: int) -> ClientUpdate | None:
-    """A decoded evaluation reply whose metrics the runner can use, else None (logged)."""
-    try:
-        msg = decode(blob)
-    except MALFORMED as e:
-        log.warning("round %d: evaluation reply of client %d refused: %s", rnd, task.client_id, e)
-        return None
-    m = msg.metrics if isinstance(msg, ClientUpdate) else {}
-    c, t = m.get("correct"), m.get("total")
-    nums = all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-               for x in (c, t))
-    if not (isinstance(msg, ClientUpdate) and msg.client_id == task.client_id
-            and msg.round == task.round and nums and 0 <= c <= t):
-        log.warning("round %d: evaluation reply of client %d refused: not an evaluation of its "
-                    "task (client, round, correct <= total)", rnd, task.client_id)
-        return None
-    return msg

@@ -33,12 +33,11 @@ from fedfm.flower.nodes import (  # noqa: F401  (discover: re-exported)
     NodeMap,
     compute_seconds,
     discover,
-    eval_result,
     reply_blob,
 )
 from fedfm.messages import ClientTask, decode, encode
 from fedfm.sim.clients import EVALUATE, TRAIN, Exchange
-from fedfm.sim.runner import EmbeddedRunner
+from fedfm.sim.runner import EmbeddedRunner, eval_reply
 from fedfm.sim.seeds import sample_clients
 from fedfm.validation import expected_schema, validate_update
 
@@ -104,13 +103,8 @@ class FlowerClients:
             if reply is None:
                 continue
             down, blob = blob_of(msg.content), reply_blob(reply, task.client_id, rnd)
-            ex = Exchange(decode(down), blob, len(down), compute_seconds(reply))
-            if phase == EVALUATE:  # checked here: the runner reads its metrics directly
-                res = eval_result(blob, ex.task, rnd)
-                if res is None:
-                    continue
-                ex.__dict__["reply"] = res  # Exchange.reply is a cached_property
-            yield ex
+            # validated by the runner: Inbox (train), eval_reply (evaluate)
+            yield Exchange(decode(down), blob, len(down), compute_seconds(reply))
 
     def _record(self, rnd: int, phase: int, tasks: list[ClientTask], sent: list[ClientTask],
                 by_client: dict[int, Message], wait_s: float) -> None:
@@ -216,7 +210,8 @@ class FedfmStrategy(Strategy):
             rnd, list(range(self.runner.world.data.num_clients)))}
         for cid, reply in FlowerClients(None, self.nodes).replies_by_client(replies).items():
             task = tasks.get(cid)
-            res = eval_result(reply_blob(reply, cid, rnd), task, rnd) if task else None
+            res = eval_reply(Exchange(task, reply_blob(reply, cid, rnd), 0, 0.0), rnd) if (
+                task) else None
             if res is not None:
                 accs.append(res.metrics["correct"] / max(res.metrics["total"], 1))
         return MetricRecord({"acc_personal_mean": sum(accs) / len(accs)}) if accs else None
