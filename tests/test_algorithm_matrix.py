@@ -101,7 +101,9 @@ def test_kill_and_resume_is_bit_identical(algo, reference, tmp_path, monkeypatch
     monkeypatch.setattr(Checkpointer, "save", save)
     torch.manual_seed(12345)  # whatever the crashed process left must not matter
     resume_run(out, quiet=True)
-    a, b = final_state(ref), final_state(out)
+    # rng/torch is the process's global RNG, carried along: it depends on where each process
+    # started, and nothing a run computes draws from it (every draw is seeded by round/client)
+    a, b = ({k: v for k, v in final_state(o).items() if k != "rng/torch"} for o in (ref, out))
     assert a.keys() == b.keys() and len(a) > 1
     assert [k for k in a if not torch.equal(a[k], b[k])] == [], algo
     strip = [[{k: v for k, v in r.items() if k not in TIMING} for r in rows_of(o)]
@@ -117,11 +119,13 @@ def _caps(algo: str):
 @pytest.mark.slow
 @pytest.mark.parametrize("algo", [a for a in ALGORITHMS if _caps(a).dp])
 def test_robust_rule_and_dp_reach_the_aggregation(algo, tmp_path):
-    krum = {"aggregation.method": "krum", "aggregation.byzantine": 1, "rounds": 2,
-            "eval.every": 2}
+    one = {"rounds": 1, "eval.every": 1}
+    if algo == "fedmoe":  # no profiling round: clients upload experts from round 1
+        one["fedmoe.profile_rounds"] = 0
+    krum = {"aggregation.method": "krum", "aggregation.byzantine": 1, **one}
     rows = rows_of(_run(algo, tmp_path / "krum", krum))
     assert any(r.get("agg_selected") for r in rows), algo
-    dp = {"dp.enabled": True, "dp.noise_multiplier": 0.5, "rounds": 2, "eval.every": 2}
+    dp = {"dp.enabled": True, "dp.noise_multiplier": 0.5, **one}
     rows = rows_of(_run(algo, tmp_path / "dp", dp))
     assert any(r.get("dp_epsilon") for r in rows) and all(r["rejected"] == 0 for r in rows)
 
