@@ -109,16 +109,16 @@ class FlowerClients:
     def _record(self, rnd: int, phase: int, tasks: list[ClientTask], sent: list[ClientTask],
                 by_client: dict[int, Message], wait_s: float) -> None:
         """Log and (with log_path) append which clients got a task and which replied."""
-        sampled = [t.client_id for t in sent]
-        missing = [c for c in sampled if c not in by_client]
-        offline = [t.client_id for t in tasks if t.client_id not in sampled]
+        sent_ids = [t.client_id for t in sent]
+        missing = [c for c in sent_ids if c not in by_client]
+        offline = [t.client_id for t in tasks if t.client_id not in sent_ids]
         for cid in missing + offline:
             log.warning("round %d: no %s reply from client %d (%s; dropped)", rnd,
                         MESSAGE_TYPE[phase], cid, "node offline" if cid in offline else
                         f"no answer within {self.timeout_s:.0f} s or an error")
         if self.log_path is None or not self.log_path.parent.is_dir():
             return
-        row = {"round": rnd + 1, "phase": MESSAGE_TYPE[phase], "sent": sampled,
+        row = {"round": rnd + 1, "phase": MESSAGE_TYPE[phase], "sent": sent_ids,
                "replied": sorted(by_client), "offline": offline,
                "nodes": {str(c): n for c, n in sorted(self.nodes.items())},
                "wait_s": round(wait_s, 3), "time": time.time()}
