@@ -37,6 +37,7 @@ def _backbone(folder, lora=True):
     bb = load_hf_backbone(folder, None, 0.0, torch.float32)
     ref = bb(*_batch())
     M.attach(bb, bb)
+    bb.requires_grad_(False)  # as the algorithm does: frozen backbone, trainable LoRA
     if lora:
         M.add_expert_lora(bb, 4, 8.0, seed=0)
     return bb, ref
@@ -62,6 +63,10 @@ def test_counts_cut_equals_masked_and_lora_per_expert(folders, fam):
         assert ex.gate_up_proj.shape[0] == ex.down_proj.shape[0] == rt.weight.shape[0] == len(h)
         assert sorted(int(e) for e in ex.fedfm_lora) == h
     assert submodel_memory(sub) < submodel_memory(bb)
+    full, cutp = dict(bb.named_parameters()), dict(sub.named_parameters())
+    frozen = [k for k, p in full.items()
+              if not p.requires_grad and "experts" not in k and ".mlp.gate." not in k]
+    assert frozen and all(cutp[k].data_ptr() == full[k].data_ptr() for k in frozen)  # shared
     # LoRA gradients reach exactly the held experts that got tokens
     with torch.no_grad():
         for ex, _ in M.moe_layers(sub):
