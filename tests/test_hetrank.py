@@ -108,7 +108,7 @@ def test_flora_global_model_is_base_plus_the_fold(tmp_path):
     world = build_world(build_config(raw))
     alg = world.algorithm
     alg.init_server(world.model)
-    pairs = {n: _pairs([1, 4], *alg.w0[n].shape) for n in alg.layers()}
+    pairs = {n: _pairs([1, 4], *alg.shape[n]) for n in alg.layers()}
     from fedfm.messages import ClientUpdate
     ups = [ClientUpdate(1, k, n_k, {**{f"{n}.lora_{x}": pairs[n][k][0 if x == "A" else 1]
                                        for n in alg.layers() for x in "AB"},

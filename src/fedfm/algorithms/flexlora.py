@@ -68,7 +68,7 @@ class FlexLoRA(HetRankLoRA):
         self._svd: dict[str, tuple] = {}  # layer -> (A_full, B_full) at the largest rank, per round
 
     def initial_state(self) -> Tensors:
-        return {f"{name}.delta": torch.zeros_like(self.w0[name]) for name in self.layers()}
+        return {f"{name}.delta": torch.zeros(self.shape[name]) for name in self.layers()}
 
     def _row_norm(self, name: str) -> float:
         a = self.init_a[name]

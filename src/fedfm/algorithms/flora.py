@@ -89,7 +89,7 @@ class FLoRA(HetRankLoRA):
                                     for u in updates), "dense_folds": dense}
 
     def _fold(self, name: str, a: torch.Tensor, b: torch.Tensor) -> None:
-        g, out, inp = self.global_, *self.w0[name].shape
+        g, (out, inp) = self.global_, self.shape[name]
         if f"{name}.fold" in g:
             g[f"{name}.fold"] = g[f"{name}.fold"] + b @ a
             return
@@ -103,19 +103,19 @@ class FLoRA(HetRankLoRA):
 
     def global_delta(self, name: str) -> torch.Tensor:
         f = fold_delta(self.global_, name)
-        return torch.zeros_like(self.w0[name]) if f is None else f
+        return torch.zeros(self.shape[name]) if f is None else f
 
     # ---- client: base = W0 + F, a fresh LoRA every round --------------------------------
     def client_base(self, name: str, task: ClientTask) -> torch.Tensor:
         f = fold_delta(task.tensors, name)
-        return self.w0[name] if f is None else self.w0[name] + f
+        return self.w0[name] if f is None else self.with_delta(name, f)
 
     def client_factors(self, name: str, r: int, task: ClientTask, ctx: ClientContext):
         a0 = self.init_a[name]
         gen = torch.Generator().manual_seed((ctx.seed + zlib.crc32(name.encode())) % 2**63)
         bound = 1.0 / a0.shape[1] ** 0.5  # kaiming-uniform(a=sqrt(5)), as LoRALinear's init
         a = torch.empty(r, a0.shape[1]).uniform_(-bound, bound, generator=gen)
-        return a, torch.zeros(self.w0[name].shape[0], r)
+        return a, torch.zeros(self.shape[name][0], r)
 
 
 registry.register(

@@ -103,7 +103,7 @@ class HetLoRA(HetRankLoRA):
         for name in self.layers():
             a = self.init_a[name]
             out[f"{name}.lora_A"] = a.clone()
-            out[f"{name}.lora_B"] = torch.zeros(self.w0[name].shape[0], a.shape[0])
+            out[f"{name}.lora_B"] = torch.zeros(self.shape[name][0], a.shape[0])
         return out
 
     def downlink(self, client: int, rank: int, rnd: int) -> Tensors:

@@ -105,7 +105,9 @@ class HetRankLoRA:
         self.scale = cfg.model.lora_alpha / cfg.model.lora_rank
         self.profiles = client_profiles(cfg.resources, num_clients, cfg.seed)
         self.global_: Tensors = {}
-        self.w0: Tensors = {}  # layer -> frozen pre-trained weight (out, in)
+        self.w0: Tensors = {}  # layer -> frozen pre-trained weight as the module stores it
+        self.shape: dict[str, tuple[int, int]] = {}  # layer -> (out, in) of its LoRA product
+        self.transposed: dict[str, bool] = {}
         self.init_a: Tensors = {}  # layer -> the seeded initial A (R, in)
 
     # ---- shared -------------------------------------------------------------------------
@@ -114,6 +116,12 @@ class HetRankLoRA:
         for name, m in lora_modules(model).items():
             self.w0[name] = m.weight.detach().clone()
             self.init_a[name] = m.lora_A.detach().clone()
+            self.shape[name] = (m.lora_B.shape[0], m.lora_A.shape[1])
+            self.transposed[name] = type(m).__name__ == "LoRAConv1D"  # HF Conv1D: W is (in, out)
+
+    def with_delta(self, name: str, delta: torch.Tensor) -> torch.Tensor:
+        """W0 + ΔW in the module's own layout (HF Conv1D stores W as (in, out): ΔWᵀ)."""
+        return self.w0[name] + (delta.T if self.transposed[name] else delta)
 
     def layers(self) -> list[str]:
         return sorted(self.w0)
@@ -134,9 +142,9 @@ class HetRankLoRA:
         task's rank."""
         r = int(task.config["rank"])
         out = {k: (tuple(task.tensors[k].shape), torch.float32) for k in HEAD}
-        for name, w in self.w0.items():
-            out[f"{name}.lora_A"] = ((r, w.shape[1]), torch.float32)
-            out[f"{name}.lora_B"] = ((w.shape[0], r), torch.float32)
+        for name, (n_out, n_in) in self.shape.items():
+            out[f"{name}.lora_A"] = ((r, n_in), torch.float32)
+            out[f"{name}.lora_B"] = ((n_out, r), torch.float32)
         return out
 
     # ---- server half --------------------------------------------------------------------
@@ -167,7 +175,7 @@ class HetRankLoRA:
         mods = lora_modules(model)
         with torch.no_grad():
             for name in self.layers():
-                mods[name].weight.copy_(self.w0[name] + self.global_delta(name))
+                mods[name].weight.copy_(self.with_delta(name, self.global_delta(name)))
                 mods[name].set_active(False)
         c, n = count_correct(model, split, self.cfg.eval.batch_size, self.cfg.train.precision)
         return c / max(n, 1)
