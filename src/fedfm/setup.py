@@ -16,7 +16,7 @@ from fedfm.config import RunConfig
 from fedfm.data.datasets import load_dataset
 from fedfm.data.federated import FederatedData, build_federated
 from fedfm.models.classifier import Classifier, freeze
-from fedfm.models.loading import load_backbone, load_tokenizer
+from fedfm.models.loading import load_model
 
 
 @dataclass
@@ -69,18 +69,27 @@ def build_data(cfg: RunConfig, tokenizer) -> FederatedData:
 
 def build_world(cfg: RunConfig) -> World:
     """Load the backbone (frozen), tokenise and partition the data, build the algorithm."""
-    m = cfg.model
-    backbone, folder = load_backbone(m.name, m.path, m.num_layers, cfg.seed, m.dropout)
-    data = build_data(cfg, load_tokenizer(folder, m.max_length))
+    backbone, tokenizer = load_model(cfg)
+    if getattr(cfg, "task", "classify") == "generate":  # prompt/response records (fedfm.tasks)
+        from fedfm import tasks
+
+        data = tasks.build_generate_data(cfg, tokenizer)
+        return assemble_world(cfg, backbone, data, tokenizer)
+    data = build_data(cfg, tokenizer)
     return assemble_world(cfg, backbone, data)
 
 
-def assemble_world(cfg: RunConfig, backbone, data: FederatedData) -> World:
+def assemble_world(cfg: RunConfig, backbone, data: FederatedData, tokenizer=None) -> World:
     """Backbone (frozen here) + tokenised data -> classifier + prepared algorithm. Cheap and
     deterministic from the seed, so a cached backbone/data (fedfm.flower.cache) gives the same
     world as `build_world`."""
     freeze(backbone)
-    model = Classifier(backbone, data.num_labels, cfg.model.pooling, cfg.seed)
+    if getattr(cfg, "task", "classify") == "generate":  # LM head, no classification head
+        from fedfm import tasks
+
+        model = tasks.build_generate_model(cfg, backbone, tokenizer)
+    else:
+        model = Classifier(backbone, data.num_labels, cfg.model.pooling, cfg.seed)
     algorithm = build_algorithm(cfg, data.num_labels, data.num_clients)
     algorithm.prepare_model(model)
     return World(cfg, data, model, algorithm)
