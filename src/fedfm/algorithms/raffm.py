@@ -35,6 +35,7 @@ from fedfm.config import RunConfig
 from fedfm.data.federated import ClientData, Split
 from fedfm.errors import ConfigError, PayloadError
 from fedfm.messages import ClientTask, ClientUpdate, payload_bytes
+from fedfm.models import hf_elastic, hf_raffm
 from fedfm.models.classifier import Classifier, set_tensors
 from fedfm.models.elastic import (
     Widths,
@@ -44,7 +45,6 @@ from fedfm.models.elastic import (
     extract,
     spp,
 )
-from fedfm.models import hf_elastic, hf_raffm
 from fedfm.models.lora import block_of, inject_lora, lora_modules
 from fedfm.models.sizing import CostModel, choose_widths, embedding_params
 from fedfm.resources import client_profiles
@@ -218,7 +218,8 @@ class RaFFM:
         return [self._task(rnd, c, "evaluate", rule="largest") for c in clients]
 
     def evaluate_global(self, model: Classifier, split: Split) -> float | None:
-        set_tensors(model, self.global_)
+        set_tensors(model, self.global_ if self.geo is None else
+                    hf_elastic.fuse(self.global_, self.geo))
         c, n = count_correct(model, split, self.cfg.eval.batch_size, self.cfg.train.precision)
         return c / max(n, 1)
 

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from fedfm.errors import PayloadError
+from fedfm.models.elastic import Widths
 
 Tensors = Mapping[str, torch.Tensor]
 ATTN_ROLES = ("q", "k", "v", "o")
@@ -78,19 +79,9 @@ class Geometry:
         return role in self.roles or (role in ATTN_ROLES[:3] and "qkv" in self.roles)
 
 
-@dataclass(frozen=True)
-class HFWidths:
-    """Per-block kept kv groups and FFN neurons (q heads = groups · n_rep)."""
-
-    groups: tuple[int, ...]
-    ffn: tuple[int, ...]
-
-    @classmethod
-    def full(cls, geo: Geometry) -> HFWidths:
-        return cls((geo.kv_heads,) * geo.num_layers, (geo.ffn,) * geo.num_layers)
-
-    def to_json(self) -> dict[str, list[int]]:
-        return {"groups": list(self.groups), "ffn": list(self.ffn)}
+def full_widths(geo: Geometry) -> Widths:
+    """Every kv group and neuron (`Widths.heads` counts kv GROUPS for HF families)."""
+    return Widths.uniform(geo.num_layers, geo.kv_heads, geo.ffn)
 
 
 def _keys(stem: str) -> tuple[str, str]:
@@ -120,8 +111,6 @@ def split_fused(tensors: Tensors, geo: Geometry) -> dict[str, torch.Tensor]:
     out = dict(tensors)
     if "qkv" not in geo.roles:
         return out
-    sizes = {"q": geo.heads * geo.head_dim, "k": geo.kv_heads * geo.head_dim,
-             "v": geo.kv_heads * geo.head_dim}
     for i in range(geo.num_layers):
         stem = f"{geo.blocks}.{i}.{geo.roles['qkv']}"
         for kind in ("weight", "bias"):
@@ -129,6 +118,8 @@ def split_fused(tensors: Tensors, geo: Geometry) -> dict[str, torch.Tensor]:
             if t is None:
                 continue
             axis = (1 if geo.attn_conv1d else 0) if kind == "weight" else 0
+            kv = t.shape[axis] // (geo.n_rep + 2)  # kept groups · hd (any width)
+            sizes = {"q": kv * geo.n_rep, "k": kv, "v": kv}
             parts = t.split([sizes[s] for s in geo.qkv_order], dim=axis)
             for seg, part in zip(geo.qkv_order, parts):
                 out[f"{stem}.{kind}@{seg}"] = part.contiguous()
@@ -166,7 +157,7 @@ def elastic_index(geo: Geometry) -> dict[str, tuple[int, str, int, str]]:
     return out
 
 
-def extract(full: Tensors, geo: Geometry, w: HFWidths) -> dict[str, torch.Tensor]:
+def extract(full: Tensors, geo: Geometry, w: Widths) -> dict[str, torch.Tensor]:
     """The prefix every tensor keeps at widths `w` (canonical form in, canonical out)."""
     index, out = elastic_index(geo), {}
     for k, v in full.items():
@@ -175,7 +166,7 @@ def extract(full: Tensors, geo: Geometry, w: HFWidths) -> dict[str, torch.Tensor
             out[k] = v.clone()
             continue
         block, role, axis, _ = where
-        keep = unit_size(geo, role, w.groups[block], w.ffn[block])
+        keep = unit_size(geo, role, w.heads[block], w.ffn[block])
         out[k] = v.narrow(axis, 0, keep).clone()
     return out
 
@@ -267,7 +258,7 @@ def set_module(root: nn.Module, path: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, child, module)
 
 
-def subnetwork(model: nn.Module, geo: Geometry, w: HFWidths, tensors: Tensors,
+def subnetwork(model: nn.Module, geo: Geometry, w: Widths, tensors: Tensors,
                prefix: str = "") -> nn.Module:
     """A structural copy of `model` whose blocks hold `tensors` (canonical, sliced to `w`).
 
@@ -290,7 +281,7 @@ def subnetwork(model: nn.Module, geo: Geometry, w: HFWidths, tensors: Tensors,
             conv = geo.attn_conv1d if role in ATTN_ROLES + ("qkv",) else geo.mlp_conv1d
             mod = _sliced_module(block.get_submodule(rel), weight, native.get(f"{stem}.bias"), conv)
             set_module(block, rel, mod)
-        _fixups(block, geo, w.groups[i])
+        _fixups(block, geo, w.heads[i])
     params = dict(sub.named_parameters())
     for k, v in native.items():  # norms and whole biases of the blocks, final norm
         if k in params and params[k].shape == v.shape and params[k] is not v:
