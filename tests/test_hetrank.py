@@ -138,3 +138,61 @@ def test_unsupported_options_exit_2(key, value, needle, capsys, tmp_path):
 
 def test_listed():
     assert set(METHODS) <= set(registry.names())
+
+
+FAMILY_RUNS = [("hetlora", "llama"), ("flexlora", "qwen3"), ("flora", "gpt2")]
+SLOW_RUNS = [(m, f) for m in METHODS for f in ("llama", "qwen3", "gpt2", "bert")
+             if (m, f) not in FAMILY_RUNS]
+
+
+@pytest.fixture(scope="module")
+def hf_folders(tmp_path_factory):
+    from tests.hf_tiny import tiny_folder
+
+    root = tmp_path_factory.mktemp("hf")
+    return lambda fam: tiny_folder(root, fam)
+
+
+def _family_run(method, family, hf_folders, tmp_path):
+    raw = tiny_raw(algorithm=method, out=str(tmp_path / "r"), rounds=2, **TIERS, **{
+        "model.name": "hf", "model.path": str(hf_folders(family))})
+    s = run(build_config(raw), quiet=True)
+    assert {c["tier"]: c["rank"] for c in s["clients"]}["small"] == 1
+    assert s["acc_global"] > 1.2 / s["num_labels"]
+
+
+@pytest.mark.parametrize("method, family", FAMILY_RUNS)
+def test_runs_on_hf_families(method, family, hf_folders, tmp_path):
+    _family_run(method, family, hf_folders, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method, family", SLOW_RUNS)
+def test_runs_on_every_family(method, family, hf_folders, tmp_path):
+    _family_run(method, family, hf_folders, tmp_path)
+
+
+def test_folding_matches_the_adapter_on_conv1d(hf_folders, tmp_path):
+    """GPT-2's Conv1D stores W as (in, out): W0 + ΔWᵀ must equal the active LoRA's output."""
+    from fedfm.models.lora import lora_modules
+    from fedfm.setup import build_world
+
+    raw = tiny_raw(algorithm="flora", out=str(tmp_path / "f"), **{
+        "model.name": "hf", "model.path": str(hf_folders("gpt2"))})
+    world = build_world(build_config(raw))
+    alg, mods = world.algorithm, lora_modules(world.model)
+    name = alg.layers()[0]
+    m = mods[name]
+    assert alg.transposed[name]
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, alg.shape[name][1], generator=g), torch.randn(alg.shape[name][0], 2, generator=g)
+    x = torch.randn(3, alg.shape[name][1], generator=g)
+    from fedfm.algorithms.lowrank import set_lora
+
+    set_lora(m, a, b, alg.scale)
+    with torch.no_grad():
+        y_adapter = m(x)
+        m.weight.copy_(alg.with_delta(name, alg.scale * b @ a))
+        m.set_active(False)
+        y_folded = m(x)
+    assert torch.allclose(y_adapter, y_folded, atol=1e-4)
