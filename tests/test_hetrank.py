@@ -122,9 +122,9 @@ def test_flora_global_model_is_base_plus_the_fold(tmp_path):
 
 
 @pytest.mark.parametrize("key, value, needle", [
-    ("aggregation.method", "median", "aggregation.method"),
-    ("dp.enabled", True, "does not support"),
-    ("model.finetune", "full", "model.finetune"),
+    ("aggregation.method", "median", "aggregation.method = 'median' is not supported"),
+    ("dp.enabled", True, "dp.enabled = true is not supported"),
+    ("model.finetune", "full", "model.finetune = 'full' is not supported"),
 ])
 def test_unsupported_options_exit_2(key, value, needle, capsys, tmp_path):
     for algorithm in METHODS:

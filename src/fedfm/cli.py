@@ -78,7 +78,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no live progress bar")
     r.set_defaults(func=cmd_run)
     rs = sub.add_parser("resume", help="continue a run folder from its last checkpoint")
-    rs.add_argument("run_dir", help="a run folder written with checkpoint.enabled=true")
+    rs.add_argument("run_dir", help="a run folder (checkpoints are on by default)")
     rs.add_argument("overrides", nargs="*", help="must not change the config (else refused)")
     rs.add_argument("--quiet", action="store_true", help="no live progress bar")
     rs.set_defaults(func=cmd_resume)

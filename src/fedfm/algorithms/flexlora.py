@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from fedfm.algorithms import registry
-from fedfm.algorithms.lowrank import HetRankLoRA, Tensors, check_run
+from fedfm.algorithms.lowrank import HETRANK, HetRankLoRA, Tensors
 from fedfm.messages import ClientUpdate
 
 
@@ -32,10 +32,6 @@ class FlexLoRAOptions:
 
     def check(self) -> None:
         pass
-
-    @staticmethod
-    def check_run(cfg) -> None:
-        check_run(cfg, "flexlora")
 
 
 def svd_factors(delta: torch.Tensor, rank: int, scale: float,
@@ -108,4 +104,5 @@ registry.register(
     "flexlora", lambda cfg, opts, nl, nc: FlexLoRA(cfg, nc), FlexLoRAOptions,
     "FlexLoRA: per-client LoRA rank from the budget, full-size ΔW mean, truncated-SVD "
     "redistribution",
+    capabilities=HETRANK,
 )

@@ -28,7 +28,7 @@ import torch
 
 from fedfm.algorithms import registry
 from fedfm.algorithms.base import ClientContext
-from fedfm.algorithms.lowrank import HetRankLoRA, Tensors, check_run
+from fedfm.algorithms.lowrank import HETRANK, HetRankLoRA, Tensors
 from fedfm.errors import PayloadError
 from fedfm.messages import ClientTask, ClientUpdate
 
@@ -39,10 +39,6 @@ class FLoRAOptions:
 
     def check(self) -> None:
         pass
-
-    @staticmethod
-    def check_run(cfg) -> None:
-        check_run(cfg, "flora")
 
 
 def stack(pairs: list[tuple[torch.Tensor, torch.Tensor]], weights: list[float]
@@ -122,4 +118,5 @@ registry.register(
     "flora", lambda cfg, opts, nl, nc: FLoRA(cfg, nc), FLoRAOptions,
     "FLoRA: per-client LoRA rank from the budget, exact stacking aggregation folded into the "
     "base, fresh adapters every round",
+    capabilities=HETRANK,
 )

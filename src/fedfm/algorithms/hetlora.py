@@ -29,7 +29,7 @@ import torch
 
 from fedfm.algorithms import registry
 from fedfm.algorithms.base import ClientMemory
-from fedfm.algorithms.lowrank import HetRankLoRA, Tensors, check_run
+from fedfm.algorithms.lowrank import HETRANK, HetRankLoRA, Tensors
 from fedfm.errors import ConfigError
 from fedfm.messages import ClientUpdate
 from fedfm.models.lora import lora_modules
@@ -48,10 +48,6 @@ class HetLoRAOptions:
             raise ConfigError(f"hetlora.prune_gamma must be in (0, 1], not {self.prune_gamma}.")
         if self.prune_lambda < 0:
             raise ConfigError(f"hetlora.prune_lambda must be >= 0, not {self.prune_lambda}.")
-
-    @staticmethod
-    def check_run(cfg) -> None:
-        check_run(cfg, "hetlora")
 
 
 def zero_padded_mean(factors: list[torch.Tensor], weights: list[float], previous: torch.Tensor,
@@ -164,4 +160,5 @@ registry.register(
     "hetlora", lambda cfg, opts, nl, nc: HetLoRA(cfg, opts, nc), HetLoRAOptions,
     "HetLoRA: per-client LoRA rank from the budget, truncation down, zero-padded "
     "norm-weighted merge, rank self-pruning",
+    capabilities=HETRANK,
 )

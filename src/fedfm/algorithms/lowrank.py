@@ -15,7 +15,7 @@ What travels: the classification head (averaged by examples, as FedAvg) and per 
 p the factors `p.lora_A` (r_k, in) and `p.lora_B` (out, r_k) (up); down, whatever the method
 sends (see each module). The three methods differ only in how the server turns the clients'
 factors into the next round's factors; this module holds what they share: the rank rule, the
-capability check, loading a client's tensors into the shared model (LoRA resized to r_k, base
+capability declaration (HETRANK: mean only, no DP, LoRA only), loading a client's tensors into the shared model (LoRA resized to r_k, base
 weights set explicitly) and evaluation of the global model W0 + ΔW.
 """
 
@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from fedfm.algorithms.base import ClientContext, ClientMemory
+from fedfm.algorithms.capabilities import Capabilities
 from fedfm.algorithms.fedavg import prepare
 from fedfm.algorithms.training import (
     count_correct,
@@ -40,7 +40,7 @@ from fedfm.algorithms.training import (
 )
 from fedfm.config import RunConfig
 from fedfm.data.federated import ClientData, Split
-from fedfm.errors import ConfigError, PayloadError
+from fedfm.errors import PayloadError
 from fedfm.messages import ClientTask, ClientUpdate, payload_bytes
 from fedfm.models.classifier import Classifier
 from fedfm.models.lora import lora_modules
@@ -50,32 +50,11 @@ Tensors = dict[str, torch.Tensor]
 HEAD = ("head.weight", "head.bias")
 
 
-@dataclass(frozen=True)
-class Capabilities:
-    """What a method honours of the generic [aggregation] / [dp] options (others: exit 2)."""
-
-    aggregation: tuple[str, ...] = ("mean",)
-    dp: bool = False
-
-
-def check_run(cfg: RunConfig, name: str, caps: Capabilities = Capabilities()) -> None:
-    """Refuse options the method cannot honour, with one paragraph each (exit 2)."""
-    if cfg.model.finetune != "lora":
-        raise ConfigError(
-            f"{name} trains LoRA adapters of per-client ranks; model.finetune must be 'lora', "
-            f"not '{cfg.model.finetune}'. For full-model training of budget-sized subnetworks "
-            "use raffm or heterofl.")
-    if cfg.aggregation.method not in caps.aggregation:
-        raise ConfigError(
-            f"{name} combines heterogeneous-rank LoRA factors with its own rule; "
-            f"aggregation.method = '{cfg.aggregation.method}' cannot be applied to them "
-            f"(supported: {', '.join(caps.aggregation)}). Remove [aggregation] method or use "
-            "fedavg / fedprox with a uniform rank.")
-    if cfg.dp.enabled and not caps.dp:
-        raise ConfigError(
-            f"{name} does not support [dp] enabled = true: DP-FedAvg's clipping and noise are "
-            "defined on equally-shaped updates, and the privacy accounting of this method's "
-            "rank-dependent aggregation is not implemented. Use fedavg with [dp].")
+HETRANK = Capabilities(
+    aggregation=("mean",), dp=False, finetune=("lora",),
+    why="it trains per-client-rank LoRA factors and combines them with its own rule (padding, "
+        "SVD or stacking); robust rules and DP-FedAvg's clipping are defined on equally-shaped "
+        "updates. For full-model training of budget-sized subnetworks use raffm or heterofl")
 
 
 def rank_for(budget: float, max_rank: int) -> int:
@@ -96,10 +75,8 @@ class HetRankLoRA:
     `downlink(client, rank, rnd)`, `combine(updates)` and `global_delta(layer)`."""
 
     has_global_model = True
-    caps = Capabilities()
 
     def __init__(self, cfg: RunConfig, num_clients: int, name: str):
-        check_run(cfg, name, self.caps)
         self.cfg, self.name = cfg, name
         self.max_rank = cfg.model.lora_rank
         self.scale = cfg.model.lora_alpha / cfg.model.lora_rank

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from fedfm.algorithms import capabilities
 from fedfm.config import RunConfig, from_dict
 from fedfm.errors import ConfigError, choices
 
@@ -24,6 +25,7 @@ class Entry:
     factory: Callable[..., Any]  # (cfg, options, num_labels, num_clients) -> Algorithm
     options: type | None
     description: str
+    capabilities: Any = None  # Capabilities | (options -> Capabilities); see capabilities.py
 
 
 _ENTRIES: dict[str, Entry] = {}
@@ -31,8 +33,8 @@ _loaded = False
 
 
 def register(name: str, factory: Callable[..., Any], options: type | None = None,
-             description: str = "") -> None:
-    _ENTRIES[name] = Entry(name, factory, options, description)
+             description: str = "", capabilities: Any = None) -> None:
+    _ENTRIES[name] = Entry(name, factory, options, description, capabilities)
 
 
 def _load() -> None:
@@ -66,17 +68,15 @@ def options_for(cfg: RunConfig, name: str | None = None) -> Any:
 
 
 def validate(cfg: RunConfig) -> None:
-    """The algorithm exists, every algorithm section in the config is valid, and the run's
-    generic options are ones the algorithm honours (its options' `check_run(cfg)`, if any)."""
-    entry = get(cfg.algorithm)
-    check_run = getattr(entry.options, "check_run", None)
-    if check_run is not None:
-        check_run(cfg)
+    """The algorithm exists and every algorithm section in the config is valid."""
+    get(cfg.algorithm)
     for name in cfg.options:
         opts = options_for(cfg, name)
         check = getattr(opts, "check", None)
         if check is not None:
             check()
+    capabilities.check(cfg, get(cfg.algorithm), options_for(cfg), list(_ENTRIES.values()),
+                       lambda e: e.options() if e.options is not None else None)
 
 
 def build(cfg: RunConfig, num_labels: int, num_clients: int) -> Any:
