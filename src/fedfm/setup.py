@@ -13,11 +13,17 @@ import torch
 
 from fedfm.algorithms.base import Algorithm, build_algorithm
 from fedfm.config import RunConfig
-from fedfm.data.datasets import load_dataset
+from fedfm.data import catalogue
 from fedfm.data.federated import FederatedData, build_federated
 from fedfm.errors import ConfigError
 from fedfm.models.classifier import Classifier, freeze
 from fedfm.models.loading import load_model
+
+
+def current_device() -> torch.device:
+    from fedfm.device import current
+
+    return current().device
 
 
 @dataclass
@@ -59,12 +65,17 @@ def thread_settings() -> dict[str, int]:
 
 def build_data(cfg: RunConfig, tokenizer) -> FederatedData:
     d = cfg.data
-    ds = load_dataset(d.name, d.path, d.text_column, d.label_column, cfg.seed, d.synthetic_size)
+    if d.tasks:
+        from fedfm.data.tasks import build_multitask
+
+        return build_multitask(cfg, tokenizer)
+    ds, test = catalogue.load(d.name, d, cfg.seed)
     return build_federated(
         ds, tokenizer, d.num_clients, d.partition, cfg.seed, alpha=d.alpha,
         shards_per_client=d.shards_per_client, min_examples=d.min_examples,
         client_test_fraction=d.client_test_fraction,
         global_test_fraction=d.global_test_fraction, max_examples=d.max_examples,
+        test_ds=test, max_test_examples=d.max_test_examples,
     )
 
 
@@ -93,7 +104,14 @@ def assemble_world(cfg: RunConfig, backbone, data: FederatedData, tokenizer=None
     else:
         model = Classifier(backbone, data.num_labels, cfg.model.pooling, cfg.seed)
     algorithm = build_algorithm(cfg, data.num_labels, data.num_clients)
+    if data.task_tests:  # multi-task federation: one head per task (fedfm.algorithms.multitask)
+        from fedfm.algorithms.multitask import MultiTask
+        from fedfm.models.multihead import add_task_heads
+
+        add_task_heads(model, data.tasks, cfg.seed)
+        algorithm = MultiTask(algorithm, [c.task for c in data.clients])
     algorithm.prepare_model(model)
+    model.to(current_device())  # LoRA/heads created on the CPU join the backbone's device
     return World(cfg, data, model, algorithm)
 
 
