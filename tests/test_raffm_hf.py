@@ -183,3 +183,24 @@ def bert4(folders) -> Path:
 def test_heterofl_runs_on_families(family, folders, tmp_path):
     s = _run("heterofl", folders(family), tmp_path / "run")
     assert s["acc_global"] is not None and s["bytes_up"] > 0
+
+
+def test_raffm_lora_on_a_decoder_family(folders, tmp_path):
+    """LoRA on each client's subnetwork (q/v roles): only A, B and the head go up; the server
+    merges W[prefix] + s·B·A; the global model learns."""
+    from fedfm.config import build_config
+    from fedfm.errors import ConfigError
+    from fedfm.run import run
+    from fedfm.setup import build_world
+    from tests.conftest import tiny_raw
+
+    tiers = {"resources.tiers": {"small": 0.3, "large": 1.0}}
+    raw = tiny_raw(algorithm="raffm", out=str(tmp_path / "r"), rounds=2, **tiers, **{
+        "model.name": "hf", "model.path": str(folders("llama")), "model.finetune": "lora"})
+    s = run(build_config(raw), quiet=True)
+    assert s["bytes_up"] < 0.25 * s["bytes_down"]  # adapters up, subnetworks down
+    assert s["acc_global"] > 1.5 / s["num_labels"]
+    gpt2 = tiny_raw(algorithm="raffm", out=str(tmp_path / "g"), **tiers, **{
+        "model.name": "hf", "model.path": str(folders("gpt2")), "model.finetune": "lora"})
+    with pytest.raises(ConfigError, match="fused qkv"):
+        build_world(build_config(gpt2))

@@ -46,7 +46,7 @@ from fedfm.models.elastic import (
     extract,
     spp,
 )
-from fedfm.models.lora import block_of, inject_lora, lora_modules
+from fedfm.models.lora import block_of, inject_lora, lora_modules, target_suffixes
 from fedfm.models.sizing import CostModel, choose_widths, embedding_params
 from fedfm.resources import client_profiles
 from fedfm.sim.seeds import derive_seed
@@ -115,6 +115,7 @@ class RaFFM:
         self.geo: hf_elastic.Geometry | None = None  # set for Hugging Face backbones
         self.frozen = 0  # parameters every client holds frozen (embeddings), never sent
         self._norm_names: set[str] = set()
+        self._lora_suffixes: tuple[str, ...] = ()
 
     # ---- shared -------------------------------------------------------------------------
     def prepare_model(self, model: Classifier) -> None:
@@ -128,13 +129,14 @@ class RaFFM:
 
     def _prepare_hf(self, model: Classifier) -> None:
         """Any registered HF family: geometry from its roles, costs from its tensors."""
-        if self.cfg.model.finetune == "lora":
-            raise ConfigError(
-                f"{self.name} with model.finetune = 'lora' runs on the legacy BERT models "
-                "(minilm-l6, tiny-bert) only for now; on Hugging Face families (model.name = "
-                "'hf') use finetune = 'full' or 'head', or hetlora / flexlora / flora for "
-                "heterogeneous-rank LoRA.")
         self.geo = hf_raffm.geometry_of(model)
+        if self.cfg.model.finetune == "lora" and "qkv" in self.geo.roles:
+            raise ConfigError(
+                f"{self.name} with model.finetune = 'lora' does not yet cut LoRA on fused qkv "
+                "projections (GPT-2's c_attn); use finetune = 'full' or 'head' on this family, "
+                "or hetlora / flexlora / flora for heterogeneous-rank LoRA.")
+        suffixes, all_linear = target_suffixes(model.backbone, self.cfg.model.lora_targets)
+        self._lora_suffixes = tuple(self.geo.roles.values()) if all_linear else tuple(suffixes)
         self.frozen = hf_raffm.frozen_params(model, self.geo)
         self.cost = hf_raffm.HFCost(self.geo, hf_raffm.server_tensors(model, self.geo),
                                     self.frozen, model.backbone.spec.hidden,
@@ -211,8 +213,9 @@ class RaFFM:
         out = dict(head)
         for k, w in t.items():
             base = k.removesuffix(".weight")
+            targets = self._lora_suffixes if self.geo is not None else m.lora_targets
             if k.endswith(".weight") and block_of(base) is not None and w.dim() == 2 and any(
-                    base.endswith("." + x) for x in m.lora_targets):
+                    base.endswith("." + x) for x in targets):
                 out[base + ".lora_A"] = ((m.lora_rank, w.shape[1]), torch.float32)
                 out[base + ".lora_B"] = ((w.shape[0], m.lora_rank), torch.float32)
         return out
