@@ -23,8 +23,8 @@ def main(out: Path) -> dict:
     from fedfm.models.hf.loading import load_hf_backbone
     from fedfm.models.hf_elastic import extract, fuse, spp, subnetwork
     from fedfm.models.hf_raffm import HFCost, frozen_params, geometry_of, server_tensors
-    from fedfm.models.smollm2 import smollm2_folder
     from fedfm.models.sizing import largest_uniform
+    from fedfm.models.smollm2 import smollm2_folder
 
     torch.set_num_threads(1)
     clf = Classifier(load_hf_backbone(smollm2_folder()), 5).eval()
