@@ -126,6 +126,7 @@ def test_every_number_name_and_list_key_refuses_bad_values(fedfm_run, key, value
     assert code == 2 and one_paragraph(err), (key, value, err[-500:])
 
 
+@pytest.mark.slow
 def test_the_console_command_prints_no_traceback(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text('algorithm = "fedavg"\n[eval]\nbatch_size = 0\n')

@@ -27,7 +27,7 @@ def test_fedprox_proximal_gradient_is_mu_times_the_distance():
         assert torch.allclose(params[k].grad, mu * (params[k].detach() - a), atol=1e-6)
     assert params["0.bias"].grad is None and params["1.weight"].grad is None
     value = proximal_term(model, anchor, mu)().item()
-    want = 0.5 * mu * sum(float(((params[k] - a) ** 2).sum()) for k, a in anchor.items())
+    want = 0.5 * mu * sum(float(((params[k].detach() - a) ** 2).sum()) for k, a in anchor.items())
     assert value == pytest.approx(want, rel=1e-6)
 
 

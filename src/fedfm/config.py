@@ -441,4 +441,6 @@ def range_rules(cfg: RunConfig) -> list[tuple[bool, str]]:
         (_unset_or(t.grad_clip, lambda x: x > 0),
          f"train.grad_clip must be > 0 (got {t.grad_clip}); leave it unset for no clipping"),
         (cfg.eval.batch_size >= 1, f"eval.batch_size must be >= 1 (got {cfg.eval.batch_size})"),
+        (cfg.eval.max_new_tokens >= 1,
+         f"eval.max_new_tokens must be >= 1 (got {cfg.eval.max_new_tokens})"),
     ]

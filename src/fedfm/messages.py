@@ -166,6 +166,12 @@ def payload_bytes(tensors: Tensors) -> int:
 
 
 def finite_metrics(metrics: Mapping[str, Any]) -> bool:
-    """No NaN/inf among the metric values (flat lists included)."""
-    vals = [x for v in metrics.values() for x in (v if isinstance(v, list) else [v])]
-    return all(not (isinstance(v, float) and not math.isfinite(v)) for v in vals)
+    """No NaN/inf among the metric values (nested lists included)."""
+    stack = list(metrics.values())
+    while stack:
+        v = stack.pop()
+        if isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, float) and not math.isfinite(v):
+            return False
+    return True

@@ -28,7 +28,7 @@ from fedfm.algorithms import registry
 from fedfm.algorithms.aggregation import masked_aggregate
 from fedfm.algorithms.base import ClientContext, ClientMemory
 from fedfm.algorithms.capabilities import AVERAGING
-from fedfm.algorithms.expert_rec import RecState, observe, propose
+from fedfm.algorithms.expert_rec import RecState, check_upload_metrics, observe, propose
 from fedfm.algorithms.submoe import (
     MemoryModel,
     Plan,
@@ -315,6 +315,10 @@ class FedMoE:
             "bytes_sent": memory.state.get("bytes_sent", 0)})
 
     # ---------------------------------------------------------------- server: aggregation
+    def check_metrics(self, task: ClientTask, update: ClientUpdate) -> str | None:
+        """Upload metrics the server reads, checked before aggregation (expert_rec)."""
+        return check_upload_metrics(update, self.shape, self.opts.score)
+
     def aggregate_train(self, rnd: int, updates: list[ClientUpdate]) -> dict[str, Any]:
         trained = []
         for u in updates:

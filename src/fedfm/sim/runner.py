@@ -119,7 +119,8 @@ class EmbeddedRunner:
             by_task = self.algo.evaluate_tasks(self.world.model, d.task_tests)
             personal = {c: m["acc_personal"] for c, m in self.client_metrics.items()}
             row = task_metrics(by_task, personal, [c.task for c in d.clients])
-        return {**row, "bytes_eval": eval_bytes, "client_eval_s": compute, "eval_rejected": rejected,
+        return {**row, "bytes_eval": eval_bytes, "client_eval_s": compute,
+                "eval_rejected": rejected,
                 "eval_wall_s": time.perf_counter() - t0}
 
     def run_round(self, rnd: int) -> dict[str, Any]:
