@@ -200,7 +200,7 @@ def test_legacy_algorithms_refuse_other_families_clearly(folders, tmp_path):
     from fedfm.models.loading import load_model
     from tests.conftest import tiny_raw
 
-    cfg = build_config(tiny_raw(algorithm="raffm", out=str(tmp_path / "r"),
+    cfg = build_config(tiny_raw(algorithm="fedmoe", out=str(tmp_path / "r"),
                                 **{"model.name": "hf", "model.path": str(folders["llama"])}))
     with pytest.raises(ConfigError, match="BERT"):
         load_model(cfg)

@@ -31,7 +31,7 @@ from fedfm.config import RunConfig
 from fedfm.data.federated import ClientData, FederatedData, Split
 from fedfm.messages import read_header
 from fedfm.models.bert import Bert, EncoderSpec
-from fedfm.models.loading import legacy_bert, load_model
+from fedfm.models.loading import load_model, uses_legacy_bert
 from fedfm.setup import World, assemble_world, build_data
 
 log = logging.getLogger("fedfm")
@@ -47,7 +47,7 @@ def cache_dir() -> Path:
 def world_key(cfg: RunConfig) -> str:
     parts = {"format": FORMAT, "seed": cfg.seed, "model": dataclasses.asdict(cfg.model),
              "data": dataclasses.asdict(cfg.data),
-             "backbone": "bert" if legacy_bert(cfg) else "hf"}
+             "backbone": "bert" if uses_legacy_bert(cfg) else "hf"}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 

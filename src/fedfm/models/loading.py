@@ -28,14 +28,20 @@ from fedfm.models.bert import Bert, EncoderSpec
 
 LEGACY_BERT = ("raffm", "heterofl", "fedmoe", "randommoe")
 HF_MOE_ALGORITHMS = ("fedmoe", "randommoe")  # also run on Hugging Face MoE folders
+# raffm/heterofl run on every registered family through the wrapper when model.name = "hf";
+# minilm-l6 / tiny-bert keep fedfm's Bert for them (MiniLM results unchanged until #18)
+HF_ELASTIC = ("raffm", "heterofl")
 
 
-def legacy_bert(cfg) -> bool:
-    """Whether the run needs fedfm's hand-written BERT: the LEGACY_BERT algorithms, except
-    fedmoe/randommoe on a Hugging Face MoE folder (model.name = "hf", models/hf/moe.py)."""
+def uses_legacy_bert(cfg) -> bool:
+    """Whether `cfg` runs on fedfm's hand-written Bert rather than an HFBackbone: the LEGACY_BERT
+    algorithms, except raffm/heterofl on any Hugging Face folder (models/hf_elastic.py) and
+    fedmoe/randommoe on a Hugging Face MoE folder (models/hf/moe.py)."""
     if cfg.algorithm not in LEGACY_BERT:
         return False
-    if cfg.algorithm not in HF_MOE_ALGORITHMS or cfg.model.name in ("minilm-l6", "tiny-bert"):
+    if cfg.algorithm in HF_ELASTIC:
+        return cfg.model.name != "hf"
+    if cfg.model.name in ("minilm-l6", "tiny-bert"):
         return True
     from fedfm.models.hf.moe import is_moe
 
@@ -236,7 +242,7 @@ def load_model(cfg, dtype: torch.dtype | None = None):
     from fedfm.device import DevicePolicy, activate, policy_for
 
     m = cfg.model
-    if legacy_bert(cfg):
+    if uses_legacy_bert(cfg):
         if cfg.train.device == "cuda":
             raise ConfigError(
                 f"train.device = 'cuda': {cfg.algorithm} still runs on fedfm's CPU-only legacy "
