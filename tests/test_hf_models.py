@@ -202,5 +202,5 @@ def test_legacy_algorithms_refuse_other_families_clearly(folders, tmp_path):
 
     cfg = build_config(tiny_raw(algorithm="fedmoe", out=str(tmp_path / "r"),
                                 **{"model.name": "hf", "model.path": str(folders["llama"])}))
-    with pytest.raises(ConfigError, match="BERT"):
+    with pytest.raises(ConfigError, match="needs an MoE family"):
         load_model(cfg)
