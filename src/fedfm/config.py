@@ -36,6 +36,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+TASKS = ("classify", "generate")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The foundation model and its adapters.
@@ -49,7 +52,7 @@ class ModelConfig:
     finetune: str = "lora"  # lora | full | head
     num_layers: int | None = None
     max_length: int = 128
-    pooling: str = "mean"
+    pooling: str = "auto"  # auto (the family's: mean for encoders, last for decoders) | mean | cls | last
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_targets: tuple[str, ...] = ("query", "value")
@@ -135,6 +138,7 @@ class TrainConfig:
     precision: str = "fp32"
     threads: int | None = None
     grad_clip: float | None = 1.0
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,7 @@ class EvalConfig:
 
     every: int = 1
     batch_size: int = 64
+    max_new_tokens: int = 32  # task = generate: greedy answer length cap (stops at eos)
 
 
 @dataclass(frozen=True)
@@ -174,6 +179,7 @@ class RunConfig:
     out: str = "runs/run"
     overwrite: bool = False
     runtime: str = "embedded"
+    task: str = "classify"  # classify | generate (causal-LM fine-tuning on prompt/response)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -235,6 +241,9 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     if origin in (dict, Mapping) or tp in (dict, Mapping):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a table, got {value!r}")
+        args = typing.get_args(tp)  # dict[str, float]: check every value (e.g. resource tiers)
+        if len(args) == 2:
+            return {k: _check_type(v, args[1], f"{where}.{k}") for k, v in value.items()}
         return dict(value)
     if tp is Any:
         return value
@@ -382,7 +391,10 @@ def check_values(cfg: RunConfig) -> None:
         (cfg.model.lora_rank >= 1, "model.lora_rank must be >= 1"),
         (cfg.model.finetune in ("lora", "full", "head"),
          f"model.finetune must be lora, full or head, not '{cfg.model.finetune}'"),
-        (cfg.model.pooling in ("mean", "cls"), "model.pooling must be mean or cls"),
+        (cfg.model.pooling in ("auto", "mean", "cls", "last"),
+         "model.pooling must be auto, mean, cls or last"),
+        (cfg.task in TASKS, f"task must be {' or '.join(TASKS)}, not '{cfg.task}'"),
+        (t.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, not '{t.device}'"),
         (cfg.eval.every >= 1, "eval.every must be >= 1"),
         (cfg.runtime in ("embedded", "flower"), f"runtime must be embedded or flower, not '{cfg.runtime}'"),
         (cfg.comm.dtype in ("fp32", "bf16", "int8"),
@@ -390,9 +402,48 @@ def check_values(cfg: RunConfig) -> None:
         (cfg.sim.memory_budget_mb is None or cfg.sim.memory_budget_mb >= 0,
          "sim.memory_budget_mb must be >= 0 (or unset for no limit)"),
     ]
-    for ok, message in rules:
+    for ok, message in rules + range_rules(cfg):
         if not ok:
             raise ConfigError(message + ".")
     cfg.resources.check(d.num_clients)
     cfg.flower.check()
     check_reliability(cfg)
+    from fedfm import tasks  # what task = generate supports (algorithms, finetune, runtime)
+
+    tasks.check(cfg)
+
+
+def _unset_or(value, ok) -> bool:
+    return value is None or ok(value)
+
+
+def range_rules(cfg: RunConfig) -> list[tuple[bool, str]]:
+    """Ranges of the numeric keys `check_values` does not cover (no value silently means
+    something else: threads = 0 is not "all cores", num_layers = 0 is not "all layers")."""
+    m, d, t = cfg.model, cfg.data, cfg.train
+    return [
+        (cfg.seed >= 0, f"seed must be >= 0 (got {cfg.seed})"),
+        (_unset_or(m.num_layers, lambda n: n >= 1),
+         f"model.num_layers must be >= 1 (got {m.num_layers}); leave it unset for all layers"),
+        (m.lora_alpha > 0, f"model.lora_alpha must be > 0 (got {m.lora_alpha})"),
+        (0 <= m.dropout < 1, f"model.dropout must be in [0, 1) (got {m.dropout})"),
+        (len(m.lora_targets) >= 1, "model.lora_targets must name at least one module"),
+        (d.min_examples >= 1, f"data.min_examples must be >= 1 (got {d.min_examples})"),
+        (_unset_or(d.max_examples, lambda n: n >= 1),
+         f"data.max_examples must be >= 1 (got {d.max_examples}); leave it unset for all"),
+        (_unset_or(d.max_test_examples, lambda n: n >= 1),
+         f"data.max_test_examples must be >= 1 (got {d.max_test_examples}); leave it unset "
+         "for the whole official test split"),
+        (d.synthetic_size >= 8, f"data.synthetic_size must be >= 8 (got {d.synthetic_size})"),
+        (_unset_or(t.head_lr, lambda x: x > 0), f"train.head_lr must be > 0 (got {t.head_lr})"),
+        (t.weight_decay >= 0, f"train.weight_decay must be >= 0 (got {t.weight_decay})"),
+        (_unset_or(t.max_steps, lambda n: n >= 1),
+         f"train.max_steps must be >= 1 (got {t.max_steps}); leave it unset for no limit"),
+        (_unset_or(t.threads, lambda n: n >= 1),
+         f"train.threads must be >= 1 (got {t.threads}); leave it unset for all available cores"),
+        (_unset_or(t.grad_clip, lambda x: x > 0),
+         f"train.grad_clip must be > 0 (got {t.grad_clip}); leave it unset for no clipping"),
+        (cfg.eval.batch_size >= 1, f"eval.batch_size must be >= 1 (got {cfg.eval.batch_size})"),
+        (cfg.eval.max_new_tokens >= 1,
+         f"eval.max_new_tokens must be >= 1 (got {cfg.eval.max_new_tokens})"),
+    ]

@@ -130,12 +130,13 @@ def _int_field(meta: dict[str, Any], key: str, lo: int, hi: int) -> int:
 
 
 def _metric_ok(v: Any) -> bool:
+    """A JSON scalar, or a (nested) list of numbers (depth is bounded by fedfm.wire)."""
     if v is None or isinstance(v, (bool, str, float)):
         return True
     if isinstance(v, int):
         return abs(v) < 2**63
     return isinstance(v, list) and all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) < 2**63 for x in v)
+        not isinstance(x, (str, bool, dict)) and x is not None and _metric_ok(x) for x in v)
 
 
 def _fields(meta: dict[str, Any]) -> dict[str, Any]:
@@ -154,7 +155,7 @@ def _fields(meta: dict[str, Any]) -> dict[str, Any]:
     metrics = meta.get("metrics", {})
     if not isinstance(metrics, dict) or not all(_metric_ok(v) for v in metrics.values()):
         raise PayloadError("payload metadata is malformed: metrics must be an object of "
-                           "numbers, strings, booleans or flat lists of numbers")
+                           "numbers, strings, booleans or (nested) lists of numbers")
     return {**out, "num_examples": _int_field(meta, "num_examples", -(2**63), 2**63 - 1),
             "metrics": metrics}
 
@@ -165,6 +166,12 @@ def payload_bytes(tensors: Tensors) -> int:
 
 
 def finite_metrics(metrics: Mapping[str, Any]) -> bool:
-    """No NaN/inf among the metric values (flat lists included)."""
-    vals = [x for v in metrics.values() for x in (v if isinstance(v, list) else [v])]
-    return all(not (isinstance(v, float) and not math.isfinite(v)) for v in vals)
+    """No NaN/inf among the metric values (nested lists included)."""
+    stack = list(metrics.values())
+    while stack:
+        v = stack.pop()
+        if isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, float) and not math.isfinite(v):
+            return False
+    return True

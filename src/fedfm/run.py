@@ -34,13 +34,16 @@ def summarise(cfg: RunConfig, rows: list[dict[str, Any]], runner: EmbeddedRunner
         "personal_clients": len(runner.personal_clients),
         "personal_excluded": runner.world.data.num_clients - len(runner.personal_clients),
     }
+    for key in ("loss_global", "loss_personal_mean"):  # task = generate
+        if key in last_eval:
+            s[key] = last_eval[key]
     if "acc_by_task" in last_eval:  # multi-task federations (fedfm.algorithms.multitask)
         s["acc_by_task"] = last_eval["acc_by_task"]
     for key in SUMMED:
         s[key] = sum(r.get(key) or 0 for r in rows)
     s["peak_rss_mb"] = max((r["peak_rss_mb"] for r in rows), default=peak_rss_mb())
     s["overhead_ratio"] = s["round_wall_s"] / s["client_compute_s"] if s["client_compute_s"] else None
-    for key in ("rejected", "dropped", "late", "stale", "clipped", "skipped"):  # issue #7 totals
+    for key in ("rejected", "eval_rejected", "dropped", "late", "stale", "clipped", "skipped"):
         if any(key in r for r in rows):
             s[key] = sum(int(r.get(key) or 0) for r in rows)
     if any(r.get("dp_epsilon") is not None for r in rows):
@@ -52,6 +55,9 @@ def summarise(cfg: RunConfig, rows: list[dict[str, Any]], runner: EmbeddedRunner
          **runner.client_metrics.get(c.client_id, {})}
         for c in data.clients
     ]
+    summary_fields = getattr(runner.algo, "summary_fields", None)  # e.g. fedmoe's expert counts
+    if summary_fields is not None:
+        s.update(summary_fields(s["clients"]))
     s.update(extra)
     return s
 

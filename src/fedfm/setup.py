@@ -15,8 +15,15 @@ from fedfm.algorithms.base import Algorithm, build_algorithm
 from fedfm.config import RunConfig
 from fedfm.data import catalogue
 from fedfm.data.federated import FederatedData, build_federated
+from fedfm.errors import ConfigError
 from fedfm.models.classifier import Classifier, freeze
-from fedfm.models.loading import load_backbone, load_tokenizer
+from fedfm.models.loading import load_model
+
+
+def current_device() -> torch.device:
+    from fedfm.device import current
+
+    return current().device
 
 
 @dataclass
@@ -74,18 +81,28 @@ def build_data(cfg: RunConfig, tokenizer) -> FederatedData:
 
 def build_world(cfg: RunConfig) -> World:
     """Load the backbone (frozen), tokenise and partition the data, build the algorithm."""
-    m = cfg.model
-    backbone, folder = load_backbone(m.name, m.path, m.num_layers, cfg.seed, m.dropout)
-    data = build_data(cfg, load_tokenizer(folder, m.max_length))
+    backbone, tokenizer = load_model(cfg)
+    if getattr(cfg, "task", "classify") == "generate":  # prompt/response records (fedfm.tasks)
+        from fedfm import tasks
+
+        data = tasks.build_generate_data(cfg, tokenizer)
+        return assemble_world(cfg, backbone, data, tokenizer)
+    data = build_data(cfg, tokenizer)
     return assemble_world(cfg, backbone, data)
 
 
-def assemble_world(cfg: RunConfig, backbone, data: FederatedData) -> World:
+def assemble_world(cfg: RunConfig, backbone, data: FederatedData, tokenizer=None) -> World:
     """Backbone (frozen here) + tokenised data -> classifier + prepared algorithm. Cheap and
     deterministic from the seed, so a cached backbone/data (fedfm.flower.cache) gives the same
     world as `build_world`."""
+    check_position_limit(cfg, backbone)
     freeze(backbone)
-    model = Classifier(backbone, data.num_labels, cfg.model.pooling, cfg.seed)
+    if getattr(cfg, "task", "classify") == "generate":  # LM head, no classification head
+        from fedfm import tasks
+
+        model = tasks.build_generate_model(cfg, backbone, tokenizer)
+    else:
+        model = Classifier(backbone, data.num_labels, cfg.model.pooling, cfg.seed)
     algorithm = build_algorithm(cfg, data.num_labels, data.num_clients)
     if data.task_tests:  # multi-task federation: one head per task (fedfm.algorithms.multitask)
         from fedfm.algorithms.multitask import MultiTask
@@ -94,4 +111,16 @@ def assemble_world(cfg: RunConfig, backbone, data: FederatedData) -> World:
         add_task_heads(model, data.tasks, cfg.seed)
         algorithm = MultiTask(algorithm, [c.task for c in data.clients])
     algorithm.prepare_model(model)
+    model.to(current_device())  # LoRA/heads created on the CPU join the backbone's device
     return World(cfg, data, model, algorithm)
+
+
+def check_position_limit(cfg: RunConfig, backbone) -> None:
+    """model.max_length must fit the model's position embeddings (else an index error later)."""
+    limit = getattr(getattr(backbone, "spec", None), "max_position", None)
+    if limit is None:
+        limit = getattr(getattr(backbone, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and cfg.model.max_length > limit:
+        raise ConfigError(f"model.max_length = {cfg.model.max_length} exceeds the model's "
+                          f"position limit of {limit} tokens (max_position_embeddings); set "
+                          f"model.max_length <= {limit}.")

@@ -28,12 +28,10 @@ from fedfm.algorithms import registry
 from fedfm.algorithms.aggregation import masked_aggregate
 from fedfm.algorithms.base import ClientContext, ClientMemory
 from fedfm.algorithms.capabilities import AVERAGING
-from fedfm.algorithms.expert_rec import RecState, observe, propose
+from fedfm.algorithms.expert_rec import RecState, check_upload_metrics, observe, propose
+from fedfm.algorithms.moe_backend import backend_for
 from fedfm.algorithms.submoe import (
-    MemoryModel,
     Plan,
-    all_held,
-    build_submoe,
     estimate_shares,
     read_flat,
     search_threshold,
@@ -53,16 +51,8 @@ from fedfm.config import RunConfig
 from fedfm.data.federated import ClientData, Split
 from fedfm.errors import ConfigError
 from fedfm.messages import ClientTask, ClientUpdate, payload_bytes
-from fedfm.models.classifier import Classifier, freeze, get_tensors
-from fedfm.models.lora import inject_lora
-from fedfm.models.moe import (
-    BUILDS,
-    aux_loss,
-    load_moe_folder,
-    moe_blocks,
-    set_held,
-    to_moe,
-)
+from fedfm.models.classifier import Classifier, get_tensors
+from fedfm.models.moe import BUILDS
 from fedfm.resources import client_profiles
 
 MiB = 2**20
@@ -109,19 +99,20 @@ class FedMoEOptions:
 
 @torch.inference_mode()
 def validate(model: Classifier, split: Split, batch_size: int,
-             precision: str) -> tuple[float, float, torch.Tensor]:
+             precision: str, loads) -> tuple[float, float, torch.Tensor]:
     """One pass over `split`: accuracy, mean cross-entropy, and p[i, j] = share of the
-    token->expert assignments of block i that went to expert j (rows sum to 1)."""
-    blocks = moe_blocks(model)
-    counts = torch.zeros(len(blocks), len(blocks[0].moe.experts), dtype=torch.float64)
-    correct, loss = 0, 0.0
+    token->expert assignments of block i that went to expert j (rows sum to 1);
+    `loads(model)` = (L, E) assignments of the last forward (moe_backend)."""
+    counts, correct, loss = 0, 0, 0.0
     for ids, mask, y in split.batches(batch_size):
         with autocast(precision):
             logits = model(ids, mask).float()  # (B, C)
         correct += int((logits.argmax(-1) == y).sum())
         loss += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
-        counts += torch.stack([blk.last.load.double() for blk in blocks])
+        counts = counts + loads(model)
     n = max(len(split), 1)
+    if not torch.is_tensor(counts):  # empty split
+        counts = loads(model) * 0
     return correct / n, loss / n, counts / counts.sum(1, keepdim=True).clamp_min(1.0)
 
 
@@ -165,35 +156,17 @@ class FedMoE:
 
     # ---------------------------------------------------------------- model
     def prepare_model(self, model: Classifier) -> None:
-        o, m = self.opts, self.cfg.model
-        if o.checkpoint:
-            try:
-                load_moe_folder(model.backbone, o.checkpoint)
-            except ValueError as e:
-                raise ConfigError(f"{self.name}.checkpoint: {e}.") from None
-            for blk in model.backbone.layers:
-                blk.moe.router.top_k = o.top_k
-        else:
-            to_moe(model.backbone, o.num_experts, o.top_k, o.build, self.cfg.seed)
-        freeze(model.backbone)
-        try:
-            inject_lora(model.backbone, m.lora_targets, m.lora_rank, m.lora_alpha, self.cfg.seed)
-        except ValueError:
-            raise ConfigError(f"model.lora_targets {list(m.lora_targets)} match no attention "
-                              "layer of the MoE model (e.g. query, value).") from None
-        scale = m.lora_alpha / m.lora_rank
-        inject_lora(model.backbone, ("dense_in", "dense_out"), o.expert_lora_rank,
-                    scale * o.expert_lora_rank, self.cfg.seed + 1)
-        for blk in model.backbone.layers:
-            blk.moe.router.weight.requires_grad_(True)
-        self.mem = MemoryModel.of(model)
+        self.backend = backend_for(model)  # legacy MiniLM MoE | Hugging Face MoE
+        self.backend.prepare(self, model)
+        self.mem = self.backend.memory(model)
         self.model = model
         flat = to_flat(get_tensors(model))
         self.init_head = {k: v for k, v in flat.items() if k.startswith("head.")}
-        counts = {len(blk.moe.experts) for blk in model.backbone.layers}
+        held = self.backend.all_held(model)
+        counts = {len(h) for h in held}
         if len(counts) != 1:
             raise ConfigError(f"{self.name} needs the same expert count in every block, got {counts}.")
-        self.shape = (len(model.backbone.layers), counts.pop())
+        self.shape = (len(held), counts.pop())
 
     def init_server(self, model: Classifier) -> None:
         self.flat = {k: v for k, v in to_flat(get_tensors(model)).items()
@@ -214,7 +187,7 @@ class FedMoE:
     def held_of(self, cid: int, rnd: int) -> list[list[int]] | None:
         """The client's experts this round (None: it sits stage 1 out)."""
         if self.stage(rnd) == 1:
-            return all_held(self.model) if self.budgets[cid] >= 1.0 else None
+            return self.backend.all_held(self.model) if self.budgets[cid] >= 1.0 else None
         if not self.plans:
             self._plan_all()
         return self.plans[cid].held
@@ -232,7 +205,7 @@ class FedMoE:
             self._set_plan(cid, plan)
 
     def _set_plan(self, cid: int, plan: Plan) -> None:
-        measured = submodel_memory(build_submoe(self.model, plan.held))
+        measured = submodel_memory(self.backend.build(self.model, plan.held))
         if measured != plan.memory:
             raise RuntimeError(f"memory model {plan.memory} != built submodel {measured} bytes")
         self.plans[cid], self.measured[cid] = plan, measured
@@ -263,7 +236,7 @@ class FedMoE:
         if held is None:
             if kind == "train":
                 return ClientTask(rnd, cid, {}, {"phase": "idle"})
-            held = all_held(self.model)  # stage 1 evaluation: the full MoE, for reference only
+            held = self.backend.all_held(self.model)  # stage 1 evaluation: the full MoE, for reference only
         plan = self.plans.get(cid)
         cfg = {"phase": f"stage{self.stage(rnd)}", "held": held,
                "theta": plan.theta if plan else None,
@@ -277,24 +250,27 @@ class FedMoE:
         return [self._task(rnd, c, "evaluate") for c in clients]
 
     # ---------------------------------------------------------------- client half
-    def _load(self, task: ClientTask, model: Classifier) -> None:
+    def _load(self, task: ClientTask, model: Classifier) -> Classifier:
+        """The model the client trains: the shared one masked (legacy) or a cut copy (HF)."""
+        model = self.backend.client_model(model, task.config["held"])
         write_flat(model, dict(task.tensors))
-        set_held(model, task.config["held"])
+        return model
 
     def client_update(self, task: ClientTask, model: Classifier, data: ClientData,
                       memory: ClientMemory, ctx: ClientContext) -> ClientUpdate:
         n = len(data.train)
         if task.config.get("phase") == "idle":
             return ClientUpdate(task.round, task.client_id, n, {}, {"task": data.task})
-        self._load(task, model)
+        model = self._load(task, model)
         train, val = split_val(data.train, self.opts.val_fraction,
                                self.cfg.seed * 7919 + task.client_id)
         named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
-        extra = (lambda: self.opts.balance_coef * aux_loss(model)) if self.opts.balance_coef else None
+        coef = self.opts.balance_coef
+        extra = (lambda: coef * self.backend.aux(model)) if coef else None
         stats = train_local(param_groups(named, self.cfg.train.lr, self.cfg.train.head_lr), train,
                             cross_entropy_loss(model), self.cfg.train, ctx.generator(), extra)
         val_acc, val_loss, p = validate(model, val, self.cfg.eval.batch_size,
-                                        self.cfg.train.precision)
+                                        self.cfg.train.precision, self.backend.loads)
         out = read_flat(model, list(task.tensors))
         memory.state["bytes_sent"] = memory.state.get("bytes_sent", 0) + payload_bytes(out)
         metrics = {"loss": stats.loss, "val_acc": val_acc, "val_loss": val_loss,
@@ -304,17 +280,22 @@ class FedMoE:
 
     def client_evaluate(self, task: ClientTask, model: Classifier, data: ClientData,
                         memory: ClientMemory, ctx: ClientContext) -> ClientUpdate:
-        self._load(task, model)
+        model = self._load(task, model)
         correct, total = count_correct(model, data.test, self.cfg.eval.batch_size,
                                        self.cfg.train.precision)
         held = task.config["held"]
         return ClientUpdate(task.round, task.client_id, total, {}, {
             "correct": correct, "total": total, "task": data.task,
             "experts_per_layer": [len(h) for h in held], "experts": sum(map(len, held)),
+            "experts_held": held,
             "memory_mb": round(task.config["memory"] / MiB, 3), "theta": task.config["theta"],
             "bytes_sent": memory.state.get("bytes_sent", 0)})
 
     # ---------------------------------------------------------------- server: aggregation
+    def check_metrics(self, task: ClientTask, update: ClientUpdate) -> str | None:
+        """Upload metrics the server reads, checked before aggregation (expert_rec)."""
+        return check_upload_metrics(update, self.shape, self.opts.score)
+
     def aggregate_train(self, rnd: int, updates: list[ClientUpdate]) -> dict[str, Any]:
         trained = []
         for u in updates:
@@ -377,6 +358,12 @@ class FedMoE:
     # ---------------------------------------------------------------- misc
     def evaluate_global(self, model: Classifier, split: Split) -> float | None:
         return None
+
+    def summary_fields(self, clients: list[dict]) -> dict[str, Any]:
+        """summary.json: experts_total (blocks x experts) and experts_held_mean over clients."""
+        held = [c["experts"] for c in clients if "experts" in c]
+        return {"experts_total": self.shape[0] * self.shape[1],
+                "experts_held_mean": sum(held) / len(held) if held else None}
 
     def global_tensors(self) -> dict[str, torch.Tensor]:
         return dict(self.flat)

@@ -84,6 +84,7 @@ class FedMSOptions:
 
     def check(self) -> None:
         rules = [
+            (self.gate_lr is None or self.gate_lr > 0, "fedms.gate_lr must be > 0 (or unset)"),
             (self.order in ORDERS, f"fedms.order must be one of {', '.join(ORDERS)}"),
             (self.growth in GROWTHS, f"fedms.growth must be one of {', '.join(GROWTHS)}"),
             (self.inactive in ("skip", "frozen"), "fedms.inactive must be skip or frozen"),

@@ -15,7 +15,8 @@ from fedfm.algorithms import capabilities
 from fedfm.config import RunConfig, from_dict
 from fedfm.errors import ConfigError, choices
 
-MODULES = ["fedavg", "fedprox", "local", "fedper", "fedms", "raffm", "heterofl", "fedmoe", "randommoe"]
+MODULES = ["fedavg", "fedprox", "local", "fedper", "fedms", "raffm", "heterofl", "fedmoe", "randommoe",
+           "hetlora", "flexlora", "flora"]
 MODULES += ["fedsa", "feddpa", "fedavg_ft", "ditto"]  # personalised baselines (issue #19)
 
 

@@ -23,15 +23,27 @@ from fedfm.algorithms.training import weighted_mean
 from fedfm.models.moe import Experts, moe_blocks
 
 Held = list[list[int]]  # experts held per MoE block (sorted)
-_EXPERT = re.compile(r"layer\.(\d+)\.moe\.experts\.(\d+)\.")
-_ROW = re.compile(r"layer\.(\d+)\.moe\.router\.weight\.(\d+)$")
-_ROUTER = re.compile(r"\.moe\.router\.weight$")
+# legacy MiniLM MoE keys | Hugging Face MoE keys (models/hf/moe.py: per-expert LoRA, router rows)
+_EXPERT = re.compile(r"(?:layer\.(\d+)\.moe\.experts\.(\d+)\.)"
+                     r"|(?:layers\.(\d+)\.mlp\.experts\.fedfm_lora\.(\d+)\.)")
+_ROW = re.compile(r"(?:layer\.(\d+)\.moe\.router\.weight\.(\d+)$)"
+                  r"|(?:layers\.(\d+)\.mlp\.gate\.weight\.(\d+)$)")
+_ROUTER = re.compile(r"(?:\.moe\.router\.weight$)|(?:layers\.\d+\.mlp\.gate\.weight$)")
 
 
 def expert_of(key: str) -> tuple[int, int] | None:
     """(block, expert) a flat key belongs to, or None for dense (shared) keys."""
     m = _EXPERT.search(key) or _ROW.search(key)
-    return (int(m.group(1)), int(m.group(2))) if m else None
+    if not m:
+        return None
+    g = [x for x in m.groups() if x is not None]
+    return int(g[0]), int(g[1])
+
+
+def _row(model: nn.Module, base: str, e: int) -> int:
+    """Local row of global expert `e` in router weight `base` (cut HF routers keep `fedfm_ids`)."""
+    ids = getattr(model.get_submodule(base.rpartition(".")[0]), "fedfm_ids", None)
+    return ids.index(e) if ids is not None else e
 
 
 def to_flat(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -52,7 +64,7 @@ def read_flat(model: nn.Module, keys: list[str]) -> dict[str, torch.Tensor]:
     for k in keys:
         base, _, e = k.rpartition(".")
         if _ROW.search(k):
-            out[k] = params[base][int(e)].detach().clone()
+            out[k] = params[base][_row(model, base, int(e))].detach().clone()
         else:
             out[k] = params[k].detach().clone()
     return out
@@ -65,7 +77,7 @@ def write_flat(model: nn.Module, flat: dict[str, torch.Tensor]) -> None:
         for k, t in flat.items():
             if _ROW.search(k):
                 base, _, e = k.rpartition(".")
-                params[base][int(e)].copy_(t)
+                params[base][_row(model, base, int(e))].copy_(t)
             elif k in params and params[k].shape == t.shape:
                 params[k].copy_(t)
             else:

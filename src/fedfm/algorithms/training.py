@@ -29,8 +29,11 @@ class TrainStats:
 
 
 def autocast(precision: str):
+    """bf16 autocast on the current device (fedfm.device: cpu, or cuda for `train.device`)."""
     if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        from fedfm.device import current
+
+        return torch.autocast(current().device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

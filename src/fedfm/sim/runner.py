@@ -95,8 +95,12 @@ class EmbeddedRunner:
         d = self.world.data
         acc_global = None if d.task_tests else self.algo.evaluate_global(self.world.model,
                                                                         d.global_test)
+        extra = {}
+        if isinstance(acc_global, dict):  # task = generate: {"acc_global", "loss_global"}
+            extra, acc_global = dict(acc_global), acc_global.get("acc_global")
+            extra.pop("acc_global", None)
         tasks = self.algo.configure_evaluate(rnd, self.personal_clients)
-        results, eval_bytes, compute = [], 0, 0.0
+        results, losses, eval_bytes, compute = [], [], 0, 0.0
         rejected = 0
         for i, ex in enumerate(self.clients.exchange(tasks, rnd, EVALUATE)):
             compute += ex.compute_s
@@ -107,10 +111,13 @@ class EmbeddedRunner:
                 continue
             acc = res.metrics["correct"] / max(res.metrics["total"], 1)
             results.append((res.metrics["correct"], res.metrics["total"]))
+            losses.append(res.metrics.get("loss"))  # task = generate: response-token loss
             self.client_metrics[task.client_id] = {"acc_personal": acc, **{
                 k: v for k, v in res.metrics.items() if k not in ("correct", "total")}}
             self.progress("evaluate", i + 1, len(tasks))
-        row = {"acc_global": acc_global, **personal_metrics(results)}
+        if any(v is not None for v in losses):
+            extra["loss_personal_mean"] = _mean(losses)
+        row = {"acc_global": acc_global, **personal_metrics(results), **extra}
         if d.task_tests:  # multi-task: per-task accuracy, macro means over tasks
             from fedfm.algorithms.multitask import task_metrics
 

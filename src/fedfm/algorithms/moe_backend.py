@@ -1,0 +1,150 @@
+"""The two MoE backbones FedMoE / randomMoE run on, behind one small interface.
+
+- `LegacyMoE`: fedfm's BERT turned into an MoE (models/moe.py: MoEfication or upcycling),
+  clients masked to their held experts (`set_held`), the memory measured on `build_submoe`.
+- `HFMoE`: a real Hugging Face MoE (models/hf/moe.py: mixtral, qwen2_moe, qwen3_moe, olmoe),
+  clients train a physically cut copy holding only their experts (`cut`), whose frozen dense
+  tensors are shared with the server model and whose expert tensors are index_select-ed.
+
+Interface: prepare(alg, model), all_held(model), build(model, held) (the sub-MoE whose memory is
+measured), client_model(model, held) (what a client trains/evaluates), aux(model), loads(model)
+((L, E) token->expert assignments of the last forward over real tokens), costs(model).
+"""
+
+from __future__ import annotations
+
+from fedfm.algorithms.submoe import MemoryModel, build_submoe, submodel_memory
+from fedfm.errors import ConfigError
+from fedfm.models.classifier import freeze
+from fedfm.models.lora import inject_lora
+
+
+class LegacyMoE:
+    name = "legacy"
+
+    def prepare(self, alg, model) -> None:
+        from fedfm.models.moe import load_moe_folder, to_moe
+
+        o, m = alg.opts, alg.cfg.model
+        if o.checkpoint:
+            try:
+                load_moe_folder(model.backbone, o.checkpoint)
+            except ValueError as e:
+                raise ConfigError(f"{alg.name}.checkpoint: {e}.") from None
+            for blk in model.backbone.layers:
+                blk.moe.router.top_k = o.top_k
+        else:
+            to_moe(model.backbone, o.num_experts, o.top_k, o.build, alg.cfg.seed)
+        _attention_lora(alg, model)
+        scale = m.lora_alpha / m.lora_rank
+        inject_lora(model.backbone, ("dense_in", "dense_out"), o.expert_lora_rank,
+                    scale * o.expert_lora_rank, alg.cfg.seed + 1)
+        for blk in model.backbone.layers:
+            blk.moe.router.weight.requires_grad_(True)
+
+    def all_held(self, model):
+        from fedfm.algorithms.submoe import all_held
+
+        return all_held(model)
+
+    def build(self, model, held):
+        return build_submoe(model, held)
+
+    def client_model(self, model, held):
+        from fedfm.models.moe import set_held
+
+        set_held(model, held)
+        return model
+
+    def aux(self, model):
+        from fedfm.models.moe import aux_loss
+
+        return aux_loss(model)
+
+    def loads(self, model):
+        import torch
+
+        from fedfm.models.moe import moe_blocks
+
+        return torch.stack([blk.last.load.double() for blk in moe_blocks(model)])
+
+    def memory(self, model) -> MemoryModel:
+        return MemoryModel.of(model)
+
+
+class HFMoE:
+    name = "hf"
+
+    def prepare(self, alg, model) -> None:
+        from fedfm.models.hf import moe as M
+
+        o, m, bb = alg.opts, alg.cfg.model, model.backbone
+        if o.checkpoint or o.build != "moefy":
+            raise ConfigError(f"{alg.name}: checkpoint/build apply to the MiniLM MoE only; a "
+                              "Hugging Face MoE (model.name = \"hf\") brings its own experts.")
+        M.attach(model, bb)
+        e = M.num_experts(bb)
+        if o.num_experts not in (8, e):
+            raise ConfigError(f"{alg.name}.num_experts = {o.num_experts}, but the model has {e} "
+                              "experts per block (leave num_experts unset for HF MoE models).")
+        if o.top_k > e:
+            raise ConfigError(f"{alg.name}.top_k = {o.top_k} > {e} experts.")
+        for _, rt in M.moe_layers(bb):
+            rt.top_k = o.top_k
+        _attention_lora(alg, model)
+        scale = m.lora_alpha / m.lora_rank
+        M.add_expert_lora(bb, o.expert_lora_rank, scale * o.expert_lora_rank, alg.cfg.seed + 1)
+        for _, rt in M.moe_layers(bb):
+            rt.weight.requires_grad_(True)
+
+    def all_held(self, model):
+        from fedfm.models.hf.moe import moe_layers
+
+        return [list(rt.fedfm_ids) for _, rt in moe_layers(model)]
+
+    def build(self, model, held):
+        from fedfm.models.hf.moe import cut
+
+        return cut(model, held)
+
+    def client_model(self, model, held):
+        return self.build(model, held)
+
+    def aux(self, model):
+        from fedfm.models.hf.moe import aux_loss
+
+        return aux_loss(model)
+
+    def loads(self, model):
+        from fedfm.models.hf.moe import loads
+
+        return loads(model)
+
+    def memory(self, model) -> MemoryModel:
+        from fedfm.models.hf.moe import expert_costs
+
+        costs = expert_costs(model, submodel_memory)
+        return MemoryModel(submodel_memory(model) - sum(map(sum, costs)), costs)
+
+
+def _attention_lora(alg, model) -> None:
+    m = alg.cfg.model
+    freeze(model.backbone)
+    try:
+        inject_lora(model.backbone, m.lora_targets, m.lora_rank, m.lora_alpha, alg.cfg.seed)
+    except ValueError:
+        raise ConfigError(f"model.lora_targets {list(m.lora_targets)} match no attention "
+                          "layer of the MoE model (e.g. query, value).") from None
+
+
+def backend_for(model):
+    """HFMoE for a Hugging Face backbone of an MoE family, LegacyMoE for fedfm's BERT."""
+    fam = getattr(model.backbone, "family", None)
+    if fam is None:
+        return LegacyMoE()
+    if getattr(fam, "moe", None) is None:
+        raise ConfigError(
+            f"fedmoe/randommoe on a Hugging Face model need an MoE family (mixtral, qwen2_moe, "
+            f"qwen3_moe, olmoe); '{fam.name}' is dense. Upcycle it first (`fedfm upcycle`) or "
+            "use model.name = \"minilm-l6\" (MoEfication).")
+    return HFMoE()
