@@ -5,6 +5,8 @@ forward + backward + clip + AdamW, 1 thread):
   legacy        models/bert.py (CPU attention in fp32 under bf16 autocast)
   hf-sdpa       transformers' BertModel with its default SDPA attention
   hf            transformers' BertModel with fedfm_sdpa (what fedfm uses: SDPA in fp32 on CPU)
+  hf-frozen-bf16  as hf, frozen backbone weights stored in bf16 (what fedfm does on CUDA; on the
+                CPU fedfm keeps fp32 weights: --variants to include it)
 Times are best-of CPU time (robust on a shared machine: waiting for a core is not counted),
 variants interleaved round-robin. FLOPs counted by torch.utils.flop_counter on one step; P3 =
 bf16 step FLOP/s as % of the best bf16 (n x n) GEMM (n = 1024, 2048), CPU time, same process.
@@ -29,6 +31,7 @@ from fedfm.models.classifier import Classifier, freeze
 from fedfm.models.finetune import configure_finetune
 from fedfm.models.hf.loading import load_hf_backbone
 from fedfm.models.loading import load_backbone, minilm_path
+from fedfm.probe import matmul_gflops
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,10 +40,16 @@ def build(kind: str) -> Classifier:
     if kind == "legacy":
         backbone, _ = load_backbone("minilm-l6", None, None, 0)
     else:
-        backbone = load_hf_backbone(minilm_path(), sdpa_fp32=(kind == "hf"))
+        backbone = load_hf_backbone(minilm_path(), sdpa_fp32=(kind != "hf-sdpa"))
     freeze(backbone)
     model = Classifier(backbone, 5, "mean", 0)
     configure_finetune(model, "lora", ("query", "value"), 8, 16.0, 0)
+    if kind == "hf-frozen-bf16":
+        for p in model.parameters():
+            if not p.requires_grad:
+                p.data = p.data.to(torch.bfloat16)
+    if kind == "hf-eager":  # transformers' eager attention (matmul + softmax), for comparison
+        backbone.base.set_attn_implementation("eager")
     return model
 
 
@@ -81,31 +90,42 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default=str(ROOT / "bench" / "reports" / "hf_step.json"))
+    p.add_argument("--variants", default="legacy,hf-sdpa,hf")
     args = p.parse_args()
     torch.set_num_threads(1)
     split = make_split(args.batch, args.seq)
-    models = {k: build(k) for k in ("legacy", "hf-sdpa", "hf")}
-    with torch.no_grad():  # same function: the transformers path equals the legacy BERT
-        ids, mask = split.input_ids[:4], split.attention_mask[:4]
-        diff = float((models["hf"](ids, mask) - models["legacy"](ids, mask)).abs().max())
+    models = {k: build(k) for k in args.variants.split(",")}
+    diff = None
+    if "hf" in models and "legacy" in models:
+        with torch.no_grad():  # same function: the transformers path equals the legacy BERT
+            ids, mask = split.input_ids[:4], split.attention_mask[:4]
+            diff = float((models["hf"](ids, mask) - models["legacy"](ids, mask)).abs().max())
     peak_before = bf16_peak()
     res: dict = {"batch": args.batch, "seq": args.seq, "threads": 1, "max_logit_diff": diff}
     for prec in ("bf16", "fp32"):
         for k, m in models.items():
+            if prec == "fp32" and "bf16" in k:
+                continue
             with FlopCounterMode(display=False) as fc:
                 one_step(m, split, prec, args.batch)
             res[f"{k}/{prec}"] = {"flops": fc.get_total_flops(), "times": []}
         for _ in range(args.repeats):  # interleaved
             for k, m in models.items():
-                res[f"{k}/{prec}"]["times"].append(one_step(m, split, prec, args.batch))
+                if f"{k}/{prec}" in res:
+                    res[f"{k}/{prec}"]["times"].append(one_step(m, split, prec, args.batch))
     peak = max(peak_before, bf16_peak())
     res["bf16_peak_gflops_cpu_time"] = peak
-    for key, r in list(res.items()):
+    # bench/step_throughput.py's peak (issue #9's 58.8 %): one wall-clock-timed product, best of 10
+    res["bf16_peak_gflops_probe_wall"] = max(matmul_gflops(n, 10, torch.bfloat16)
+                                             for n in (1024, 2048))
+    for r in list(res.values()):
         if isinstance(r, dict):
             r["step_cpu_s"] = min(r["times"])
             r["gflops"] = r["flops"] / r["step_cpu_s"] / 1e9
             r["pct_bf16_peak"] = 100 * r["gflops"] / peak
     for prec in ("bf16", "fp32"):
+        if f"legacy/{prec}" not in res or f"hf-sdpa/{prec}" not in res:
+            continue
         res[f"hf_vs_legacy_time_{prec}"] = (res[f"hf/{prec}"]["step_cpu_s"]
                                             / res[f"legacy/{prec}"]["step_cpu_s"])
         res[f"hf_sdpa_vs_legacy_time_{prec}"] = (res[f"hf-sdpa/{prec}"]["step_cpu_s"]

@@ -1,8 +1,11 @@
-import sys, time
+import sys
+import time
+
 sys.path.insert(0, ".")
 from fedfm.config import build_config
 from fedfm.sim.attacks import run_attacked
 from tests.conftest import tiny_raw
+
 N = int(sys.argv[1])
 SC = {"rounds": 8, "data.num_clients": 10, "data.partition": "iid", "train.lr": 0.02,
       "train.local_epochs": 5, "data.synthetic_size": N}

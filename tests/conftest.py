@@ -40,3 +40,16 @@ def tiny_cfg(tmp_path):
         return build_config(tiny_raw(**over))
 
     return make
+
+
+def assert_clean_run(summary: dict, rows: list[dict]) -> None:
+    """What a clean run must show (replaces `0 <= acc <= 1`, which cannot fail): no upload or
+    evaluation reply rejected, and the reported personalised accuracy is the mean of the
+    clients' own accuracies, each a fraction of that client's test examples."""
+    assert all(r.get("rejected", 0) == 0 and r.get("eval_rejected", 0) == 0 for r in rows)
+    accs = [c["acc_personal"] for c in summary["clients"] if c.get("acc_personal") is not None]
+    assert accs and summary["acc_personal_mean"] == pytest.approx(sum(accs) / len(accs))
+    for c in summary["clients"]:
+        n = c.get("n_test")
+        if n and c.get("acc_personal") is not None:
+            assert abs(c["acc_personal"] * n - round(c["acc_personal"] * n)) < 1e-6

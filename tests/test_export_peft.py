@@ -27,6 +27,12 @@ def finished_run(tmp_path, **over):
     return cfg
 
 
+@pytest.fixture(scope="module")
+def gen_run(tmp_path_factory):
+    """One finished FedAvg task = generate run on a tiny Llama, shared by the export tests."""
+    return finished_run(tmp_path_factory.mktemp("gen"))
+
+
 def fedfm_model(cfg):
     """The run's final global model, rebuilt as fedfm does."""
     from safetensors.torch import load_file
@@ -43,12 +49,12 @@ def probe(world):
     return ids[:, :t], mask[:, :t]
 
 
-def test_peft_adapter_round_trip_generate(tmp_path):
+def test_peft_adapter_round_trip_generate(tmp_path, gen_run):
     from transformers import AutoModelForCausalLM
 
     from fedfm.cli import main
 
-    cfg = finished_run(tmp_path)
+    cfg = gen_run
     out = tmp_path / "adapter"
     assert main(["export", cfg.out, "--format", "peft", "--out", str(out)]) == 0
     conf = json.loads((out / "adapter_config.json").read_text())
@@ -67,12 +73,12 @@ def test_peft_adapter_round_trip_generate(tmp_path):
     assert report["max_abs_diff_vs_fedfm"] < 1e-5
 
 
-def test_merged_export_loads_without_fedfm_or_peft(tmp_path):
+def test_merged_export_loads_without_fedfm_or_peft(tmp_path, gen_run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from fedfm.export_peft import export_hf
 
-    cfg = finished_run(tmp_path)
+    cfg = gen_run
     out = tmp_path / "merged"
     export_hf(cfg.out, out, "merged")
     assert not any("lora" in p.name for p in out.iterdir())
@@ -87,7 +93,8 @@ def test_merged_export_loads_without_fedfm_or_peft(tmp_path):
 
 
 def test_peft_adapter_with_head_classify_gpt2(tmp_path):
-    """Classification on GPT-2 (Conv1D, fan_in_fan_out): adapter + saved head = fedfm logits."""
+    """Classification on GPT-2 (Conv1D, fan_in_fan_out): adapter + saved head = fedfm logits;
+    the merged folder (Conv1D weights with LoRA folded in) + head too."""
     from safetensors.torch import load_file
     from transformers import AutoModel
 
@@ -119,6 +126,11 @@ def test_peft_adapter_with_head_classify_gpt2(tmp_path):
         h = base(input_ids=ids, attention_mask=mask).last_hidden_state
         theirs = head(pool(h, mask, pooling))
     assert torch.allclose(ours, theirs, atol=1e-5)
+    export_hf(cfg.out, tmp_path / "merged", "merged")  # plain AutoModel + the same head file
+    with torch.inference_mode():
+        h = AutoModel.from_pretrained(str(tmp_path / "merged"), **KW)(
+            input_ids=ids, attention_mask=mask).last_hidden_state
+    assert torch.allclose(ours, head(pool(h, mask, pooling)), atol=1e-5)
 
 
 def test_export_refuses_personalised_runs(tmp_path, capsys):
@@ -127,3 +139,10 @@ def test_export_refuses_personalised_runs(tmp_path, capsys):
     cfg = finished_run(tmp_path, algorithm="local", out=str(tmp_path / "run-local"))
     assert main(["export", cfg.out, "--format", "peft", "--out", str(tmp_path / "x")]) == 2
     assert "no global model" in capsys.readouterr().err
+
+
+def test_budget_export_still_needs_a_budget(tmp_path, capsys):
+    from fedfm.cli import main
+
+    assert main(["export", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+    assert "--budget" in capsys.readouterr().err

@@ -23,6 +23,7 @@ from fedfm.models.sal import (
 )
 from fedfm.run import run
 from fedfm.setup import build_world
+from tests.conftest import assert_clean_run
 
 
 def ctx(rnd=0, cid=0):
@@ -168,7 +169,8 @@ def test_stage_switch_and_local_expert_never_uploaded(tiny_cfg, monkeypatch):
         assert all(k.startswith("gate.") for k in up)
         for t in up.values():
             assert not any(t.shape == v.shape and torch.equal(t, v) for v in local.values())
-    assert all("acc_local_expert" in c and 0 <= c["acc_personal"] <= 1 for c in s["clients"])
+    assert all("acc_local_expert" in c for c in s["clients"])
+    assert_clean_run(s, rows)
 
 
 def test_global_expert_keeps_training_when_asked(tiny_cfg):
@@ -217,5 +219,5 @@ def test_option_combinations_run(tiny_cfg, opts):
     cfg = tiny_cfg(algorithm="fedms", rounds=3, **{"fedms.stage1_rounds": 1}, **opts)
     s = run(cfg, quiet=True)
     rows = [json.loads(x) for x in open(f"{cfg.out}/metrics.jsonl")]
-    assert [r["stage"] for r in rows] == [1, 2, 2] and 0 <= s["acc_personal_mean"] <= 1
-    assert all(r.get("rejected", 0) == 0 for r in rows)  # the validator accepts every upload
+    assert [r["stage"] for r in rows] == [1, 2, 2]
+    assert_clean_run(s, rows)  # the validator accepts every upload

@@ -182,3 +182,25 @@ def test_tiny_bert_through_transformers_equals_the_legacy_bert():
     ids, mask = batch()
     with torch.no_grad():
         assert torch.allclose(new(ids, mask), old(ids, mask), atol=1e-5)
+
+
+def test_full_finetune_keeps_the_family_embeddings_frozen(folders):
+    from fedfm.models.classifier import Classifier
+    from fedfm.models.finetune import configure_finetune
+
+    model = Classifier(load_hf_backbone(folders["llama"]), 3)
+    configure_finetune(model, "full", ("q", "v"), 4, 8.0, 0)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "backbone.embed_tokens.weight" not in trainable
+    assert "backbone.layers.0.mlp.down_proj.weight" in trainable and "head.weight" in trainable
+
+
+def test_legacy_algorithms_refuse_other_families_clearly(folders, tmp_path):
+    from fedfm.config import build_config
+    from fedfm.models.loading import load_model
+    from tests.conftest import tiny_raw
+
+    cfg = build_config(tiny_raw(algorithm="raffm", out=str(tmp_path / "r"),
+                                **{"model.name": "hf", "model.path": str(folders["llama"])}))
+    with pytest.raises(ConfigError, match="BERT"):
+        load_model(cfg)

@@ -27,6 +27,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = run(cfg, quiet=args.quiet)
     keys = ("algorithm", "rounds", "acc_global", "acc_personal_mean", "bytes_up", "bytes_down",
             "round_wall_s", "client_compute_s", "peak_rss_mb")
+    keys += tuple(k for k in ("loss_global", "loss_personal_mean") if k in summary)  # generate
     print(json.dumps({k: summary.get(k) for k in keys}))
     print(f"run folder: {cfg.out}", file=sys.stderr)
     return 0
@@ -94,7 +95,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no live progress bar")
     r.set_defaults(func=cmd_run)
     rs = sub.add_parser("resume", help="continue a run folder from its last checkpoint")
-    rs.add_argument("run_dir", help="a run folder written with checkpoint.enabled=true")
+    rs.add_argument("run_dir", help="a run folder (checkpoints are on by default)")
     rs.add_argument("overrides", nargs="*", help="must not change the config (else refused)")
     rs.add_argument("--quiet", action="store_true", help="no live progress bar")
     rs.set_defaults(func=cmd_resume)

@@ -239,6 +239,9 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     if origin in (dict, Mapping) or tp in (dict, Mapping):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a table, got {value!r}")
+        args = typing.get_args(tp)  # dict[str, float]: check every value (e.g. resource tiers)
+        if len(args) == 2:
+            return {k: _check_type(v, args[1], f"{where}.{k}") for k, v in value.items()}
         return dict(value)
     if tp is Any:
         return value
@@ -396,7 +399,7 @@ def check_values(cfg: RunConfig) -> None:
         (cfg.sim.memory_budget_mb is None or cfg.sim.memory_budget_mb >= 0,
          "sim.memory_budget_mb must be >= 0 (or unset for no limit)"),
     ]
-    for ok, message in rules:
+    for ok, message in rules + range_rules(cfg):
         if not ok:
             raise ConfigError(message + ".")
     cfg.resources.check(d.num_clients)
@@ -405,3 +408,36 @@ def check_values(cfg: RunConfig) -> None:
     from fedfm import tasks  # what task = generate supports (algorithms, finetune, runtime)
 
     tasks.check(cfg)
+
+
+def _unset_or(value, ok) -> bool:
+    return value is None or ok(value)
+
+
+def range_rules(cfg: RunConfig) -> list[tuple[bool, str]]:
+    """Ranges of the numeric keys `check_values` does not cover (no value silently means
+    something else: threads = 0 is not "all cores", num_layers = 0 is not "all layers")."""
+    m, d, t = cfg.model, cfg.data, cfg.train
+    return [
+        (cfg.seed >= 0, f"seed must be >= 0 (got {cfg.seed})"),
+        (_unset_or(m.num_layers, lambda n: n >= 1),
+         f"model.num_layers must be >= 1 (got {m.num_layers}); leave it unset for all layers"),
+        (m.lora_alpha > 0, f"model.lora_alpha must be > 0 (got {m.lora_alpha})"),
+        (0 <= m.dropout < 1, f"model.dropout must be in [0, 1) (got {m.dropout})"),
+        (len(m.lora_targets) >= 1, "model.lora_targets must name at least one module"),
+        (d.min_examples >= 1, f"data.min_examples must be >= 1 (got {d.min_examples})"),
+        (_unset_or(d.max_examples, lambda n: n >= 1),
+         f"data.max_examples must be >= 1 (got {d.max_examples}); leave it unset for all"),
+        (d.synthetic_size >= 8, f"data.synthetic_size must be >= 8 (got {d.synthetic_size})"),
+        (_unset_or(t.head_lr, lambda x: x > 0), f"train.head_lr must be > 0 (got {t.head_lr})"),
+        (t.weight_decay >= 0, f"train.weight_decay must be >= 0 (got {t.weight_decay})"),
+        (_unset_or(t.max_steps, lambda n: n >= 1),
+         f"train.max_steps must be >= 1 (got {t.max_steps}); leave it unset for no limit"),
+        (_unset_or(t.threads, lambda n: n >= 1),
+         f"train.threads must be >= 1 (got {t.threads}); leave it unset for all available cores"),
+        (_unset_or(t.grad_clip, lambda x: x > 0),
+         f"train.grad_clip must be > 0 (got {t.grad_clip}); leave it unset for no clipping"),
+        (cfg.eval.batch_size >= 1, f"eval.batch_size must be >= 1 (got {cfg.eval.batch_size})"),
+        (cfg.eval.max_new_tokens >= 1,
+         f"eval.max_new_tokens must be >= 1 (got {cfg.eval.max_new_tokens})"),
+    ]

@@ -19,10 +19,12 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from fedfm import wire
 from fedfm.comm import compress, decompress
 from fedfm.errors import PayloadError
 
 Tensors = Mapping[str, torch.Tensor]
+Schema = Mapping[str, tuple[tuple[int, ...], torch.dtype]]
 
 
 @dataclass(frozen=True)
@@ -71,45 +73,91 @@ def encode(msg: ClientTask | ClientUpdate, dtype: str = "fp32") -> bytes:
 
 
 def read_header(blob: bytes) -> dict[str, Any]:
-    """Parse and sanity-check a safetensors header without touching tensor data."""
+    """Parse a safetensors header without touching tensor data (local files: checkpoints,
+    caches). Peer payloads go through `decode`, which checks the whole layout (fedfm.wire)."""
     if len(blob) < 8:
         raise PayloadError(f"payload of {len(blob)} bytes is too short to be safetensors")
     (n,) = struct.unpack("<Q", blob[:8])
-    if n > len(blob) - 8 or n > 100_000_000:
+    if n > len(blob) - 8 or n > wire.MAX_HEADER_BYTES:
         raise PayloadError(f"payload header length {n} exceeds the payload ({len(blob)} bytes)")
-    try:
-        header = json.loads(blob[8 : 8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise PayloadError("payload header is not JSON (not a safetensors blob)") from None
+    header = wire.loads(blob[8 : 8 + n], "payload header")
     if not isinstance(header, dict):
         raise PayloadError("payload header is not a JSON object")
     return header
 
 
-def decode(blob: bytes, max_bytes: int | None = None) -> ClientTask | ClientUpdate:
-    """Bytes -> message. Checks the size cap first, then the header, then the tensors."""
+def decode(blob: bytes, max_bytes: int | None = None,
+           expected: Schema | None = None) -> ClientTask | ClientUpdate:
+    """Bytes -> message, or PayloadError naming the reason (never another exception).
+
+    Order: size cap; header layout and fedfm metadata types (fedfm.wire.parse_blob); codec
+    tables; if `expected` ({key: (shape, dtype)}) is given, keys/shapes/dtypes against it; the
+    decoded size; only then are tensors materialised and expanded (bf16/int8 -> fp32), so every
+    allocation is bounded by shapes that were declared and checked first.
+    """
     if max_bytes is not None and len(blob) > max_bytes:
         raise PayloadError(f"payload of {len(blob)} bytes exceeds the cap of {max_bytes} bytes")
-    header = read_header(blob)
+    specs, meta = wire.parse_blob(bytes(blob))
+    fields = _fields(meta)
+    restored = wire.check_codec(meta.get("codec"), specs)
+    if expected is not None:
+        wire.check_expected(specs, restored, expected)
+    limit = 8 * len(blob) if max_bytes is None else 8 * max_bytes
+    if wire.decoded_bytes(specs, restored) > limit:
+        raise PayloadError("payload would expand beyond 8x its size when decoded")
     try:
-        meta = json.loads(header.get("__metadata__", {}).get("fedfm", "null"))
-    except (AttributeError, json.JSONDecodeError):
-        meta = None
-    if not isinstance(meta, dict) or meta.get("type") not in ("task", "update"):
-        raise PayloadError("payload carries no fedfm metadata")
-    try:
-        tensors = st_load(blob)
+        tensors = st_load(bytes(blob))
     except Exception as e:  # safetensors raises its own SafetensorError
-        raise PayloadError(f"payload tensors are corrupt: {e}") from None
+        raise PayloadError(f"payload tensors are corrupt: {str(e)[:200]}") from None
     tensors = decompress(tensors, meta.get("codec"))
-    try:
-        if meta["type"] == "task":
-            return ClientTask(int(meta["round"]), int(meta["client_id"]), tensors,
-                              dict(meta.get("config", {})), str(meta.get("kind", "train")))
-        return ClientUpdate(int(meta["round"]), int(meta["client_id"]), int(meta["num_examples"]),
-                            tensors, dict(meta.get("metrics", {})))
-    except (KeyError, TypeError, ValueError) as e:
-        raise PayloadError(f"payload metadata is malformed: {e}") from None
+    if fields["type"] == "task":
+        return ClientTask(fields["round"], fields["client_id"], tensors, fields["config"],
+                          fields["kind"])
+    return ClientUpdate(fields["round"], fields["client_id"], fields["num_examples"], tensors,
+                        fields["metrics"])
+
+
+MAX_ID = 2**31 - 1
+KINDS = ("train", "evaluate")
+
+
+def _int_field(meta: dict[str, Any], key: str, lo: int, hi: int) -> int:
+    v = meta.get(key)
+    if not (isinstance(v, int) and not isinstance(v, bool)) or not lo <= v <= hi:
+        raise PayloadError(f"payload metadata is malformed: '{key}' must be an integer in "
+                           f"[{lo}, {hi}], got {v!r:.40}")
+    return v
+
+
+def _metric_ok(v: Any) -> bool:
+    """A JSON scalar, or a (nested) list of numbers (depth is bounded by fedfm.wire)."""
+    if v is None or isinstance(v, (bool, str, float)):
+        return True
+    if isinstance(v, int):
+        return abs(v) < 2**63
+    return isinstance(v, list) and all(
+        not isinstance(x, (str, bool, dict)) and x is not None and _metric_ok(x) for x in v)
+
+
+def _fields(meta: dict[str, Any]) -> dict[str, Any]:
+    """The typed fields of a message's fedfm metadata (PayloadError on any type mismatch)."""
+    kind = meta.get("type")
+    if kind not in ("task", "update"):
+        raise PayloadError("payload carries no fedfm metadata (type must be task or update)")
+    out = {"type": kind, "round": _int_field(meta, "round", 0, MAX_ID),
+           "client_id": _int_field(meta, "client_id", 0, MAX_ID)}
+    if kind == "task":
+        config, task_kind = meta.get("config", {}), meta.get("kind", "train")
+        if not isinstance(config, dict) or task_kind not in KINDS:
+            raise PayloadError("payload metadata is malformed: a task needs a config object "
+                               f"and kind in {KINDS}")
+        return {**out, "config": config, "kind": task_kind}
+    metrics = meta.get("metrics", {})
+    if not isinstance(metrics, dict) or not all(_metric_ok(v) for v in metrics.values()):
+        raise PayloadError("payload metadata is malformed: metrics must be an object of "
+                           "numbers, strings, booleans or (nested) lists of numbers")
+    return {**out, "num_examples": _int_field(meta, "num_examples", -(2**63), 2**63 - 1),
+            "metrics": metrics}
 
 
 def payload_bytes(tensors: Tensors) -> int:
@@ -118,4 +166,12 @@ def payload_bytes(tensors: Tensors) -> int:
 
 
 def finite_metrics(metrics: Mapping[str, Any]) -> bool:
-    return all(not (isinstance(v, float) and not math.isfinite(v)) for v in metrics.values())
+    """No NaN/inf among the metric values (nested lists included)."""
+    stack = list(metrics.values())
+    while stack:
+        v = stack.pop()
+        if isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, float) and not math.isfinite(v):
+            return False
+    return True

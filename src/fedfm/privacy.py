@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from fedfm.errors import ConfigError
+from fedfm.models.elastic import prefix_index
 from fedfm.sim.seeds import derive_seed
 
 Tensors = dict[str, torch.Tensor]
@@ -93,3 +94,48 @@ def dp_mean(cfg, rnd: int, sets: Sequence[Tensors], reference: Tensors,
     eps = epsilon(sampling_rate(cfg), dp.noise_multiplier, rnd + 1, dp.delta)
     return out, {"dp_epsilon": eps, "dp_clipped": int(clipped),
                  "dp_noise_std": std / max(m, 1)}
+
+
+def dp_masked_mean(cfg, rnd: int, sets: Sequence[Tensors], reference: Tensors,
+                   denominator: str = "coverage") -> tuple[Tensors, dict[str, Any]]:
+    """DP-FedAvg for partial and prefix-slice uploads (every averaging algorithm's DP path).
+
+    Client k uploads θ_k on its entries (keys it holds; prefix slices of the server tensors):
+      Δ_k = θ_k - θ_t[entries of k],  Δ̂_k = Δ_k · min(1, C / ||Δ_k||₂)   (whole upload, jointly)
+      θ_t+1[e] = θ_t[e] + (Σ_{k∋e} Δ̂_k[e] + N(0, σ²C²)) / c_e   for entries some client holds
+    with c_e = the number of holders of e (coverage) or of all arrived clients (all_clients);
+    entries nobody holds stay θ_t. One client changes the summed vector by at most C in L2
+    (joint clipping), so each round is the same Gaussian mechanism as `dp_mean`, which this
+    equals when every client uploads every key."""
+    dp, m = cfg.dp, len(sets)
+    total: Tensors = {}
+    count: Tensors = {}
+    clipped = 0
+    for tensors in sets:
+        delta, where = {}, {}
+        for k, t in tensors.items():
+            shape = tuple(reference[k].shape) if k in reference else tuple(t.shape)
+            where[k] = prefix_index(shape, t, k)
+            base = reference[k].double()[where[k]] if k in reference else 0.0
+            delta[k] = t.double() - base
+        d, norm = clip_delta(delta, dp.clip)
+        clipped += norm > dp.clip
+        for k, v in d.items():
+            if k not in total:
+                shape = reference[k].shape if k in reference else v.shape
+                total[k] = torch.zeros(shape, dtype=torch.float64)
+                count[k] = torch.zeros(shape, dtype=torch.float64)
+            total[k][where[k]] += v
+            count[k][where[k]] += 1.0
+    std = dp.noise_multiplier * dp.clip
+    noise = gaussian_noise(total, std, torch.Generator().manual_seed(
+        derive_seed(cfg.seed, rnd, DP_STREAM)))
+    out = {}
+    for k in total:
+        like = reference[k] if k in reference else next(s[k] for s in sets if k in s)
+        base = reference[k].double() if k in reference else torch.zeros_like(total[k])
+        denom = count[k] if denominator == "coverage" else torch.full_like(count[k], m)
+        mean = base + (total[k] + noise[k]) / denom.clamp_min(1.0)
+        out[k] = torch.where(count[k] > 0, mean, base).to(like.dtype)
+    eps = epsilon(sampling_rate(cfg), dp.noise_multiplier, rnd + 1, dp.delta)
+    return out, {"dp_epsilon": eps, "dp_clipped": int(clipped), "dp_noise_std": std / max(m, 1)}

@@ -20,7 +20,7 @@ RunConfig; every option is off (or permissive) by default, so a plain run is unc
 [dp]            DP-FedAvg: clip each client's delta to `clip`, add N(0, (σ·clip)²) (fedfm.privacy)
     enabled = false, clip = 1.0, noise_multiplier = 1.0, delta = 1e-5
 [checkpoint]    atomic checkpoint after every `every` rounds; `fedfm resume RUN_DIR` (sim.checkpoint)
-    enabled = false, every = 1, keep = 2
+    enabled = true (on by default; false opts out), every = 1, keep = 1 (the latest)
 """
 
 from __future__ import annotations
@@ -118,9 +118,9 @@ class DPConfig:
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    enabled: bool = False
+    enabled: bool = True  # on by default: `fedfm resume RUN_DIR` works after any crash
     every: int = 1
-    keep: int = 2
+    keep: int = 1  # the latest only
 
     def check(self, num_clients: int = 0) -> None:
         _require([(self.every >= 1, "checkpoint.every must be >= 1"),

@@ -39,7 +39,7 @@ def summarise(cfg: RunConfig, rows: list[dict[str, Any]], runner: EmbeddedRunner
         s[key] = sum(r.get(key) or 0 for r in rows)
     s["peak_rss_mb"] = max((r["peak_rss_mb"] for r in rows), default=peak_rss_mb())
     s["overhead_ratio"] = s["round_wall_s"] / s["client_compute_s"] if s["client_compute_s"] else None
-    for key in ("rejected", "dropped", "late", "stale", "clipped", "skipped"):  # issue #7 totals
+    for key in ("rejected", "eval_rejected", "dropped", "late", "stale", "clipped", "skipped"):
         if any(key in r for r in rows):
             s[key] = sum(int(r.get(key) or 0) for r in rows)
     if any(r.get("dp_epsilon") is not None for r in rows):

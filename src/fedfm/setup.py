@@ -15,6 +15,7 @@ from fedfm.algorithms.base import Algorithm, build_algorithm
 from fedfm.config import RunConfig
 from fedfm.data import catalogue
 from fedfm.data.federated import FederatedData, build_federated
+from fedfm.errors import ConfigError
 from fedfm.models.classifier import Classifier, freeze
 from fedfm.models.loading import load_model
 
@@ -94,6 +95,7 @@ def assemble_world(cfg: RunConfig, backbone, data: FederatedData, tokenizer=None
     """Backbone (frozen here) + tokenised data -> classifier + prepared algorithm. Cheap and
     deterministic from the seed, so a cached backbone/data (fedfm.flower.cache) gives the same
     world as `build_world`."""
+    check_position_limit(cfg, backbone)
     freeze(backbone)
     if getattr(cfg, "task", "classify") == "generate":  # LM head, no classification head
         from fedfm import tasks
@@ -112,3 +114,14 @@ def assemble_world(cfg: RunConfig, backbone, data: FederatedData, tokenizer=None
     algorithm.prepare_model(model)
     model.to(current_device())  # LoRA/heads created on the CPU join the backbone's device
     return World(cfg, data, model, algorithm)
+
+
+def check_position_limit(cfg: RunConfig, backbone) -> None:
+    """model.max_length must fit the model's position embeddings (else an index error later)."""
+    limit = getattr(getattr(backbone, "spec", None), "max_position", None)
+    if limit is None:
+        limit = getattr(getattr(backbone, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and cfg.model.max_length > limit:
+        raise ConfigError(f"model.max_length = {cfg.model.max_length} exceeds the model's "
+                          f"position limit of {limit} tokens (max_position_embeddings); set "
+                          f"model.max_length <= {limit}.")

@@ -26,6 +26,7 @@ import torch
 from fedfm.errors import PayloadError
 from fedfm.messages import ClientTask, ClientUpdate, decode, finite_metrics
 from fedfm.reliability import ValidationConfig
+from fedfm.wire import SchemaMismatch, schema_mismatch
 
 Schema = dict[str, tuple[tuple[int, ...], torch.dtype]]
 AUTO_SLACK = 1 << 20  # bytes allowed beyond the raw tensor data: safetensors header + JSON metrics
@@ -86,18 +87,7 @@ def byte_cap(cfg: ValidationConfig, expected: Schema) -> int:
 
 def check_schema(tensors: Mapping[str, torch.Tensor], expected: Schema) -> tuple[str, str] | None:
     """(key, reason) of the first mismatch between tensors and the expected schema."""
-    for key in sorted(set(expected) - set(tensors)):
-        return key, "missing tensor"
-    for key in sorted(set(tensors) - set(expected)):
-        return key, "unexpected tensor (not assigned to this client)"
-    for key in sorted(expected):
-        shape, dtype = expected[key]
-        t = tensors[key]
-        if tuple(t.shape) != tuple(shape):
-            return key, f"shape {tuple(t.shape)} != assigned {tuple(shape)}"
-        if t.dtype != dtype:
-            return key, f"dtype {t.dtype} != assigned {dtype}"
-    return None
+    return schema_mismatch(schema_of(tensors), expected)
 
 
 def first_non_finite(tensors: Mapping[str, torch.Tensor]) -> str | None:
@@ -136,9 +126,11 @@ def clip_to(tensors: Mapping[str, torch.Tensor], reference: Mapping[str, torch.T
     return out, norm
 
 
-def _decode(blob: bytes, cid: int) -> ClientUpdate | Rejection:
-    try:
-        msg = decode(blob)
+def _decode(blob: bytes, cid: int, expected: Schema) -> ClientUpdate | Rejection:
+    try:  # shapes are checked against `expected` before any tensor is expanded
+        msg = decode(blob, expected=expected)
+    except SchemaMismatch as e:
+        return Rejection(cid, e.reason, e.key)
     except PayloadError as e:
         return Rejection(cid, f"undecodable payload: {e}")
     if not isinstance(msg, ClientUpdate):
@@ -167,7 +159,7 @@ def validate_update(blob_or_update: bytes | ClientUpdate, task: ClientTask,
         return Verdict(None, Rejection(cid, f"payload of {size} bytes exceeds the cap of {cap} "
                                             f"bytes (validation.max_update_bytes)"))
     if is_blob:
-        got = _decode(bytes(blob_or_update), cid)
+        got = _decode(bytes(blob_or_update), cid, expected)
         if isinstance(got, Rejection):
             return Verdict(None, got)
         update = got

@@ -29,6 +29,8 @@ from typing import Any
 import torch
 
 from fedfm.algorithms.training import weighted_mean
+from fedfm.errors import PayloadError
+from fedfm.models.elastic import coverage_mean, prefix_index
 from fedfm.reliability import AggregationConfig
 
 log = logging.getLogger("fedfm")
@@ -128,27 +130,147 @@ def robust_aggregate(sets: Sequence[Tensors], weights: Sequence[float],
         return coordinatewise(sets, coordinate_median), {}
     if cfg.method == "trimmed_mean":
         return coordinatewise(sets, lambda s: trimmed_mean(s, cfg.trim_fraction)), {}
-    scores = krum_scores(pairwise_sq_distances(sets), cfg.byzantine)
-    order = [int(i) for i in scores.argsort(stable=True)]
-    m = 1 if cfg.method == "krum" else (cfg.multi_krum_m or len(sets) - cfg.byzantine)
-    chosen = sorted(order[: max(1, min(m, len(sets)))])
+    chosen = krum_choose(pairwise_sq_distances(sets), cfg)
     agg = weighted_mean([sets[i] for i in chosen], [weights[i] for i in chosen])
     return agg, {"selected": chosen}
+
+
+def krum_choose(dist: torch.Tensor, cfg: AggregationConfig) -> list[int]:
+    """Indices Krum (m = 1) or multi-Krum (m = multi_krum_m or n - f) selects from (n, n) d²."""
+    n = dist.shape[0]
+    order = [int(i) for i in krum_scores(dist, cfg.byzantine).argsort(stable=True)]
+    m = 1 if cfg.method == "krum" else (cfg.multi_krum_m or n - cfg.byzantine)
+    return sorted(order[: max(1, min(m, n))])
 
 
 def aggregate_updates(cfg, rnd: int, updates: Sequence, reference: Tensors | None = None
                       ) -> tuple[Tensors, dict[str, Any]]:
     """What an averaging algorithm calls in aggregate_train: `cfg` is the RunConfig, `updates`
-    the validated ClientUpdates, `reference` the tensors the clients started from (needed by DP).
-    Returns (new tensors, metrics for the round row)."""
-    sets = [dict(u.tensors) for u in updates]
-    weights = [u.num_examples for u in updates]
-    if cfg.dp.enabled:
-        from fedfm.privacy import dp_mean
+    the validated ClientUpdates, `reference` the tensors the clients started from (needed by DP
+    and by partial uploads). Returns (new tensors, metrics for the round row)."""
+    return masked_aggregate(cfg, rnd, [dict(u.tensors) for u in updates],
+                            [u.num_examples for u in updates], reference,
+                            client_ids=[u.client_id for u in updates])
 
-        return dp_mean(cfg, rnd, sets, reference or {}, len(updates))
-    agg, info = robust_aggregate(sets, weights, cfg.aggregation)
-    metrics: dict[str, Any] = {}
-    if "selected" in info:
-        metrics["agg_selected"] = [updates[i].client_id for i in info["selected"]]
-    return agg, metrics
+
+def masked_aggregate(cfg, rnd: int, sets: Sequence[Tensors], weights: Sequence[float],
+                     reference: Tensors | None = None, *, client_ids: Sequence[int] | None = None,
+                     denominator: str = "coverage") -> tuple[Tensors, dict[str, Any]]:
+    """THE aggregation of every averaging algorithm: a masked, weighted mean with the
+    [aggregation] and [dp] hooks. Client k may upload any subset of the keys, and a tensor may
+    be a prefix slice of the server's (`reference`) tensor of that name (elastic subnetworks):
+      mean (coverage)     θ[e] = Σ_{k∋e} w_k θ_k[e] / Σ_{k∋e} w_k   (k∋e: k uploaded entry e)
+      mean (all_clients)  θ[e] = Σ_{k∋e} w_k θ_k[e] / Σ_k w_k
+      robust rule         applied per coverage region R = {e : holders(e) = H}: median /
+                          trimmed mean per entry over H; Krum / multi-Krum choose among H on all
+                          regions sharing H (LoRA pairs compared as B·A, see `robust_aggregate`)
+      dp                  DP-FedAvg over each client's whole upload (fedfm.privacy.dp_masked_mean)
+    Returns (tensors for every uploaded key, full shape, entries nobody held = reference;
+    metrics). Uploads are assumed validated (schema checked against the task).
+    """
+    reference = reference or {}
+    if not sets:
+        return {}, {}
+    if cfg.dp.enabled:
+        from fedfm.privacy import dp_masked_mean
+
+        return dp_masked_mean(cfg, rnd, sets, reference, denominator)
+    held = {k: tuple(j for j, s in enumerate(sets) if k in s)
+            for k in sorted({k for s in sets for k in s})}
+    shapes = {k: full_shape(k, [sets[j][k] for j in h], reference) for k, h in held.items()}
+    sliced = any(tuple(sets[j][k].shape) != shapes[k] for k, h in held.items() for j in h)
+    method = cfg.aggregation.method
+    if denominator != "coverage" and method != "mean":
+        raise ValueError(f"aggregation.method = {method} needs the coverage denominator")
+    if method == "mean" and (sliced or denominator != "coverage"):
+        full = {k: reference.get(k, torch.zeros(shapes[k], dtype=sets[held[k][0]][k].dtype))
+                for k in held}
+        return coverage_mean(full, sets, weights, denominator), {}
+    if sliced:
+        out, chosen = region_aggregate(sets, weights, reference, held, shapes, cfg.aggregation)
+    else:
+        out, chosen = _grouped(sets, weights, held, cfg.aggregation)
+    ids = list(client_ids) if client_ids is not None else list(range(len(sets)))
+    metrics = {"agg_selected": sorted(ids[j] for j in chosen)} if method in KRUMS else {}
+    return out, metrics
+
+
+KRUMS = ("krum", "multi_krum")
+
+
+def full_shape(key: str, uploads: Sequence[torch.Tensor], reference: Tensors) -> tuple[int, ...]:
+    """The server-side shape of `key`: the reference's, else the (common) uploaded shape."""
+    if key in reference:
+        return tuple(reference[key].shape)
+    shapes = {tuple(t.shape) for t in uploads}
+    if len(shapes) != 1:
+        raise PayloadError(f"'{key}': clients uploaded shapes {sorted(shapes)} and the server "
+                           f"holds no full tensor to place them in")
+    return shapes.pop()
+
+
+def _grouped(sets, weights, held, cfg: AggregationConfig) -> tuple[Tensors, set[int]]:
+    """Full-shape uploads: clients holding the same keys form a group; the rule runs per group
+    (one group, the whole model, for FedAvg: the plain rule)."""
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for k, h in held.items():
+        groups.setdefault(h, []).append(k)
+    out, chosen = {}, set()
+    for h, keys in groups.items():
+        agg, info = robust_aggregate([{k: sets[j][k] for k in keys} for j in h],
+                                     [weights[j] for j in h], cfg)
+        out.update(agg)
+        chosen |= {h[i] for i in info.get("selected", [])}
+    return out, chosen
+
+
+def coverage_regions(key: str, uploads: Sequence[torch.Tensor], shape: tuple[int, ...]
+                     ) -> list[tuple[torch.Tensor, list[int], torch.Tensor]]:
+    """Prefix-slice uploads of one key -> [(flat entry indices, holder positions, (|H|, c)
+    values)], one per distinct holder set H (entries nobody holds are left out)."""
+    masks, vals = [], []
+    for t in uploads:
+        idx = prefix_index(shape, t, key)
+        m = torch.zeros(shape, dtype=torch.bool)
+        m[idx] = True
+        v = torch.zeros(shape, dtype=torch.float64)
+        v[idx] = t.double()
+        masks.append(m.reshape(-1))
+        vals.append(v.reshape(-1))
+    patterns, inverse = torch.unique(torch.stack(masks).T, dim=0, return_inverse=True)
+    out = []
+    for p in range(patterns.shape[0]):
+        holders = [i for i in range(len(uploads)) if bool(patterns[p, i])]
+        if holders:
+            coords = (inverse == p).nonzero().squeeze(1)
+            out.append((coords, holders, torch.stack([vals[i][coords] for i in holders])))
+    return out
+
+
+def region_aggregate(sets, weights, reference: Tensors, held, shapes,
+                     cfg: AggregationConfig) -> tuple[Tensors, set[int]]:
+    """A robust rule per coverage region of prefix-slice uploads (RaFFM, HeteroFL): median /
+    trimmed mean per entry over the region's holders; Krum / multi-Krum choose among a holder
+    set H on the concatenation of every region held by exactly H, then average the chosen."""
+    flat = {k: (reference[k].double().reshape(-1).clone() if k in reference
+                else torch.zeros(math.prod(shapes[k]), dtype=torch.float64)) for k in held}
+    by_holders: dict[tuple[int, ...], list[tuple[str, torch.Tensor, torch.Tensor]]] = {}
+    for k, h in held.items():
+        for coords, pos, rows in coverage_regions(k, [sets[j][k] for j in h], shapes[k]):
+            if cfg.method == "median":
+                flat[k][coords] = coordinate_median(rows)
+            elif cfg.method == "trimmed_mean":
+                flat[k][coords] = trimmed_mean(rows, cfg.trim_fraction)
+            else:
+                by_holders.setdefault(tuple(h[i] for i in pos), []).append((k, coords, rows))
+    chosen: set[int] = set()
+    for holders, regions in by_holders.items():
+        x = torch.cat([rows for _, _, rows in regions], dim=1)  # (|H|, Σ c)
+        pick = krum_choose(torch.cdist(x, x) ** 2, cfg)
+        w = torch.tensor([float(weights[holders[i]]) for i in pick], dtype=torch.float64)
+        for k, coords, rows in regions:
+            flat[k][coords] = (rows[pick] * (w / w.sum())[:, None]).sum(0)
+        chosen |= {holders[i] for i in pick}
+    dtype = {k: (reference[k].dtype if k in reference else sets[h[0]][k].dtype)
+             for k, h in held.items()}
+    return {k: v.reshape(shapes[k]).to(dtype[k]) for k, v in flat.items()}, chosen

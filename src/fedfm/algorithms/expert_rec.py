@@ -13,6 +13,7 @@ comes back and c's structure is frozen for the rest of the run.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -98,3 +99,26 @@ def observe(state: RecState, score: float, patience: int, min_delta: float = 0.0
         return "none"
     state.stall += 1
     return "recommend" if state.stall >= patience else "none"
+
+
+def check_upload_metrics(update, shape: tuple[int, int], score: str) -> str | None:
+    """Why a FedMoE upload's metrics cannot be used (None if they can): `task` a string; with
+    tensors, `p` a finite non-negative array of the expert-share shape and the validation
+    score (`val_loss` or `val_acc`) a finite number."""
+    m = update.metrics
+    if not isinstance(m.get("task", "main"), str):
+        return "metric 'task' must be a string"
+    if not update.tensors:
+        return None
+    try:
+        p = torch.tensor(m.get("p"), dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        p = None
+    if p is None or tuple(p.shape) != tuple(shape) or not bool(torch.isfinite(p).all()) \
+            or bool((p < 0).any()):
+        return f"metric 'p' must be a finite, non-negative array of shape {tuple(shape)}"
+    key = "val_loss" if score == "loss" else "val_acc"
+    v = m.get(key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return f"metric '{key}' must be a finite number"
+    return None

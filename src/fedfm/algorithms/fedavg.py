@@ -15,6 +15,7 @@ from fedfm import tasks
 from fedfm.algorithms import registry
 from fedfm.algorithms.aggregation import aggregate_updates
 from fedfm.algorithms.base import ClientContext, ClientMemory
+from fedfm.algorithms.capabilities import AVERAGING
 from fedfm.algorithms.training import param_groups, train_local
 from fedfm.config import RunConfig
 from fedfm.data.federated import ClientData, Split
@@ -115,5 +116,5 @@ class FedAvg:
 
 registry.register(
     "fedavg", lambda cfg, opts, nl, nc: FedAvg(cfg), None,
-    "FedAvg over LoRA + head (model.finetune = lora | full | head)",
+    "FedAvg over LoRA + head (model.finetune = lora | full | head)", capabilities=AVERAGING,
 )

@@ -18,22 +18,23 @@ randomMoE (randommoe.py) = the same machinery with random expert sets of the sam
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from fedfm.algorithms import registry
+from fedfm.algorithms.aggregation import masked_aggregate
 from fedfm.algorithms.base import ClientContext, ClientMemory
-from fedfm.algorithms.expert_rec import RecState, observe, propose
+from fedfm.algorithms.capabilities import AVERAGING
+from fedfm.algorithms.expert_rec import RecState, check_upload_metrics, observe, propose
 from fedfm.algorithms.submoe import (
     MemoryModel,
     Plan,
     all_held,
     build_submoe,
     estimate_shares,
-    modular_aggregate,
     read_flat,
     search_threshold,
     select_keys,
@@ -314,6 +315,10 @@ class FedMoE:
             "bytes_sent": memory.state.get("bytes_sent", 0)})
 
     # ---------------------------------------------------------------- server: aggregation
+    def check_metrics(self, task: ClientTask, update: ClientUpdate) -> str | None:
+        """Upload metrics the server reads, checked before aggregation (expert_rec)."""
+        return check_upload_metrics(update, self.shape, self.opts.score)
+
     def aggregate_train(self, rnd: int, updates: list[ClientUpdate]) -> dict[str, Any]:
         trained = []
         for u in updates:
@@ -323,13 +328,18 @@ class FedMoE:
             task = self.task_of[u.client_id]
             tensors = {(_head_key(task, k) if k.startswith("head.") else k): v
                        for k, v in u.tensors.items()}
-            trained.append((tensors, float(u.num_examples)))
+            trained.append((tensors, float(u.num_examples), u.client_id))
             p = torch.tensor(u.metrics["p"], dtype=torch.float64)
             if self.stage(rnd) == 1:
                 self.reports[u.client_id] = (p, u.num_examples, task)
             self.latest_p[u.client_id] = p
-        self.flat = modular_aggregate(self.flat, trained)
-        out: dict[str, Any] = {"stage": self.stage(rnd), "trained_clients": len(trained)}
+        # per expert (its holders) and the dense part (everyone), with [aggregation] / [dp]
+        agg, extra = masked_aggregate(self.cfg, rnd, [t for t, _, _ in trained],
+                                      [w for _, w, _ in trained], self.flat,
+                                      client_ids=[c for _, _, c in trained])
+        self.flat = {**self.flat, **agg}
+        out: dict[str, Any] = {"stage": self.stage(rnd), "trained_clients": len(trained),
+                               **extra}
         if self.stage(rnd) == 2 and self.planner == "profile" and self.opts.recommend:
             out.update(self._recommend(updates))
         return out
@@ -400,7 +410,11 @@ class FedMoE:
         self.rec = {int(c): RecState(**r) for c, r in state.get("rec", {}).items()}
 
 
+MOE_CAPABILITIES = replace(AVERAGING, finetune=("lora",),
+                           why="its experts and dense part are LoRA adapters")
+
 registry.register(
     "fedmoe", lambda cfg, opts, nl, nc: FedMoE(cfg, opts, nc), FedMoEOptions,
     "FedMoE: MoE backbone, activation-profiled sub-MoE per client, modular aggregation",
+    capabilities=MOE_CAPABILITIES,
 )

@@ -25,14 +25,16 @@ the frozen global expert's log-probabilities and the gate's input are cached per
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from fedfm.algorithms import registry
+from fedfm.algorithms.aggregation import masked_aggregate
 from fedfm.algorithms.base import ClientContext, ClientMemory
+from fedfm.algorithms.capabilities import AVERAGING
 from fedfm.algorithms.fedavg import prepare
 from fedfm.algorithms.training import autocast, train_local
 from fedfm.config import RunConfig
@@ -50,7 +52,6 @@ from fedfm.models.sal import (
     blocks_of,
     cached_source,
     lowest,
-    partial_mean,
 )
 from fedfm.resources import client_profiles
 from fedfm.sim.seeds import derive_seed
@@ -80,6 +81,7 @@ class FedMSOptions:
 
     def check(self) -> None:
         rules = [
+            (self.gate_lr is None or self.gate_lr > 0, "fedms.gate_lr must be > 0 (or unset)"),
             (self.order in ORDERS, f"fedms.order must be one of {', '.join(ORDERS)}"),
             (self.growth in GROWTHS, f"fedms.growth must be one of {', '.join(GROWTHS)}"),
             (self.inactive in ("skip", "frozen"), "fedms.inactive must be skip or frozen"),
@@ -185,17 +187,18 @@ class FedMS:
         }
         if not updates:
             return metrics
-        weights = [float(u.num_examples) for u in updates]
-        expert = [{k: v for k, v in u.tensors.items() if not k.startswith("gate.")}
-                  for u in updates]
-        if any(expert):
-            self.global_.update(partial_mean(expert, weights))
-            self.trained |= blocks_of(k for e in expert for k in e)
+        # one masked mean over expert + gate: [aggregation] / [dp] see each client's whole upload
+        agg, extra = masked_aggregate(
+            self.cfg, rnd, [dict(u.tensors) for u in updates],
+            [float(u.num_examples) for u in updates], {**self.global_, **self.gate_},
+            client_ids=[u.client_id for u in updates])
+        expert = {k: v for k, v in agg.items() if not k.startswith("gate.")}
+        if expert:
+            self.global_.update(expert)
+            self.trained |= blocks_of(expert)
             self.version += 1
-        gate = [{k: v for k, v in u.tensors.items() if k.startswith("gate.")} for u in updates]
-        if any(gate):
-            self.gate_.update(partial_mean(gate, weights))
-        return metrics
+        self.gate_.update({k: v for k, v in agg.items() if k.startswith("gate.")})
+        return {**metrics, **extra}
 
     def configure_evaluate(self, rnd: int, clients: list[int]) -> list[ClientTask]:
         stage = self.stage(rnd)
@@ -403,4 +406,6 @@ def _mean(values) -> float | None:
 registry.register(
     "fedms", lambda cfg, opts, nl, nc: FedMS(cfg, opts, nc), FedMSOptions,
     "FedMS: SAL LoRA global expert (stage 1) + private local expert mixed by a FedAvg-ed gate",
+    capabilities=replace(AVERAGING, finetune=("lora",),
+                         why="its experts are LoRA adapters + head, trained block by block"),
 )

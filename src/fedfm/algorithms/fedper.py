@@ -11,6 +11,7 @@ import torch
 
 from fedfm.algorithms import registry
 from fedfm.algorithms.base import ClientContext, ClientMemory
+from fedfm.algorithms.capabilities import AVERAGING
 from fedfm.algorithms.fedavg import FedAvg, evaluate_metrics, train_on
 from fedfm.config import RunConfig
 from fedfm.data.federated import ClientData, Split
@@ -69,4 +70,5 @@ class FedPer(FedAvg):
 
 
 registry.register("fedper", lambda cfg, opts, nl, nc: FedPer(cfg), None,
-                  "FedPer: FedAvg body (LoRA), personal classification head kept on the client")
+                  "FedPer: FedAvg body (LoRA), personal classification head kept on the client",
+                  capabilities=AVERAGING)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedfm.algorithms import registry
+from fedfm.algorithms.capabilities import AVERAGING
 from fedfm.algorithms.fedavg import FedAvg
 from fedfm.errors import ConfigError
 
@@ -25,4 +26,5 @@ class FedProxOptions:
 registry.register(
     "fedprox", lambda cfg, opts, nl, nc: FedAvg(cfg, name="fedprox", mu=opts.mu),
     FedProxOptions, "FedAvg + proximal term (mu/2)||θ-θ_global||² in the client loss",
+    capabilities=AVERAGING,
 )

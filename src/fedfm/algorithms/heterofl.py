@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedfm.algorithms import registry
-from fedfm.algorithms.raffm import AGGREGATION, RaFFM, RaFFMOptions
+from fedfm.algorithms.raffm import AGGREGATION, RaFFM, RaFFMOptions, elastic_capabilities
 from fedfm.errors import ConfigError
 
 
@@ -36,4 +36,5 @@ def build(cfg, opts: HeteroFLOptions, num_labels: int, num_clients: int) -> RaFF
 registry.register(
     "heterofl", build, HeteroFLOptions,
     "HeteroFL: static-width prefix subnetworks per tier (no SPP), coverage-normalised merge",
+    capabilities=lambda opts: elastic_capabilities("heterofl", opts.aggregation),
 )

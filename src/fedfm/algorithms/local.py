@@ -10,6 +10,7 @@ import torch
 
 from fedfm.algorithms import registry
 from fedfm.algorithms.base import ClientContext, ClientMemory
+from fedfm.algorithms.capabilities import Capabilities
 from fedfm.algorithms.fedavg import evaluate_metrics, prepare, train_on
 from fedfm.config import RunConfig
 from fedfm.data.federated import ClientData, Split
@@ -70,4 +71,6 @@ class LocalOnly:
 
 
 registry.register("local", lambda cfg, opts, nl, nc: LocalOnly(cfg), None,
-                  "local-only training (no communication, no global model)")
+                  "local-only training (no communication, no global model)",
+                  capabilities=Capabilities(why="local trains no shared model: nothing is "
+                                                "averaged, so there is nothing to protect"))

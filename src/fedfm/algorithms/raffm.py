@@ -18,13 +18,15 @@ client loads once (counted once per client as `embedding_bytes_once`, not per ro
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from fedfm.algorithms import registry
+from fedfm.algorithms.aggregation import masked_aggregate
 from fedfm.algorithms.base import ClientContext, ClientMemory
+from fedfm.algorithms.capabilities import AVERAGING, Capabilities
 from fedfm.algorithms.training import (
     count_correct,
     cross_entropy_loss,
@@ -40,7 +42,6 @@ from fedfm.models.elastic import (
     Widths,
     backbone_tensors,
     build_subnetwork,
-    coverage_mean,
     extract,
     spp,
 )
@@ -144,10 +145,12 @@ class RaFFM:
         if not updates:
             return {}
         subs = [self._as_weights(dict(u.tensors)) for u in updates]
-        self.global_ = coverage_mean(self.global_, subs, [u.num_examples for u in updates],
-                                     self.opts.aggregation)
+        agg, extra = masked_aggregate(self.cfg, rnd, subs, [u.num_examples for u in updates],
+                                      self.global_, client_ids=[u.client_id for u in updates],
+                                      denominator=self.opts.aggregation)
+        self.global_ = {**self.global_, **agg}
         fracs = [u.metrics.get("params_fraction") for u in updates]
-        return {"sub_params_fraction_mean": sum(f or 0 for f in fracs) / len(fracs)}
+        return {"sub_params_fraction_mean": sum(f or 0 for f in fracs) / len(fracs), **extra}
 
     def _as_weights(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A LoRA update (A, B per linear) -> the kept weights W[prefix] + (α/r)·B·A."""
@@ -271,7 +274,17 @@ def _tally(memory: ClientMemory, sent: int, received: int, step_s: float) -> Non
     s["bytes_received"] = s.get("bytes_received", 0) + received
 
 
+def elastic_capabilities(name: str, aggregation: str) -> Capabilities:
+    """coverage: every [aggregation] rule per coverage region + DP; all_clients: mean + DP."""
+    if aggregation == "coverage":
+        return AVERAGING
+    return replace(AVERAGING, aggregation=("mean",),
+                   why=f"{name}.aggregation = all_clients divides each entry by the weight of all "
+                       f"clients, which only a mean can; set {name}.aggregation = \"coverage\"")
+
+
 registry.register(
     "raffm", lambda cfg, opts, nl, nc: RaFFM(cfg, opts, nc), RaFFMOptions,
     "RaFFM: SPP-ordered, budget-fitted real subnetworks per client, coverage-normalised merge",
+    capabilities=lambda opts: elastic_capabilities("raffm", opts.aggregation),
 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedfm.algorithms import registry
-from fedfm.algorithms.fedmoe import FedMoE, FedMoEOptions
+from fedfm.algorithms.fedmoe import MOE_CAPABILITIES, FedMoE, FedMoEOptions
 
 
 @dataclass(frozen=True)
@@ -41,4 +41,5 @@ registry.register(
     lambda cfg, opts, nl, nc: FedMoE(cfg, (opts or RandomMoEOptions()).to_fedmoe(), nc,
                                      name="randommoe", planner="random"),
     RandomMoEOptions, "randomMoE: random expert subsets of FedMoE's memory budget (baseline)",
+    capabilities=MOE_CAPABILITIES,
 )

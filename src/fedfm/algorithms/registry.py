@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from fedfm.algorithms import capabilities
 from fedfm.config import RunConfig, from_dict
 from fedfm.errors import ConfigError, choices
 
@@ -23,6 +24,7 @@ class Entry:
     factory: Callable[..., Any]  # (cfg, options, num_labels, num_clients) -> Algorithm
     options: type | None
     description: str
+    capabilities: Any = None  # Capabilities | (options -> Capabilities); see capabilities.py
 
 
 _ENTRIES: dict[str, Entry] = {}
@@ -30,8 +32,8 @@ _loaded = False
 
 
 def register(name: str, factory: Callable[..., Any], options: type | None = None,
-             description: str = "") -> None:
-    _ENTRIES[name] = Entry(name, factory, options, description)
+             description: str = "", capabilities: Any = None) -> None:
+    _ENTRIES[name] = Entry(name, factory, options, description, capabilities)
 
 
 def _load() -> None:
@@ -72,6 +74,8 @@ def validate(cfg: RunConfig) -> None:
         check = getattr(opts, "check", None)
         if check is not None:
             check()
+    capabilities.check(cfg, get(cfg.algorithm), options_for(cfg), list(_ENTRIES.values()),
+                       lambda e: e.options() if e.options is not None else None)
 
 
 def build(cfg: RunConfig, num_labels: int, num_clients: int) -> Any:

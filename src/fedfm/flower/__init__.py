@@ -8,6 +8,8 @@
   app.py         the ServerApp/ClientApp a Flower deployment loads (`fedfm.flower.app:server`)
   deploy.py      `fedfm flower superlink|supernode|run|certs|keys`: deployment helpers
   cache.py       per-process and on-disk caches of the frozen world (fresh client processes)
+  nodes.py       client id <-> node id (discovery, rejoin after a restart), checks on replies
+  procs.py       Flower commands in their own process group, stopped as a whole on SIGTERM
 """
 
 from __future__ import annotations

@@ -6,13 +6,14 @@
   fedfm flower superlink [--certs DIR] [--auth] [--port 9093]
   fedfm flower register KEY.pub [--superlink ADDR --ca DIR/ca.crt]   allow one SuperNode
   fedfm flower supernode --partition K --num-partitions N [--superlink ADDR] [--ca CA]
-                         [--key PRIVATE_KEY] [--port 9094]
-  fedfm flower run CONFIG [k=v ...] [--superlink ADDR] [--ca CA] [--stream]
+                         [--key PRIVATE_KEY] [--port P (default: a free local port)]
+  fedfm flower run CONFIG [k=v ...] [--superlink ADDR] [--ca CA] [--stream] [--resume]
 
 Without --certs/--ca everything runs with --insecure (plain HTTP: loopback and tests only).
 `run` writes a Flower App (a pyproject.toml naming fedfm.flower.app's server and client, with
 the RunConfig as run config `fedfm-config`) and a SuperLink connection in $FLWR_HOME/config.toml,
-then calls `flwr run`. Every command sets the variables that keep Flower offline.
+then calls `flwr run`. Every command sets the variables that keep Flower offline, runs Flower
+in its own process group and stops that whole group on SIGTERM/SIGINT/SIGHUP (procs.py).
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 from fedfm.errors import ConfigError
-from fedfm.flower import quiet_env, require_flwr
+from fedfm.flower import require_flwr
+from fedfm.flower.procs import free_port, supervise
 
 DEFAULT_LINK = "127.0.0.1:9093"
 
@@ -129,9 +132,14 @@ def superlink_cmd(host: str = "127.0.0.1", port: int = 9093, certs: str | None =
 
 
 def supernode_cmd(partition: int, num_partitions: int, superlink: str = DEFAULT_LINK,
-                  ca: str | None = None, key: str | None = None, port: int = 9094) -> list[str]:
+                  ca: str | None = None, key: str | None = None,
+                  port: int | None = None) -> list[str]:
+    """port: the node's local runtime API port (127.0.0.1 only); None = a free one, so several
+    SuperNodes run on one machine without flags."""
     if not 0 <= partition < num_partitions:
         raise ConfigError(f"--partition must be in 0..{num_partitions - 1}, got {partition}.")
+    if port is None:
+        port = free_port()
     cmd = ["flower-supernode", "--superlink", superlink, "--host", "127.0.0.1",
            "--port", str(port), *_tls(ca, "--root-certificates"),
            "--node-config", f"partition-id={partition} num-partitions={num_partitions}"]
@@ -164,8 +172,9 @@ def write_connection(superlink: str = DEFAULT_LINK, ca: str | None = None) -> st
     return name
 
 
-def write_app(cfg, folder: str | Path) -> Path:
-    """A Flower App folder whose components are fedfm's and whose run config is `cfg`."""
+def write_app(cfg, folder: str | Path, resume: bool = False) -> Path:
+    """A Flower App folder whose components are fedfm's and whose run config is `cfg`
+    (resume: the ServerApp continues the run in cfg.out from its last checkpoint)."""
     from dataclasses import replace
 
     cfg = replace(cfg, out=str(Path(cfg.out).resolve()))  # the ServerApp may run elsewhere
@@ -197,22 +206,46 @@ clientapp = "fedfm.flower.app:client"
 
 [tool.flwr.app.config]
 fedfm-config = '''{text}'''
+fedfm-resume = {"true" if resume else "false"}
 """)
     return app
 
 
 def _exec(cmd: list[str]) -> int:
-    quiet_env()
-    return subprocess.call(cmd)
+    """Run a Flower command; SIGTERM/SIGINT stop it and everything it started (procs.py)."""
+    return supervise(cmd)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from fedfm.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    app = write_app(cfg, flwr_home() / "fedfm-apps" / cfg.hash())
+    if args.resume:
+        from fedfm.flower.app import check_resumable
+
+        check_resumable(cfg.algorithm)
+    app = write_app(cfg, flwr_home() / "fedfm-apps" / cfg.hash(), args.resume)
     name = write_connection(args.superlink, args.ca)
-    return _exec(["flwr", "run", str(app), name] + (["--stream"] if args.stream else []))
+    cmd = ["flwr", "run", str(app), name]
+    if not args.stream:  # flwr run returns once the run is submitted
+        return _exec(cmd)
+    run_ids: list[str] = []
+
+    def on_line(line: str) -> None:
+        m = re.search(r"Successfully started run (\d+)", line)
+        if m:
+            run_ids.append(m.group(1))
+
+    def on_stop() -> None:  # Ctrl-C / SIGTERM while streaming stops the run too
+        for rid in run_ids:
+            print(f"fedfm: stopping Flower run {rid}", flush=True)
+            try:
+                subprocess.run(["flwr", "stop", rid, name], timeout=60, check=False,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            except subprocess.TimeoutExpired:
+                print(f"fedfm: `flwr stop {rid} {name}` did not answer", flush=True)
+
+    return supervise(cmd + ["--stream"], on_line=on_line, on_stop=on_stop)
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -256,13 +289,16 @@ def add_parser(sub) -> None:
     n = fl.add_parser("supernode", help="start a SuperNode serving one fedfm client")
     n.add_argument("--partition", type=int, required=True, help="this node's client id")
     n.add_argument("--num-partitions", type=int, required=True, help="data.num_clients")
-    n.add_argument("--port", type=int, default=9094, help="the node's local runtime API port")
+    n.add_argument("--port", type=int, default=None,
+                   help="the node's local runtime API port on 127.0.0.1 (default: a free one)")
     r = fl.add_parser("register", help="allow a SuperNode's public key (SuperLink with --auth)")
     r.add_argument("public_key")
     x = fl.add_parser("run", help="start a fedfm run on a SuperLink")
     x.add_argument("config")
     x.add_argument("overrides", nargs="*")
     x.add_argument("--stream", action="store_true", help="stream the run's log")
+    x.add_argument("--resume", action="store_true",
+                   help="continue the run in `out` from its last checkpoint (after a crash)")
     for q in (n, r, x):
         q.add_argument("--superlink", default=DEFAULT_LINK, help="SuperLink address host:port")
         q.add_argument("--ca", help="CA certificate (ca.crt) to verify the SuperLink; "

@@ -12,13 +12,16 @@ from fedfm.errors import ConfigError
 class FlowerConfig:
     """client_cpus: CPUs Ray reserves per simulated client (parallel clients = cores / this).
     reply_timeout_s: how long the server waits for a round's replies (missing = dropped).
-    connect_timeout_s: how long the server waits for every client's SuperNode to connect.
+    connect_timeout_s: how long the server waits for every client's SuperNode to connect
+    (it logs which clients are still missing every 10 s, then stops with a message naming
+    them; a SuperNode connects within seconds of starting, so 60 s is generous on one machine;
+    raise it when nodes join over a slow network or start later).
     disk_cache: keep the frozen backbone + tokenised data on disk ($FEDFM_CACHE, default
     ~/.cache/fedfm) so fresh client processes skip tokenising and loading."""
 
     client_cpus: float = 1.0
     reply_timeout_s: float = 3600.0
-    connect_timeout_s: float = 120.0
+    connect_timeout_s: float = 60.0
     disk_cache: bool = True
 
     def check(self) -> None:

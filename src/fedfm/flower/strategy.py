@@ -18,66 +18,61 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from fedfm.config import RunConfig
-from fedfm.errors import ConfigError, PayloadError
 from fedfm.flower.client import CONFIG_KEY
-from fedfm.flower.codec import blob_of, info_of, partition_of, to_content
+from fedfm.flower.codec import blob_of, to_content
+from fedfm.flower.nodes import (  # noqa: F401  (discover: re-exported)
+    MALFORMED,
+    NodeMap,
+    compute_seconds,
+    discover,
+    reply_blob,
+)
 from fedfm.messages import ClientTask, decode, encode
 from fedfm.sim.clients import EVALUATE, TRAIN, Exchange
-from fedfm.sim.runner import EmbeddedRunner
+from fedfm.sim.runner import EmbeddedRunner, eval_reply
 from fedfm.sim.seeds import sample_clients
 from fedfm.validation import expected_schema, validate_update
 
 log = logging.getLogger("fedfm")
 MESSAGE_TYPE = {TRAIN: "train", EVALUATE: "evaluate"}
-
-
-def discover(grid: Grid, num_clients: int, timeout_s: float) -> dict[int, int]:
-    """client id -> node id: wait for the nodes, ask each its `partition-id` (a query message)."""
-    deadline = time.monotonic() + timeout_s
-    nodes: dict[int, int] = {}
-    asked: set[int] = set()
-    while len(nodes) < num_clients:
-        new = [n for n in grid.get_node_ids() if n not in asked]
-        if new:
-            asked.update(new)
-            msgs = [Message(RecordDict(), dst_node_id=n, message_type="query") for n in new]
-            for r in grid.send_and_receive(msgs, timeout=max(deadline - time.monotonic(), 1)):
-                pid = partition_of(r.content) if r.has_content() else None
-                if pid is not None and 0 <= pid < num_clients and pid not in nodes:
-                    nodes[pid] = r.metadata.src_node_id
-        if time.monotonic() > deadline:
-            missing = sorted(set(range(num_clients)) - set(nodes))
-            raise ConfigError(
-                f"Flower: no SuperNode serves client(s) {missing[:10]} after {timeout_s:.0f} s. "
-                f"Start one SuperNode per client with --node-config 'partition-id=K "
-                f"num-partitions={num_clients}' (or raise flower.connect_timeout_s).")
-        if len(nodes) < num_clients:
-            time.sleep(0.2)
-    return nodes
+PARTICIPATION = "flower.jsonl"  # in the run folder: who was sent a task, who replied
 
 
 class FlowerClients:
     """The runner's transport to SuperNodes: all of a round's tasks go out at once, replies
-    come back in task order. A client that errs or times out is dropped from the round."""
+    come back in task order. A client that errs, times out or whose node is offline is dropped
+    from the round; an unusable reply reaches validation as b"" (rejected). Before each
+    exchange, nodes that appeared since are asked which client they serve (a restarted
+    SuperNode rejoins). `log_path`: one JSON line per exchange (which clients were sent a task,
+    which replied), e.g. RUN_DIR/flower.jsonl."""
 
     def __init__(self, grid: Grid, nodes: dict[int, int], dtype: str = "fp32",
-                 timeout_s: float = 3600.0, config_json: str | None = None):
-        self.grid, self.nodes, self.dtype, self.timeout_s = grid, nodes, dtype, timeout_s
+                 timeout_s: float = 3600.0, config_json: str | None = None,
+                 num_clients: int | None = None, log_path: str | Path | None = None):
+        self.grid, self.dtype, self.timeout_s = grid, dtype, timeout_s
+        self.map = NodeMap(grid, nodes, num_clients or len(nodes), min(timeout_s, 120.0))
+        self.log_path = Path(log_path) if log_path else None
         # sent along when one simulation hosts several runs (the client builds that world)
         self.info = {CONFIG_KEY: config_json} if config_json else None
+
+    @property
+    def nodes(self) -> dict[int, int]:
+        return self.map.nodes
 
     @classmethod
     def for_config(cls, grid: Grid, nodes: dict[int, int], cfg: RunConfig,
                    send_config: bool = False) -> FlowerClients:
         text = json.dumps(cfg.to_dict(), default=str) if send_config else None
-        return cls(grid, nodes, cfg.comm.dtype, cfg.flower.reply_timeout_s, text)
+        return cls(grid, nodes, cfg.comm.dtype, cfg.flower.reply_timeout_s, text,
+                   cfg.data.num_clients, Path(cfg.out) / PARTICIPATION)
 
     def messages(self, tasks: list[ClientTask], rnd: int, phase: int) -> list[Message]:
         return [Message(to_content(encode(t, self.dtype), self.info),
@@ -96,17 +91,39 @@ class FlowerClients:
         return out
 
     def exchange(self, tasks: list[ClientTask], rnd: int, phase: int) -> Iterator[Exchange]:
-        msgs = self.messages(tasks, rnd, phase)
-        by_client = self.replies_by_client(self.grid.send_and_receive(msgs, timeout=self.timeout_s))
-        for task, msg in zip(tasks, msgs):
+        self.map.refresh()
+        sent = [t for t in tasks if self.map.reachable(t.client_id)]
+        msgs = self.messages(sent, rnd, phase)
+        t0 = time.perf_counter()
+        replies = self.grid.send_and_receive(msgs, timeout=self.timeout_s) if msgs else []
+        by_client = self.replies_by_client(replies)
+        self._record(rnd, phase, tasks, sent, by_client, time.perf_counter() - t0)
+        for task, msg in zip(sent, msgs):
             reply = by_client.get(task.client_id)
             if reply is None:
-                log.warning("round %d: no %s reply from client %d (dropped)", rnd,
-                            MESSAGE_TYPE[phase], task.client_id)
                 continue
-            down = blob_of(msg.content)
-            secs = float(info_of(reply.content).get("compute_s", 0.0))
-            yield Exchange(decode(down), blob_of(reply.content), len(down), secs)
+            down, blob = blob_of(msg.content), reply_blob(reply, task.client_id, rnd)
+            # validated by the runner: Inbox (train), eval_reply (evaluate)
+            yield Exchange(decode(down), blob, len(down), compute_seconds(reply))
+
+    def _record(self, rnd: int, phase: int, tasks: list[ClientTask], sent: list[ClientTask],
+                by_client: dict[int, Message], wait_s: float) -> None:
+        """Log and (with log_path) append which clients got a task and which replied."""
+        sent_ids = [t.client_id for t in sent]
+        missing = [c for c in sent_ids if c not in by_client]
+        offline = [t.client_id for t in tasks if t.client_id not in sent_ids]
+        for cid in missing + offline:
+            log.warning("round %d: no %s reply from client %d (%s; dropped)", rnd,
+                        MESSAGE_TYPE[phase], cid, "node offline" if cid in offline else
+                        f"no answer within {self.timeout_s:.0f} s or an error")
+        if self.log_path is None or not self.log_path.parent.is_dir():
+            return
+        row = {"round": rnd + 1, "phase": MESSAGE_TYPE[phase], "sent": sent_ids,
+               "replied": sorted(by_client), "offline": offline,
+               "nodes": {str(c): n for c, n in sorted(self.nodes.items())},
+               "wait_s": round(wait_s, 3), "time": time.time()}
+        with open(self.log_path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
 
 
 class FedfmStrategy(Strategy):
@@ -149,22 +166,36 @@ class FedfmStrategy(Strategy):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        rnd, updates = server_round - 1, []
+        """Validate each reply (a crafted one is rejected and logged, never raised), then
+        aggregate the accepted updates in sampled order."""
+        rnd, updates, rejected = server_round - 1, [], 0
         for cid, reply in FlowerClients(None, self.nodes).replies_by_client(replies).items():
             task = self._tasks.get(cid)
             if task is None:
                 continue
-            verdict = validate_update(blob_of(reply.content), task, self.cfg.validation,
-                                      expected_schema(self.algo, task), current_round=rnd)
-            if verdict.ok:
-                updates.append(verdict.update)
+            update = self._accept(reply_blob(reply, cid, rnd), task, rnd)
+            if update is None:
+                rejected += 1
             else:
-                log.warning("round %d: rejected update of %s", rnd, verdict.rejection)
+                updates.append(update)
         updates.sort(key=lambda u: u.client_id)  # the embedded runner's (sampled) order
         extras = self.algo.aggregate_train(rnd, updates)
-        metrics = {k: float(v) for k, v in extras.items() if isinstance(v, (int, float))}
+        metrics = {k: float(v) for k, v in extras.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
         return ArrayRecord(self.algo.global_tensors()), MetricRecord(
-            {"accepted": len(updates), **metrics})
+            {"accepted": len(updates), "rejected": rejected, **metrics})
+
+    def _accept(self, blob: bytes, task: ClientTask, rnd: int):
+        try:
+            verdict = validate_update(blob, task, self.cfg.validation,
+                                      expected_schema(self.algo, task), current_round=rnd)
+        except MALFORMED as e:  # a decoder bug must not end the round
+            log.warning("round %d: rejected update of client %d: malformed payload (%s: %s)",
+                        rnd, task.client_id, type(e).__name__, str(e)[:200])
+            return None
+        if not verdict.ok:
+            log.warning("round %d: rejected update of %s", rnd, verdict.rejection)
+        return verdict.update if verdict.ok else None
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -174,14 +205,15 @@ class FedfmStrategy(Strategy):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
-        accs = []
-        for reply in FlowerClients(None, self.nodes).replies_by_client(replies).values():
-            try:
-                res = decode(blob_of(reply.content))
-            except PayloadError as e:
-                log.warning("evaluation reply refused: %s", e)
-                continue
-            accs.append(res.metrics["correct"] / max(res.metrics["total"], 1))
+        rnd, accs = server_round - 1, []
+        tasks = {t.client_id: t for t in self.algo.configure_evaluate(
+            rnd, list(range(self.runner.world.data.num_clients)))}
+        for cid, reply in FlowerClients(None, self.nodes).replies_by_client(replies).items():
+            task = tasks.get(cid)
+            res = eval_reply(Exchange(task, reply_blob(reply, cid, rnd), 0, 0.0), rnd) if (
+                task) else None
+            if res is not None:
+                accs.append(res.metrics["correct"] / max(res.metrics["total"], 1))
         return MetricRecord({"acc_personal_mean": sum(accs) / len(accs)}) if accs else None
 
     def summary(self) -> None:

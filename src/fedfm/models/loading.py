@@ -166,6 +166,7 @@ def tiny_hf_bert(seed: int, layers: int | None = None):
     """tiny-bert as transformers' BertModel, with the same weights as the legacy tiny Bert."""
     from transformers import BertConfig, BertModel
 
+    from fedfm.models.hf.attention import use_fedfm_sdpa
     from fedfm.models.hf.loading import wrap
 
     old, _ = load_backbone("tiny-bert", None, layers, seed)
@@ -176,6 +177,7 @@ def tiny_hf_bert(seed: int, layers: int | None = None):
                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
                         layer_norm_eps=s.eps)
     base = BertModel(config, add_pooling_layer=False)
+    use_fedfm_sdpa(base)  # as load_hf_backbone does: CPU attention in fp32 under bf16
     missing, unexpected = base.load_state_dict(old.state_dict(), strict=False)
     if unexpected or [k for k in missing if not k.endswith("_ids")]:
         raise RuntimeError(f"tiny-bert: HF BertModel keys differ ({missing}, {unexpected})")

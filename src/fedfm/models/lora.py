@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedfm.errors import ConfigError
+
 
 class LoRALinear(nn.Linear):
     """A frozen linear layer with a low-rank update that can be switched off (`active`)."""
@@ -171,7 +173,7 @@ def inject_lora(
                 setattr(module, child_name, cls(child, rank, alpha, gen))
                 replaced.append(full)
     if not replaced:
-        raise ValueError(f"no linear layer matched LoRA targets {targets}")
+        raise ConfigError(f"model.lora_targets = {list(targets)} matches no linear layer inside the model's transformer blocks, so LoRA would train nothing. Name modules by the last part(s) of their names, e.g. {sorted({n.rsplit('.', 1)[-1] for n, c in model.named_modules() if isinstance(c, nn.Linear) and block_of(n) is not None})}.")
     return replaced
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,7 @@ from fedfm.messages import ClientTask, ClientUpdate, decode, encode
 from fedfm.reliability import AvailabilityConfig, ValidationConfig
 from fedfm.resources import _tier_counts
 from fedfm.sim.seeds import derive_seed
-from fedfm.validation import expected_schema, validate_update
+from fedfm.validation import Rejection, expected_schema, validate_update
 
 log = logging.getLogger("fedfm")
 DROP_STREAM, LATENCY_STREAM, TIER_STREAM = 0xD0, 0x1A7, 0x71E
@@ -121,6 +121,10 @@ class Inbox:
                nbytes: int | None = None) -> ClientUpdate | None:
         verdict = validate_update(update, task, self.vcfg, expected_schema(self.algo, task),
                                   current_round=rnd, nbytes=nbytes)
+        check = getattr(self.algo, "check_metrics", None)  # metrics the server will read
+        why = check(task, verdict.update) if check and verdict.ok else None
+        if why:
+            verdict = replace(verdict, update=None, rejection=Rejection(task.client_id, why))
         if verdict.rejection is not None:
             r = verdict.rejection
             self.tally.rejected += 1

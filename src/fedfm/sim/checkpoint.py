@@ -96,8 +96,22 @@ def snapshot(runner, rnd: int, rows: list[dict[str, Any]], fingerprint: str) -> 
             "server_keys": sorted(s_tensors), "server_state": s_state, "clients": clients,
             "pending": len(runner.inbox.pending), "rows": rows, "rng": rng,
             "client_metrics": {str(k): v for k, v in runner.client_metrics.items()}}
-    clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    return st_save(clean, metadata={"fedfm_checkpoint": json.dumps(meta, allow_nan=True)})
+    return st_save(unshared(tensors), metadata={"fedfm_checkpoint": json.dumps(meta, allow_nan=True)})
+
+
+def unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU tensors, each with its own storage (safetensors refuses shared storage,
+    e.g. a client memory holding a cached view of another of its tensors): later sharers are
+    copied; values are unchanged."""
+    seen, out = set(), {}
+    for k, v in tensors.items():
+        v = v.detach().contiguous().cpu()
+        ptr = v.untyped_storage().data_ptr()
+        if ptr in seen and v.numel():
+            v = v.clone()
+        seen.add(ptr)
+        out[k] = v
+    return out
 
 
 class Checkpointer:
@@ -127,8 +141,9 @@ class Checkpointer:
         """Verify and parse the latest checkpoint -> {"meta", "tensors"}; clear errors."""
         latest_path = self.folder / "latest.json"
         if not latest_path.is_file():
-            raise ConfigError(f"No checkpoint in '{self.folder.parent}': run with "
-                              f"checkpoint.enabled=true to be able to resume.")
+            raise ConfigError(f"No checkpoint in '{self.folder.parent}': the run had "
+                              f"checkpoint.enabled=false, or stopped before its first round "
+                              f"finished.")
         try:
             latest = json.loads(latest_path.read_text())
             path = self.folder / Path(str(latest["file"])).name

@@ -13,11 +13,13 @@ code path is the one a networked runtime uses. Clients' private memory lives in 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
 
 from fedfm.algorithms.base import ClientContext
+from fedfm.errors import PayloadError
 from fedfm.probe import peak_rss_mb
 from fedfm.setup import World
 from fedfm.sim.availability import Inbox
@@ -94,10 +96,14 @@ class EmbeddedRunner:
             extra.pop("acc_global", None)
         tasks = self.algo.configure_evaluate(rnd, list(range(d.num_clients)))
         accs, losses, eval_bytes, compute = [], [], 0, 0.0
+        rejected = 0
         for i, ex in enumerate(self.clients.exchange(tasks, rnd, EVALUATE)):
-            task, res = ex.task, ex.reply
             compute += ex.compute_s
             eval_bytes += ex.bytes_down + ex.bytes_up
+            task, res = ex.task, eval_reply(ex, rnd)
+            if res is None:  # a malformed evaluation reply is rejected, the round goes on
+                rejected += 1
+                continue
             acc = res.metrics["correct"] / max(res.metrics["total"], 1)
             accs.append(acc)
             losses.append(res.metrics.get("loss"))  # task = generate: response-token loss
@@ -113,6 +119,7 @@ class EmbeddedRunner:
             by_task = self.algo.evaluate_tasks(self.world.model, d.task_tests)
             row = task_metrics(by_task, self.client_metrics, [c.task for c in d.clients])
         return {**row, "bytes_eval": eval_bytes, "client_eval_s": compute,
+                "eval_rejected": rejected,
                 "eval_wall_s": time.perf_counter() - t0}
 
     def run_round(self, rnd: int) -> dict[str, Any]:
@@ -127,6 +134,26 @@ class EmbeddedRunner:
         return row
 
 
+def eval_reply(ex, rnd: int):
+    """The decoded evaluation reply, or None (logged) if it is malformed: not an update of
+    this client and round, or `correct`/`total` not integers with 0 <= correct <= total."""
+    try:
+        res = ex.reply
+    except PayloadError as e:
+        res, why = None, str(e)
+    else:
+        c, n = res.metrics.get("correct"), res.metrics.get("total")
+        ints = all(isinstance(x, int) and not isinstance(x, bool) for x in (c, n))
+        ok = ints and 0 <= c <= n and (res.round, res.client_id) == (rnd, ex.task.client_id)
+        why = "" if ok else "correct/total/round/client do not match the evaluation task"
+        res = res if ok else None
+    if res is None:
+        log.warning("round %d: rejected evaluation reply of client %d: %s", rnd,
+                    ex.task.client_id, why)
+    return res
+
+
 def _mean(values) -> float | None:
-    vals = [v for v in values if v is not None]
+    vals = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and math.isfinite(v)]
     return sum(vals) / len(vals) if vals else None
