@@ -50,9 +50,6 @@ def check(cfg) -> None:
     if cfg.model.finetune == "head":
         raise ConfigError("task = 'generate' has no classification head to train: use "
                           "model.finetune = 'lora' or 'full' (the LM head stays frozen).")
-    if getattr(cfg.data, "tasks", ()):
-        raise ConfigError("task = 'generate' trains one prompt/response data set; a multi-task "
-                          "federation ([[data.tasks]]) sets each task's own `task` instead.")
     if cfg.runtime == "flower":
         raise ConfigError("task = 'generate' runs on the embedded runtime only for now "
                           "(runtime = 'embedded'); the Flower adapter evaluates classification.")
