@@ -428,6 +428,9 @@ def range_rules(cfg: RunConfig) -> list[tuple[bool, str]]:
         (d.min_examples >= 1, f"data.min_examples must be >= 1 (got {d.min_examples})"),
         (_unset_or(d.max_examples, lambda n: n >= 1),
          f"data.max_examples must be >= 1 (got {d.max_examples}); leave it unset for all"),
+        (_unset_or(d.max_test_examples, lambda n: n >= 1),
+         f"data.max_test_examples must be >= 1 (got {d.max_test_examples}); leave it unset "
+         "for the whole official test split"),
         (d.synthetic_size >= 8, f"data.synthetic_size must be >= 8 (got {d.synthetic_size})"),
         (_unset_or(t.head_lr, lambda x: x > 0), f"train.head_lr must be > 0 (got {t.head_lr})"),
         (t.weight_decay >= 0, f"train.weight_decay must be >= 0 (got {t.weight_decay})"),
