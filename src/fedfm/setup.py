@@ -15,6 +15,7 @@ from fedfm.algorithms.base import Algorithm, build_algorithm
 from fedfm.config import RunConfig
 from fedfm.data.datasets import load_dataset
 from fedfm.data.federated import FederatedData, build_federated
+from fedfm.data.images import IMAGE_DATASETS, load_image_encoder, load_images
 from fedfm.models.classifier import Classifier, freeze
 from fedfm.models.loading import load_backbone, load_tokenizer
 
@@ -58,20 +59,33 @@ def thread_settings() -> dict[str, int]:
 
 def build_data(cfg: RunConfig, tokenizer) -> FederatedData:
     d = cfg.data
-    ds = load_dataset(d.name, d.path, d.text_column, d.label_column, cfg.seed, d.synthetic_size)
+    max_examples = d.max_examples
+    if d.name in IMAGE_DATASETS:  # sample before decoding: only the rows used are processed
+        ds = load_images(d.name, d.path).sample(max_examples, cfg.seed)
+        max_examples = None
+    else:
+        ds = load_dataset(d.name, d.path, d.text_column, d.label_column, cfg.seed, d.synthetic_size)
     return build_federated(
         ds, tokenizer, d.num_clients, d.partition, cfg.seed, alpha=d.alpha,
         shards_per_client=d.shards_per_client, min_examples=d.min_examples,
         client_test_fraction=d.client_test_fraction,
-        global_test_fraction=d.global_test_fraction, max_examples=d.max_examples,
+        global_test_fraction=d.global_test_fraction, max_examples=max_examples,
     )
+
+
+def load_encoder(cfg: RunConfig, folder):
+    """What turns raw examples into model inputs: the model folder's image processor for image
+    data sets, its tokenizer for text."""
+    if cfg.data.name in IMAGE_DATASETS:
+        return load_image_encoder(folder)
+    return load_tokenizer(folder, cfg.model.max_length)
 
 
 def build_world(cfg: RunConfig) -> World:
     """Load the backbone (frozen), tokenise and partition the data, build the algorithm."""
     m = cfg.model
     backbone, folder = load_backbone(m.name, m.path, m.num_layers, cfg.seed, m.dropout)
-    data = build_data(cfg, load_tokenizer(folder, m.max_length))
+    data = build_data(cfg, load_encoder(cfg, folder))
     return assemble_world(cfg, backbone, data)
 
 

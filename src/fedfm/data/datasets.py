@@ -14,6 +14,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedfm.data.images import IMAGE_DATASETS, load_images
 from fedfm.errors import DataError, choices
 
 DATASETS = {
@@ -22,6 +23,7 @@ DATASETS = {
     "jsonl": "your JSON-lines file: data.path, keys data.text_column / data.label_column",
     "synthetic": "generated keyword texts, 4 classes (tests)",
 }
+DATASETS.update(IMAGE_DATASETS)  # image data sets (fedfm.data.images), listed with the text ones
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,10 @@ def make_synthetic(n: int = 400, num_labels: int = 4, seed: int = 0) -> TextData
 
 
 def load_dataset(name: str, path: str | None = None, text_col: str = "text",
-                 label_col: str = "label", seed: int = 0, synthetic_size: int = 400) -> TextDataset:
+                 label_col: str = "label", seed: int = 0, synthetic_size: int = 400):
+    """A TextDataset, or an ImageDataset for the image data sets (fedfm.data.images)."""
+    if name in IMAGE_DATASETS:
+        return load_images(name, path)
     if name == "bbc":
         return load_bbc()
     if name in ("csv", "jsonl"):

