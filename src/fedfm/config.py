@@ -36,6 +36,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+TASKS = ("classify", "generate")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The foundation model and its adapters.
@@ -49,7 +52,7 @@ class ModelConfig:
     finetune: str = "lora"  # lora | full | head
     num_layers: int | None = None
     max_length: int = 128
-    pooling: str = "mean"
+    pooling: str = "auto"  # auto (the family's: mean for encoders, last for decoders) | mean | cls | last
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_targets: tuple[str, ...] = ("query", "value")
@@ -102,6 +105,7 @@ class TrainConfig:
     precision: str = "fp32"
     threads: int | None = None
     grad_clip: float | None = 1.0
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,7 @@ class EvalConfig:
 
     every: int = 1
     batch_size: int = 64
+    max_new_tokens: int = 32  # task = generate: greedy answer length cap (stops at eos)
 
 
 @dataclass(frozen=True)
@@ -141,6 +146,7 @@ class RunConfig:
     out: str = "runs/run"
     overwrite: bool = False
     runtime: str = "embedded"
+    task: str = "classify"  # classify | generate (causal-LM fine-tuning on prompt/response)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -341,7 +347,10 @@ def check_values(cfg: RunConfig) -> None:
         (cfg.model.lora_rank >= 1, "model.lora_rank must be >= 1"),
         (cfg.model.finetune in ("lora", "full", "head"),
          f"model.finetune must be lora, full or head, not '{cfg.model.finetune}'"),
-        (cfg.model.pooling in ("mean", "cls"), "model.pooling must be mean or cls"),
+        (cfg.model.pooling in ("auto", "mean", "cls", "last"),
+         "model.pooling must be auto, mean, cls or last"),
+        (cfg.task in TASKS, f"task must be {' or '.join(TASKS)}, not '{cfg.task}'"),
+        (t.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, not '{t.device}'"),
         (cfg.eval.every >= 1, "eval.every must be >= 1"),
         (cfg.runtime in ("embedded", "flower"), f"runtime must be embedded or flower, not '{cfg.runtime}'"),
         (cfg.comm.dtype in ("fp32", "bf16", "int8"),
@@ -355,3 +364,6 @@ def check_values(cfg: RunConfig) -> None:
     cfg.resources.check(d.num_clients)
     cfg.flower.check()
     check_reliability(cfg)
+    from fedfm import tasks  # what task = generate supports (algorithms, finetune, runtime)
+
+    tasks.check(cfg)

@@ -29,6 +29,9 @@ def summarise(cfg: RunConfig, rows: list[dict[str, Any]], runner: EmbeddedRunner
         "acc_global": last_eval.get("acc_global"),
         "acc_personal_mean": last_eval.get("acc_personal_mean"),
     }
+    for key in ("loss_global", "loss_personal_mean"):  # task = generate
+        if key in last_eval:
+            s[key] = last_eval[key]
     for key in SUMMED:
         s[key] = sum(r.get(key) or 0 for r in rows)
     s["peak_rss_mb"] = max((r["peak_rss_mb"] for r in rows), default=peak_rss_mb())

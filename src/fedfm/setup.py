@@ -15,9 +15,10 @@ from fedfm.algorithms.base import Algorithm, build_algorithm
 from fedfm.config import RunConfig
 from fedfm.data.datasets import load_dataset
 from fedfm.data.federated import FederatedData, build_federated
-from fedfm.data.images import IMAGE_DATASETS, load_image_encoder, load_images
+from fedfm.data.images import IMAGE_DATASETS, load_images
+from fedfm.errors import ConfigError
 from fedfm.models.classifier import Classifier, freeze
-from fedfm.models.loading import load_backbone, load_tokenizer
+from fedfm.models.loading import load_model
 
 
 @dataclass
@@ -61,6 +62,10 @@ def build_data(cfg: RunConfig, tokenizer) -> FederatedData:
     d = cfg.data
     max_examples = d.max_examples
     if d.name in IMAGE_DATASETS:  # sample before decoding: only the rows used are processed
+        if not hasattr(tokenizer, "encode_dataset"):
+            raise ConfigError(f"data.name = '{d.name}' holds images, but model '{cfg.model.name}' "
+                              "is a text model. Use a vision model (tiny-vit, or model.name = "
+                              "'hf' with a ViT/DeiT/DINOv2 folder).")
         ds = load_images(d.name, d.path).sample(max_examples, cfg.seed)
         max_examples = None
     else:
@@ -73,28 +78,29 @@ def build_data(cfg: RunConfig, tokenizer) -> FederatedData:
     )
 
 
-def load_encoder(cfg: RunConfig, folder):
-    """What turns raw examples into model inputs: the model folder's image processor for image
-    data sets, its tokenizer for text."""
-    if cfg.data.name in IMAGE_DATASETS:
-        return load_image_encoder(folder)
-    return load_tokenizer(folder, cfg.model.max_length)
-
-
 def build_world(cfg: RunConfig) -> World:
     """Load the backbone (frozen), tokenise and partition the data, build the algorithm."""
-    m = cfg.model
-    backbone, folder = load_backbone(m.name, m.path, m.num_layers, cfg.seed, m.dropout)
-    data = build_data(cfg, load_encoder(cfg, folder))
+    backbone, tokenizer = load_model(cfg)
+    if getattr(cfg, "task", "classify") == "generate":  # prompt/response records (fedfm.tasks)
+        from fedfm import tasks
+
+        data = tasks.build_generate_data(cfg, tokenizer)
+        return assemble_world(cfg, backbone, data, tokenizer)
+    data = build_data(cfg, tokenizer)
     return assemble_world(cfg, backbone, data)
 
 
-def assemble_world(cfg: RunConfig, backbone, data: FederatedData) -> World:
+def assemble_world(cfg: RunConfig, backbone, data: FederatedData, tokenizer=None) -> World:
     """Backbone (frozen here) + tokenised data -> classifier + prepared algorithm. Cheap and
     deterministic from the seed, so a cached backbone/data (fedfm.flower.cache) gives the same
     world as `build_world`."""
     freeze(backbone)
-    model = Classifier(backbone, data.num_labels, cfg.model.pooling, cfg.seed)
+    if getattr(cfg, "task", "classify") == "generate":  # LM head, no classification head
+        from fedfm import tasks
+
+        model = tasks.build_generate_model(cfg, backbone, tokenizer)
+    else:
+        model = Classifier(backbone, data.num_labels, cfg.model.pooling, cfg.seed)
     algorithm = build_algorithm(cfg, data.num_labels, data.num_clients)
     algorithm.prepare_model(model)
     return World(cfg, data, model, algorithm)

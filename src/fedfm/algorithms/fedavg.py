@@ -11,15 +11,11 @@ from typing import Any
 
 import torch
 
+from fedfm import tasks
 from fedfm.algorithms import registry
 from fedfm.algorithms.aggregation import aggregate_updates
 from fedfm.algorithms.base import ClientContext, ClientMemory
-from fedfm.algorithms.training import (
-    count_correct,
-    cross_entropy_loss,
-    param_groups,
-    train_local,
-)
+from fedfm.algorithms.training import param_groups, train_local
 from fedfm.config import RunConfig
 from fedfm.data.federated import ClientData, Split
 from fedfm.messages import ClientTask, ClientUpdate
@@ -46,13 +42,19 @@ def train_on(model: Classifier, data: ClientData, cfg: RunConfig, ctx: ClientCon
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = param_groups(named, cfg.train.lr, cfg.train.head_lr)
     extra = proximal_term(model, anchor, mu) if mu > 0 and anchor else None
-    stats = train_local(groups, data.train, cross_entropy_loss(model), cfg.train,
+    stats = train_local(groups, data.train, tasks.loss_fn(model, cfg), cfg.train,
                         ctx.generator(), extra)
     return stats.loss
 
 
 def evaluate_on(model: Classifier, split: Split, cfg: RunConfig) -> tuple[int, int]:
-    return count_correct(model, split, cfg.eval.batch_size, cfg.train.precision)
+    m = tasks.evaluate(model, split, cfg)
+    return m["correct"], m["total"]
+
+
+def evaluate_metrics(model: Classifier, split: Split, cfg: RunConfig) -> dict[str, Any]:
+    """{"correct", "total"} (+ "loss": mean response-token loss, for task = generate)."""
+    return tasks.evaluate(model, split, cfg)
 
 
 class FedAvg:
@@ -92,14 +94,13 @@ class FedAvg:
     def client_evaluate(self, task: ClientTask, model: Classifier, data: ClientData,
                         memory: ClientMemory, ctx: ClientContext) -> ClientUpdate:
         set_tensors(model, dict(task.tensors))
-        correct, total = evaluate_on(model, data.test, self.cfg)
-        return ClientUpdate(task.round, task.client_id, total, {},
-                            {"correct": correct, "total": total})
+        m = evaluate_metrics(model, data.test, self.cfg)
+        return ClientUpdate(task.round, task.client_id, m["total"], {}, m)
 
-    def evaluate_global(self, model: Classifier, split: Split) -> float | None:
+    def evaluate_global(self, model: Classifier, split: Split) -> float | dict | None:
+        """Accuracy on the pooled test set ({"acc_global", "loss_global"} for generate)."""
         set_tensors(model, self.global_)
-        correct, total = evaluate_on(model, split, self.cfg)
-        return correct / max(total, 1)
+        return tasks.global_result(evaluate_metrics(model, split, self.cfg))
 
     def global_tensors(self) -> dict[str, torch.Tensor]:
         return dict(self.global_)

@@ -10,7 +10,7 @@ import torch
 
 from fedfm.algorithms import registry
 from fedfm.algorithms.base import ClientContext, ClientMemory
-from fedfm.algorithms.fedavg import evaluate_on, prepare, train_on
+from fedfm.algorithms.fedavg import evaluate_metrics, prepare, train_on
 from fedfm.config import RunConfig
 from fedfm.data.federated import ClientData, Split
 from fedfm.messages import ClientTask, ClientUpdate
@@ -53,9 +53,8 @@ class LocalOnly:
     def client_evaluate(self, task: ClientTask, model: Classifier, data: ClientData,
                         memory: ClientMemory, ctx: ClientContext) -> ClientUpdate:
         self._load(model, memory)
-        correct, total = evaluate_on(model, data.test, self.cfg)
-        return ClientUpdate(task.round, task.client_id, total, {},
-                            {"correct": correct, "total": total})
+        m = evaluate_metrics(model, data.test, self.cfg)
+        return ClientUpdate(task.round, task.client_id, m["total"], {}, m)
 
     def evaluate_global(self, model: Classifier, split: Split) -> float | None:
         return None

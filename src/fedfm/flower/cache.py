@@ -30,8 +30,8 @@ from fedfm.config import RunConfig
 from fedfm.data.federated import ClientData, FederatedData, Split
 from fedfm.messages import read_header
 from fedfm.models.bert import Bert, EncoderSpec
-from fedfm.models.loading import load_backbone
-from fedfm.setup import World, assemble_world, build_data, load_encoder
+from fedfm.models.loading import LEGACY_BERT, load_model
+from fedfm.setup import World, assemble_world, build_data
 
 log = logging.getLogger("fedfm")
 FORMAT = 1
@@ -97,15 +97,14 @@ def load_frozen(path: Path) -> tuple[Bert, FederatedData]:
 
 
 def _fresh(cfg: RunConfig) -> tuple[Bert, FederatedData]:
-    m = cfg.model
-    backbone, folder = load_backbone(m.name, m.path, m.num_layers, cfg.seed, m.dropout)
-    return backbone, build_data(cfg, load_encoder(cfg, folder))
+    backbone, tokenizer = load_model(cfg)
+    return backbone, build_data(cfg, tokenizer)
 
 
 def frozen_parts(cfg: RunConfig, use_disk: bool = True) -> tuple[Bert, FederatedData]:
     """(backbone, data) from the disk cache, building and storing them on a miss."""
-    if not use_disk:
-        return _fresh(cfg)
+    if not use_disk or cfg.algorithm not in LEGACY_BERT:  # HF backbones: the disk cache holds
+        return _fresh(cfg)  # the legacy Bert's format only; they load from their folder
     path = cache_dir() / f"{world_key(cfg)}.safetensors"
     if path.is_file():
         try:

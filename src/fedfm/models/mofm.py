@@ -26,21 +26,20 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from fedfm.models.bert import Bert
-from fedfm.models.classifier import mean_pool
+from fedfm.models.classifier import pool
 
 
 class Tail(nn.Module):
     """Blocks [start, L) + pooling + head of a Classifier, with the Classifier's parameter names
     (`backbone.*`, `head.*`), so an expert's tensors can be swapped in by name."""
 
-    def __init__(self, backbone: Bert, head: nn.Linear, pooling: str):
+    def __init__(self, backbone: nn.Module, head: nn.Linear, pooling: str):
         super().__init__()
         self.backbone, self.head, self.pooling = backbone, head, pooling
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor, start: int):
-        h = self.backbone.run_layers(h, self.backbone.attention_mask(mask), start)  # (B, T, H)
-        feats = mean_pool(h, mask) if self.pooling == "mean" else h[:, 0]  # (B, H)
+        h = self.backbone.run_from(h, mask, start)  # (B, T, H)
+        feats = pool(h, mask, self.pooling)  # (B, H)
         return feats, self.head(feats)  # (B, H), (B, C)
 
 
@@ -75,7 +74,7 @@ class Gate(nn.Module):
         return h + self.up(F.gelu(self.down(h)))  # (B, H)
 
     def forward(self, h: torch.Tensor) -> GateOutput:
-        with torch.autocast("cpu", enabled=False):  # tiny: fp32 so small moves of g register
+        with torch.autocast(h.device.type, enabled=False):  # tiny: fp32 so small moves of g count
             scores = self.head(self.adapter(h.float())) / self.tau  # (B, 2)
             log_g = F.log_softmax(scores, dim=-1)
         return GateOutput(log_g, log_g.exp())

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from fedfm.algorithms.training import autocast
 from fedfm.data.federated import Split
-from fedfm.models.bert import Bert
 from fedfm.models.lora import block_of
 from fedfm.sim.seeds import derive_seed
 
@@ -101,14 +101,15 @@ def lowest(blocks: set[int], num_layers: int) -> int:
 
 
 @torch.no_grad()
-def frozen_prefix(bert: Bert, ids: torch.Tensor, mask: torch.Tensor, end: int,
+def frozen_prefix(bert: nn.Module, ids: torch.Tensor, mask: torch.Tensor, end: int,
                   h: torch.Tensor | None = None, start: int = 0) -> torch.Tensor:
     """Hidden states entering block `end`: blocks [start, end) over h (default: embed(ids)).
 
-    The caller guarantees that no LoRA is applied in these blocks (they are below `s`).
+    `bert` is any backbone with the prefix interface (HFBackbone: hooks on the model's own
+    forward; the legacy Bert: its blocks run one by one). The caller guarantees that no LoRA
+    is applied in these blocks (they are below `s`).
     """
-    h = bert.embeddings(ids) if h is None else h  # (B, T, H)
-    return bert.run_layers(h, bert.attention_mask(mask), start, end)  # (B, T, H)
+    return bert.prefix(ids, mask, end, h, start)  # (B, T, H)
 
 
 class PrefixSource:
@@ -119,7 +120,7 @@ class PrefixSource:
     `hidden(rows, t)` returns (B, t, H) from the cache, or computes it when there is none.
     """
 
-    def __init__(self, bert: Bert, split: Split, start: int, precision: str,
+    def __init__(self, bert: nn.Module, split: Split, start: int, precision: str,
                  cache: torch.Tensor | None = None):
         self.bert, self.split, self.start = bert, split, start
         self.precision, self.cache = precision, cache
@@ -168,7 +169,7 @@ def _inputs(split: Split, rows: torch.Tensor, t: int | None):
     return split.input_ids[rows, :t], split.attention_mask[rows, :t]  # (B, t), (B, t)
 
 
-def build_cache(bert: Bert, split: Split, start: int, precision: str, batch_size: int = 64,
+def build_cache(bert: nn.Module, split: Split, start: int, precision: str, batch_size: int = 64,
                 base: torch.Tensor | None = None, base_start: int = 0) -> torch.Tensor:
     """(N, T_max, H) hidden states entering block `start` for every example of `split`.
 
@@ -184,7 +185,7 @@ def build_cache(bert: Bert, split: Split, start: int, precision: str, batch_size
     return torch.cat(out)  # (N, T_max, H)
 
 
-def cached_source(bert: Bert, split: Split, start: int, precision: str, store: dict,
+def cached_source(bert: nn.Module, split: Split, start: int, precision: str, store: dict,
                   state: dict, name: str, max_bytes: float) -> PrefixSource:
     """A PrefixSource for `split`, reusing/rebuilding the cache kept in a client's memory.
 

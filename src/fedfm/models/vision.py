@@ -79,3 +79,16 @@ def tiny_vit_folder() -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def image_encoder_for(cfg, folder: Path):
+    """The image processor of a vision model's folder; a text data set is a clear error."""
+    from fedfm.data.images import IMAGE_DATASETS, load_image_encoder
+    from fedfm.errors import ConfigError
+
+    if cfg.data.name not in IMAGE_DATASETS:
+        raise ConfigError(
+            f"model '{cfg.model.name}' is a vision model (it reads pixel_values), but "
+            f"data.name = '{cfg.data.name}' is a text data set. Use an image data set: "
+            f"{', '.join(sorted(IMAGE_DATASETS))}.")
+    return load_image_encoder(folder)

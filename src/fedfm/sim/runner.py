@@ -84,18 +84,25 @@ class EmbeddedRunner:
         t0 = time.perf_counter()
         d = self.world.data
         acc_global = self.algo.evaluate_global(self.world.model, d.global_test)
+        extra = {}
+        if isinstance(acc_global, dict):  # task = generate: {"acc_global", "loss_global"}
+            extra, acc_global = dict(acc_global), acc_global.get("acc_global")
+            extra.pop("acc_global", None)
         tasks = self.algo.configure_evaluate(rnd, list(range(d.num_clients)))
-        accs, eval_bytes, compute = [], 0, 0.0
+        accs, losses, eval_bytes, compute = [], [], 0, 0.0
         for i, ex in enumerate(self.clients.exchange(tasks, rnd, EVALUATE)):
             task, res = ex.task, ex.reply
             compute += ex.compute_s
             eval_bytes += ex.bytes_down + ex.bytes_up
             acc = res.metrics["correct"] / max(res.metrics["total"], 1)
             accs.append(acc)
+            losses.append(res.metrics.get("loss"))  # task = generate: response-token loss
             self.client_metrics[task.client_id] = {"acc_personal": acc, **{
                 k: v for k, v in res.metrics.items() if k not in ("correct", "total")}}
             self.progress("evaluate", i + 1, len(tasks))
-        return {"acc_global": acc_global, "acc_personal_mean": _mean(accs),
+        if any(v is not None for v in losses):
+            extra["loss_personal_mean"] = _mean(losses)
+        return {"acc_global": acc_global, "acc_personal_mean": _mean(accs), **extra,
                 "bytes_eval": eval_bytes, "client_eval_s": compute,
                 "eval_wall_s": time.perf_counter() - t0}
 

