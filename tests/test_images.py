@@ -43,21 +43,20 @@ def make_folder(root, classes=("cat", "dog"), n=3, split=None, size=(10, 12)):
 
 
 def test_imagefolder_flat_and_split(tmp_path):
-    flat = load_imagefolder(str(make_folder(tmp_path / "flat")))
-    assert len(flat) == 6 and flat.label_names == ["cat", "dog"] and flat.test_rows == ()
+    flat, none = load_imagefolder(str(make_folder(tmp_path / "flat")))
+    assert len(flat) == 6 and flat.label_names == ["cat", "dog"] and none is None
     root = make_folder(tmp_path / "split", n=4, split="train")
     make_folder(root, n=2, split="test")
-    ds = load_imagefolder(str(root))
-    assert len(ds) == 12 and ds.test_rows == tuple(range(8, 12))
-    assert [ds.labels[i] for i in ds.test_rows] == [0, 0, 1, 1]
+    train, test = load_imagefolder(str(root))
+    assert len(train) == 8 and len(test) == 4 and test.labels == [0, 0, 1, 1]
     enc = load_image_encoder(write_processor(tmp_path / "model", size=16))
-    pixels, mask = enc.encode_dataset(ds)
-    assert pixels.shape == (12, 3, 16, 16) and mask.shape == (12, 1)
+    pixels, mask = enc(train.images)
+    assert pixels.shape == (8, 3, 16, 16) and mask.shape == (8, 1)
     # the processor normalises with mean = std = 0.5: dark cats < 0 < bright dogs
     assert pixels[:4].mean() < -0.2 and pixels[4:8].mean() > 0.2
-    fed = build_federated(ds, enc, 2, "iid", seed=0, min_examples=2)
+    fed = build_federated(train, enc, 2, "iid", seed=0, min_examples=2, test_ds=test)
     assert len(fed.global_test) == 4  # the official test split is the global test set
-    assert torch.equal(fed.global_test.input_ids, pixels[8:])
+    torch.testing.assert_close(fed.global_test.input_ids, enc(test.images)[0])
     assert sum(len(c.train) + len(c.test) for c in fed.clients) == 8
 
 
@@ -75,40 +74,63 @@ def test_imagefolder_errors(tmp_path):
         load_imagefolder(str(root))
     bad = make_folder(tmp_path / "bad")
     (bad / "cat" / "broken.png").write_bytes(b"not a png")
-    ds = load_imagefolder(str(bad))
+    ds, _ = load_imagefolder(str(bad))
     with pytest.raises(DataError, match="cannot be decoded"):
-        load_image_encoder(write_processor(tmp_path / "m")).encode_dataset(ds)
+        load_image_encoder(write_processor(tmp_path / "m"))(ds.images)
     with pytest.raises(ConfigError, match="preprocessor_config.json"):
         load_image_encoder(tmp_path / "no-model")
 
 
 def test_mnist_5k_slice_and_digits(tmp_path):
-    ds = load_mnist_5k()
-    assert len(ds) == 5000 and ds.num_labels == 10
+    ds, test = load_mnist_5k()
+    assert len(ds) == 5000 and ds.num_labels == 10 and test is None
     assert np.bincount(ds.labels).min() > 400  # every digit present
-    part = ds.sample(200, seed=1)
-    assert len(part) == 200 and part.sample(200, seed=2) is part
     enc = load_image_encoder(write_processor(tmp_path / "model", size=28))
-    pixels, _ = enc.encode_dataset(part)
+    fed = build_federated(ds, enc, 4, "shards", seed=0, shards_per_client=2, max_examples=200)
+    assert sum(len(c.train) + len(c.test) for c in fed.clients) + len(fed.global_test) == 200
+    pool = np.sort(np.random.default_rng(0).choice(5000, size=200, replace=False))  # as drawn
+    pixels, _ = enc([ds.images[i] for i in pool])
     assert pixels.shape == (200, 3, 28, 28)
     assert pixels.min() == -1.0 and pixels.max() == 1.0  # 0..255 -> [-1, 1]
-    fed = build_federated(part, enc, 4, "shards", seed=0, shards_per_client=2)
-    label_of = {pixels[i].numpy().tobytes(): part.labels[i] for i in range(len(part))}
+    label_of = {pixels[k].numpy().tobytes(): ds.labels[i] for k, i in enumerate(pool)}
     for c in fed.clients:  # shards: label-skewed clients; pixels travel with their labels
         assert len(torch.unique(c.train.labels)) < 10
         x, mask, y = next(c.train.batches(8, torch.Generator().manual_seed(0)))
         assert x.shape[1:] == (3, 28, 28) and mask.shape == (len(y), 1)
         assert [label_of[r.numpy().tobytes()] for r in x] == y.tolist()
-    digits = load_digits()
+    digits, _ = load_digits()
     assert len(digits) == 1797 and digits.image(0).size == (8, 8)
 
 
 @pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="Debian dataset-fashion-mnist not installed")
 def test_fashion_mnist_official_split():
-    ds = load_images("fashion-mnist")
-    assert len(ds) == 70000 and len(ds.test_rows) == 10000 and ds.label_names[9] == "Ankle boot"
+    train, test = load_images("fashion-mnist")
+    assert len(train) == 60000 and len(test) == 10000 and train.label_names[9] == "Ankle boot"
 
 
 def test_fashion_mnist_missing_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="dataset-fashion-mnist"):
         load_fashion_mnist(tmp_path)
+
+
+def test_hf_folder_with_an_image_column(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from fedfm.config import DataConfig
+    from fedfm.data import catalogue
+
+    rng = np.random.default_rng(0)
+    rows = {"image": [PIL.fromarray(rng.integers(0, 255, (9, 9, 3), dtype=np.uint8))
+                      for _ in range(6)],
+            "label": [0, 1, 2, 0, 1, 2], "site": ["a", "a", "b", "b", "c", "c"]}
+    features = datasets.Features({"image": datasets.Image(),
+                                  "label": datasets.ClassLabel(names=["x", "y", "z"]),
+                                  "site": datasets.Value("string")})
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "ds"))
+    d = DataConfig(name="hf", path=str(tmp_path / "ds"), client_column="site")
+    train, test = catalogue.load("hf", d, 0)
+    assert len(train) == 6 and train.label_names == ["x", "y", "z"] and test is None
+    assert train.groups == [0, 0, 1, 1, 2, 2]
+    enc = load_image_encoder(write_processor(tmp_path / "model", size=8))
+    pixels, _ = enc(train.images)
+    want, _ = enc(rows["image"])
+    torch.testing.assert_close(pixels, want)  # decoded from the stored PNG bytes, losslessly

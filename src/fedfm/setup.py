@@ -13,10 +13,9 @@ import torch
 
 from fedfm.algorithms.base import Algorithm, build_algorithm
 from fedfm.config import RunConfig
-from fedfm.data.datasets import load_dataset
+from fedfm.data import catalogue
 from fedfm.data.federated import FederatedData, build_federated
-from fedfm.data.images import IMAGE_DATASETS, load_images
-from fedfm.errors import ConfigError
+from fedfm.data.images import check_modality
 from fedfm.models.classifier import Classifier, freeze
 from fedfm.models.loading import load_model
 
@@ -60,21 +59,18 @@ def thread_settings() -> dict[str, int]:
 
 def build_data(cfg: RunConfig, tokenizer) -> FederatedData:
     d = cfg.data
-    max_examples = d.max_examples
-    if d.name in IMAGE_DATASETS:  # sample before decoding: only the rows used are processed
-        if not hasattr(tokenizer, "encode_dataset"):
-            raise ConfigError(f"data.name = '{d.name}' holds images, but model '{cfg.model.name}' "
-                              "is a text model. Use a vision model (tiny-vit, or model.name = "
-                              "'hf' with a ViT/DeiT/DINOv2 folder).")
-        ds = load_images(d.name, d.path).sample(max_examples, cfg.seed)
-        max_examples = None
-    else:
-        ds = load_dataset(d.name, d.path, d.text_column, d.label_column, cfg.seed, d.synthetic_size)
+    if d.tasks:
+        from fedfm.data.tasks import build_multitask
+
+        return build_multitask(cfg, tokenizer)
+    ds, test = catalogue.load(d.name, d, cfg.seed)
+    check_modality(ds, tokenizer, cfg.model.name, d.name)
     return build_federated(
         ds, tokenizer, d.num_clients, d.partition, cfg.seed, alpha=d.alpha,
         shards_per_client=d.shards_per_client, min_examples=d.min_examples,
         client_test_fraction=d.client_test_fraction,
-        global_test_fraction=d.global_test_fraction, max_examples=max_examples,
+        global_test_fraction=d.global_test_fraction, max_examples=d.max_examples,
+        test_ds=test, max_test_examples=d.max_test_examples,
     )
 
 

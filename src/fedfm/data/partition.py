@@ -5,6 +5,8 @@
   class c's examples are dealt out by q_c. Small alpha -> each client sees few classes.
 - shards: sort by label, cut into K·s shards, give each client s random shards (≈ s classes).
 - quantity: sizes ~ Dir(alpha · 1_K) (label distribution iid), each client >= min_size.
+- column: a natural federation (LEAF-style): `labels` are the values of data.client_column and
+  client k holds every example of the k-th value (sorted); needs num_clients = #values.
 Every client gets at least `min_size` examples (Dirichlet draws are repeated until it holds).
 """
 
@@ -19,6 +21,7 @@ PARTITIONS = {
     "dirichlet": "label skew, class proportions ~ Dir(alpha) (smaller alpha = more skew)",
     "shards": "each client gets shards_per_client label-sorted shards (~that many classes)",
     "quantity": "client sizes ~ Dir(alpha), labels iid",
+    "column": "one client per value of data.client_column (natural partition)",
 }
 
 
@@ -63,7 +66,20 @@ def _quantity(labels, k, rng, alpha, min_size, **_):
     return [np.sort(p) for p in np.split(rng.permutation(n), cuts)]
 
 
-_SCHEMES = {"iid": _iid, "dirichlet": _dirichlet, "shards": _shards, "quantity": _quantity}
+def _column(keys, k, rng, min_size, **_):
+    values = np.unique(keys)
+    if len(values) != k:
+        raise DataError(f"data.partition = 'column': data.client_column has {len(values)} "
+                        f"distinct values, so set data.num_clients = {len(values)} (got {k}).")
+    parts = [np.flatnonzero(keys == v) for v in values]
+    small = [int(v) for v, p in zip(values, parts) if len(p) < min_size]
+    if small:
+        raise DataError(f"data.partition = 'column': {len(small)} client(s) hold fewer than "
+                        f"data.min_examples = {min_size} training examples; lower it.")
+    return parts
+
+
+_SCHEMES = {"column": _column, "iid": _iid, "dirichlet": _dirichlet, "shards": _shards, "quantity": _quantity}
 
 
 def partition(labels, num_clients: int, scheme: str, seed: int, alpha: float = 0.5,

@@ -81,14 +81,9 @@ def tiny_vit_folder() -> Path:
     return folder
 
 
-def image_encoder_for(cfg, folder: Path):
-    """The image processor of a vision model's folder; a text data set is a clear error."""
-    from fedfm.data.images import IMAGE_DATASETS, load_image_encoder
-    from fedfm.errors import ConfigError
 
-    if cfg.data.name not in IMAGE_DATASETS:
-        raise ConfigError(
-            f"model '{cfg.model.name}' is a vision model (it reads pixel_values), but "
-            f"data.name = '{cfg.data.name}' is a text data set. Use an image data set: "
-            f"{', '.join(sorted(IMAGE_DATASETS))}.")
+def image_encoder_for(cfg, folder: Path):
+    """The image processor of a vision model's folder (fedfm.data.images.ImageEncoder)."""
+    from fedfm.data.images import load_image_encoder
+
     return load_image_encoder(folder)
