@@ -35,6 +35,7 @@ from fedfm.config import RunConfig
 from fedfm.data.federated import ClientData, Split
 from fedfm.errors import ConfigError, PayloadError
 from fedfm.messages import ClientTask, ClientUpdate, payload_bytes
+from fedfm.models import hf_elastic, hf_raffm
 from fedfm.models.classifier import Classifier, set_tensors
 from fedfm.models.elastic import (
     Widths,
@@ -109,13 +110,35 @@ class RaFFM:
         self.cfg, self.opts, self.name = cfg, opts, name
         self.profiles = client_profiles(cfg.resources, num_clients, cfg.seed)
         self.global_: dict[str, torch.Tensor] = {}
-        self.cost: CostModel | None = None
+        self.cost: CostModel | hf_raffm.HFCost | None = None
+        self.geo: hf_elastic.Geometry | None = None  # set for Hugging Face backbones
+        self.frozen = 0  # parameters every client holds frozen (embeddings), never sent
+        self._norm_names: set[str] = set()
 
     # ---- shared -------------------------------------------------------------------------
     def prepare_model(self, model: Classifier) -> None:
         m = self.cfg.model
+        if hf_raffm.is_hf(model.backbone):
+            self._prepare_hf(model)
+            return
         self.cost = CostModel(model.backbone.spec, self.cfg.resources.unit, m.max_length,
                               self.cfg.train.batch_size, m.finetune, m.lora_rank)
+        self.frozen = embedding_params(model.backbone.spec)
+
+    def _prepare_hf(self, model: Classifier) -> None:
+        """Any registered HF family: geometry from its roles, costs from its tensors."""
+        if self.cfg.model.finetune == "lora":
+            raise ConfigError(
+                f"{self.name} with model.finetune = 'lora' runs on the legacy BERT models "
+                "(minilm-l6, tiny-bert) only for now; on Hugging Face families (model.name = "
+                "'hf') use finetune = 'full' or 'head', or hetlora / flexlora / flora for "
+                "heterogeneous-rank LoRA.")
+        self.geo = hf_raffm.geometry_of(model)
+        self.frozen = hf_raffm.frozen_params(model, self.geo)
+        self.cost = hf_raffm.HFCost(self.geo, hf_raffm.server_tensors(model, self.geo),
+                                    self.frozen, model.backbone.spec.hidden,
+                                    self.cfg.resources.unit, self.cfg.model.max_length,
+                                    self.cfg.train.batch_size)
 
     def widths_for(self, client: int, rnd: int, rule: str | None = None) -> Widths:
         gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, rnd, client, 0x4AF))
@@ -127,16 +150,24 @@ class RaFFM:
         p = self.profiles[client]
         config = {**w.to_json(), "tier": p.tier, "budget": p.budget, "unit": p.unit,
                   "cost_fraction": round(self.cost.fraction(w), 4)}
+        if self.geo is not None:
+            return ClientTask(rnd, client, hf_elastic.extract(self.global_, self.geo, w), config,
+                              kind)
         hd = self.cost.spec.head_dim
         return ClientTask(rnd, client, extract(self.global_, w, hd), config, kind)
 
     # ---- server half --------------------------------------------------------------------
     def init_server(self, model: Classifier) -> None:
+        if self.geo is not None:
+            self.global_ = hf_raffm.server_tensors(model, self.geo)
+            return
         self.global_ = {n: p.detach().clone() for n, p in model.named_parameters()
                         if not n.startswith("backbone.embeddings.")}
 
     def configure_train(self, rnd: int, clients: list[int]) -> list[ClientTask]:
-        if self.opts.spp:
+        if self.opts.spp and self.geo is not None:
+            self.global_ = hf_elastic.spp(self.global_, self.geo)
+        elif self.opts.spp:
             self.global_ = spp(self.global_, self.cost.spec.head_dim)
         return [self._task(rnd, c, "train") for c in clients]
 
@@ -171,7 +202,7 @@ class RaFFM:
         head = {k: (tuple(v.shape), v.dtype) for k, v in t.items() if k.startswith("head.")}
         if m.finetune == "full":
             return {k: (tuple(v.shape), v.dtype) for k, v in t.items()
-                    if k.startswith(("head.", "backbone.encoder."))}
+                    if self.geo is not None or k.startswith(("head.", "backbone.encoder."))}
         if m.finetune == "head":
             return head
         out = dict(head)
@@ -187,7 +218,8 @@ class RaFFM:
         return [self._task(rnd, c, "evaluate", rule="largest") for c in clients]
 
     def evaluate_global(self, model: Classifier, split: Split) -> float | None:
-        set_tensors(model, self.global_)
+        set_tensors(model, self.global_ if self.geo is None else
+                    hf_elastic.fuse(self.global_, self.geo))
         c, n = count_correct(model, split, self.cfg.eval.batch_size, self.cfg.train.precision)
         return c / max(n, 1)
 
@@ -206,6 +238,9 @@ class RaFFM:
         m = self.cfg.model
         if m.finetune == "lora":
             inject_lora(clf.backbone, m.lora_targets, m.lora_rank, m.lora_alpha, ctx.seed)
+        elif m.finetune == "full" and self.geo is not None:
+            for n, p in clf.named_parameters():  # the block/final-norm tensors it was sent
+                p.requires_grad_(n.startswith(self.geo.blocks) or n in self._norm_names)
         elif m.finetune == "full":
             for p in clf.backbone.encoder.parameters():
                 p.requires_grad_(True)
@@ -213,6 +248,8 @@ class RaFFM:
             p.requires_grad_(True)
 
     def _sent(self, clf: Classifier) -> dict[str, torch.Tensor]:
+        if self.geo is not None:
+            return hf_raffm.trained_tensors(clf, self.geo)
         if self.cfg.model.finetune == "lora":
             names = [f"{n}.lora_{x}" for n in lora_modules(clf) for x in "AB"]
             names += ["head.weight", "head.bias"]
@@ -224,7 +261,7 @@ class RaFFM:
     def client_update(self, task: ClientTask, model: Classifier, data: ClientData,
                       memory: ClientMemory, ctx: ClientContext) -> ClientUpdate:
         widths = task_widths(task, model.backbone.spec.num_layers)
-        clf = subnetwork_classifier(model, widths, dict(task.tensors))
+        clf = self._subnetwork(model, widths, task)
         self._trainable(clf, ctx)
         named = [(n, p) for n, p in clf.named_parameters() if p.requires_grad]
         t0 = time.perf_counter()
@@ -239,13 +276,19 @@ class RaFFM:
             # update's bytes must not depend on the machine (step time stays in memory.state)
             "params_fraction": self._params_fraction(widths)})
 
+    def _subnetwork(self, model: Classifier, widths: Widths, task: ClientTask) -> Classifier:
+        if self.geo is None:
+            return subnetwork_classifier(model, widths, dict(task.tensors))
+        self._norm_names = {k for k in task.tensors if not k.startswith(("head.", self.geo.blocks))}
+        return hf_raffm.sub_classifier(model, self.geo, widths, dict(task.tensors))
+
     def _params_fraction(self, w: Widths) -> float:
         return self.cost.params(w) / self.cost.params(Widths.of(self.cost.spec))
 
     def client_evaluate(self, task: ClientTask, model: Classifier, data: ClientData,
                         memory: ClientMemory, ctx: ClientContext) -> ClientUpdate:
         widths = task_widths(task, model.backbone.spec.num_layers)
-        clf = subnetwork_classifier(model, widths, dict(task.tensors))
+        clf = self._subnetwork(model, widths, task)
         correct, total = count_correct(clf, data.test, self.cfg.eval.batch_size,
                                        self.cfg.train.precision)
         s = memory.state
@@ -256,7 +299,7 @@ class RaFFM:
                    "params_fraction": round(self._params_fraction(widths), 4),
                    "heads": list(widths.heads), "ffn": list(widths.ffn),
                    "bytes_sent": s.get("bytes_sent", 0), "bytes_received": s.get("bytes_received", 0),
-                   "embedding_bytes_once": 4 * embedding_params(model.backbone.spec),
+                   "embedding_bytes_once": 4 * self.frozen,
                    "train_rounds": s.get("rounds", 0), "step_s_mean": s.get("step_s_mean")}
         return ClientUpdate(task.round, task.client_id, total, {}, metrics)
 

@@ -14,7 +14,8 @@ from typing import Any
 from fedfm.config import RunConfig, from_dict
 from fedfm.errors import ConfigError, choices
 
-MODULES = ["fedavg", "fedprox", "local", "fedper", "fedms", "raffm", "heterofl", "fedmoe", "randommoe"]
+MODULES = ["fedavg", "fedprox", "local", "fedper", "fedms", "raffm", "heterofl", "fedmoe", "randommoe",
+           "hetlora", "flexlora", "flora"]
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,12 @@ def options_for(cfg: RunConfig, name: str | None = None) -> Any:
 
 
 def validate(cfg: RunConfig) -> None:
-    """The algorithm exists and every algorithm section in the config is valid."""
-    get(cfg.algorithm)
+    """The algorithm exists, every algorithm section in the config is valid, and the run's
+    generic options are ones the algorithm honours (its options' `check_run(cfg)`, if any)."""
+    entry = get(cfg.algorithm)
+    check_run = getattr(entry.options, "check_run", None)
+    if check_run is not None:
+        check_run(cfg)
     for name in cfg.options:
         opts = options_for(cfg, name)
         check = getattr(opts, "check", None)

