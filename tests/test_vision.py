@@ -114,3 +114,74 @@ def test_fedms_prefix_cache_on_vit_gives_the_same_update(tmp_path, vit_folder, i
         ups.append(update.tensors)
     for k in ups[0]:
         torch.testing.assert_close(ups[0][k], ups[1][k], atol=1e-5, rtol=1e-4)
+
+
+def vit_classifier(kind="vit"):
+    from transformers import AutoModel
+
+    from fedfm.models.classifier import Classifier
+    from fedfm.models.hf.loading import wrap
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        base = AutoModel.from_config(vit_config(kind, layers=2))
+    base.pooler = None
+    clf = Classifier(wrap(base), 3, "cls", seed=0).eval()
+    with torch.no_grad():  # random, non-degenerate LayerNorms so no unit is interchangeable
+        for n, p in clf.named_parameters():
+            if "layernorm" in n or "norm" in n.split(".")[-2]:
+                p.add_(0.3 * torch.randn(p.shape))
+    return clf
+
+
+@pytest.mark.parametrize("kind", ["vit", "deit", "dinov2"])
+def test_raffm_spp_is_function_preserving_on_vision_families(kind):
+    from fedfm.models.classifier import set_tensors
+    from fedfm.models.hf_elastic import spp
+    from fedfm.models.hf_raffm import geometry_of, server_tensors
+
+    clf = vit_classifier(kind)
+    geo = geometry_of(clf)
+    assert not geo.rope and geo.heads == geo.kv_heads == 4  # within-head q/k order allowed
+    x = torch.randn(3, 3, SIZE, SIZE)
+    mask = torch.ones(3, 1, dtype=torch.long)
+    with torch.no_grad():
+        before = clf(x, mask)
+    t = server_tensors(clf, geo)
+    p = spp(t, geo)
+    q = f"{geo.blocks}.0.{geo.roles['q']}.weight"
+    assert not torch.equal(p[q], t[q])  # SPP did reorder something
+    up = f"{geo.blocks}.1.{geo.roles['up']}.weight"
+    assert not torch.equal(p[up], t[up])
+    set_tensors(clf, p)
+    with torch.no_grad():
+        torch.testing.assert_close(clf(x, mask), before, atol=1e-5, rtol=1e-4)
+
+
+def test_raffm_half_width_vit_subnetwork_runs_on_pixels():
+    from fedfm.models.elastic import Widths
+    from fedfm.models.hf_elastic import extract
+    from fedfm.models.hf_raffm import geometry_of, server_tensors, sub_classifier
+
+    clf = vit_classifier()
+    geo = geometry_of(clf)
+    w = Widths((2, 2), (32, 32))
+    sub = sub_classifier(clf, geo, w, extract(server_tensors(clf, geo), geo, w))
+    q = sub.backbone.blocks[0].get_submodule(geo.roles["q"]).weight
+    assert q.shape == (2 * geo.head_dim, 32)
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        assert sub(x, torch.ones(2, 1, dtype=torch.long)).shape == (2, 3)
+
+
+def test_raffm_runs_on_a_vit_folder(tmp_path, vit_folder, image_folder):
+    from fedfm.run import run
+
+    cfg = vision_cfg(tmp_path, vit_folder, image_folder, algorithm="raffm", rounds=2, **{
+        "resources.tiers": {"small": 0.5, "large": 1.0},
+        "resources.proportions": {"small": 0.5, "large": 0.5}})
+    s = run(cfg, quiet=True)
+    assert s["acc_global"] > 0.5  # 3 classes: chance 0.33
+    by_tier = {c["tier"]: c for c in s["clients"]}
+    assert by_tier["small"]["params_fraction"] <= 0.5
+    assert by_tier["small"]["bytes_sent"] < by_tier["large"]["bytes_sent"]

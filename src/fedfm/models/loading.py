@@ -34,7 +34,7 @@ HF_ELASTIC = ("raffm", "heterofl")
 
 def uses_legacy_bert(cfg) -> bool:
     """Whether `cfg` runs on fedfm's hand-written Bert rather than an HFBackbone."""
-    if cfg.algorithm in HF_ELASTIC and cfg.model.name == "hf":
+    if cfg.algorithm in HF_ELASTIC and cfg.model.name in ("hf", "tiny-vit"):
         return False
     return cfg.algorithm in LEGACY_BERT
 
