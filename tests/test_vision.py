@@ -54,6 +54,7 @@ def image_folder(tmp_path_factory):
 def vision_cfg(tmp_path, vit_folder, image_folder, **over):
     raw = {
         "algorithm": "fedavg", "rounds": 3, "seed": 0, "out": str(tmp_path / "run"),
+        "overwrite": True,
         "model": {"name": "hf", "path": str(vit_folder), "finetune": "full", "pooling": "cls"},
         "data": {"name": "imagefolder", "path": str(image_folder), "partition": "iid",
                  "num_clients": 3},
@@ -185,3 +186,59 @@ def test_raffm_runs_on_a_vit_folder(tmp_path, vit_folder, image_folder):
     by_tier = {c["tier"]: c for c in s["clients"]}
     assert by_tier["small"]["params_fraction"] <= 0.5
     assert by_tier["small"]["bytes_sent"] < by_tier["large"]["bytes_sent"]
+
+
+@pytest.mark.parametrize("algorithm", ["fedprox", "fedper", "local", "hetlora"])
+def test_other_algorithms_run_on_vit(algorithm, tmp_path, vit_folder, image_folder):
+    from fedfm.run import run
+
+    over = {"rounds": 1, "model.finetune": "lora", "model.lora_rank": 4}
+    if algorithm == "hetlora":
+        over.update({"resources.tiers": {"small": 0.5, "large": 1.0},
+                     "resources.proportions": {"small": 0.5, "large": 0.5}})
+    s = run(vision_cfg(tmp_path, vit_folder, image_folder, algorithm=algorithm, **over),
+            quiet=True)
+    assert s["acc_personal_mean"] is not None and s["trainable_params"] > 0
+
+
+def test_flower_grid_and_resume_are_unchanged_for_images(tmp_path, vit_folder, image_folder,
+                                                        monkeypatch):
+    """fedfm-on-Flower (in-process Grid) and a crash + resume both equal the embedded run."""
+    from safetensors.torch import load_file
+
+    from fedfm.flower.client import make_client_app
+    from fedfm.flower.inprocess import InProcessGrid
+    from fedfm.flower.strategy import FlowerClients, discover
+    from fedfm.run import run
+    from fedfm.sim.checkpoint import Checkpointer, resume_run
+
+    monkeypatch.setenv("FEDFM_CACHE", str(tmp_path / "cache"))
+    over = {"rounds": 2, "checkpoint.enabled": True, "sampling.fraction": 0.67}
+
+    def cfg(name):
+        return vision_cfg(tmp_path / name, vit_folder, image_folder, **over)
+
+    run(cfg("emb"), quiet=True)
+    flw = cfg("flw")
+    grid = InProcessGrid(make_client_app(flw), 3)
+    nodes = discover(grid, 3, timeout_s=10)
+    run(flw, quiet=True, transport=lambda w: FlowerClients.for_config(grid, nodes, flw))
+    save = Checkpointer.save
+
+    def save_then_crash(self, rnd, runner, rows):
+        path = save(self, rnd, runner, rows)
+        if rnd == 1:
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(Checkpointer, "save", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg("res"), quiet=True)
+    monkeypatch.setattr(Checkpointer, "save", save)
+    resume_run(tmp_path / "res" / "run", quiet=True)
+    ref = load_file(str(tmp_path / "emb/run/final/global.safetensors"))
+    for other in ("flw", "res"):
+        got = load_file(str(tmp_path / other / "run/final/global.safetensors"))
+        assert sorted(got) == sorted(ref)
+        for k in ref:
+            assert (got[k] - ref[k]).abs().max().item() <= 1e-6, (other, k)
