@@ -55,7 +55,7 @@ def load_run(run_dir: Path) -> tuple[RunConfig, dict[str, torch.Tensor]]:
                           "final/global.safetensors).")
     cfg = build_config(json.loads(cfg_path.read_text()))
     tensors = load_file(str(weights))
-    if not any(k.startswith("backbone.encoder.") for k in tensors):
+    if not any(k.startswith("backbone.") and ".emb" not in k for k in tensors):
         raise ConfigError(f"run '{run_dir}' ({cfg.algorithm}, model.finetune="
                           f"{cfg.model.finetune}) holds no backbone weights to cut; export runs "
                           "of raffm, heterofl, or fedavg with model.finetune=full.")
@@ -214,6 +214,9 @@ def export(run_dir: str | Path, budget: float, out: str | Path, shape: str = "be
         torch.set_num_threads(threads)
     world = build_world(cfg)
     full = world.model
+    if hasattr(full.backbone, "family"):  # a Hugging Face family (model.name = "hf")
+        return _export_hf(cfg, tensors, world, run_dir, out, budget, shape, overwrite, repeats,
+                          batch)
     set_tensors(full, {k: v for k, v in tensors.items() if not k.startswith("backbone.emb")})
     spec = full.backbone.spec
     w = export_widths(spec, budget, shape)
@@ -262,3 +265,17 @@ def measure(out: Path, sub: Classifier, full: Classifier, world, cfg: RunConfig,
         "latency_ms_per_example_full": round(1e3 * lat["full"], 4),
         "speedup": round(lat["full"] / lat["export"], 3), "latency_batch": int(ids.shape[0]),
     }
+
+
+def _export_hf(cfg, tensors, world, run_dir: Path, out: Path, budget: float, shape: str,
+               overwrite: bool, repeats: int, batch: int) -> dict[str, Any]:
+    from fedfm.export_hf import export_hf, measure_hf
+
+    if shape not in SHAPES:
+        raise ConfigError(f"--shape must be one of {', '.join(SHAPES)}, not '{shape}'.")
+    if out.exists() and overwrite:
+        shutil.rmtree(out)
+    report, sub, predict = export_hf(cfg, tensors, world, run_dir, out, budget, shape)
+    report.update(measure_hf(predict, sub, world.model.eval(), world, cfg, repeats, batch))
+    (out / "fedfm_export.json").write_text(json.dumps(report, indent=2))
+    return report
