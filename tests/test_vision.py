@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fedfm.config import build_config
+from fedfm.errors import ConfigError
 from fedfm.models.vision import save_vit_folder
 
 PIL = pytest.importorskip("PIL.Image")
@@ -20,9 +21,9 @@ def vit_config(kind: str = "vit", layers: int = 2):
     common = dict(hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
                   image_size=SIZE, patch_size=4, hidden_dropout_prob=0.0,
                   attention_probs_dropout_prob=0.0)
-    if kind == "dinov2":
-        return Dinov2Config(mlp_ratio=2, **common)
-    return {"vit": ViTConfig, "deit": DeiTConfig}[kind](intermediate_size=64, **common)
+    if kind == "dinov2":  # FFN = 4 x hidden, as in the real checkpoints
+        return Dinov2Config(mlp_ratio=4, **common)
+    return {"vit": ViTConfig, "deit": DeiTConfig}[kind](intermediate_size=128, **common)
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +167,7 @@ def test_raffm_half_width_vit_subnetwork_runs_on_pixels():
 
     clf = vit_classifier()
     geo = geometry_of(clf)
-    w = Widths((2, 2), (32, 32))
+    w = Widths((2, 2), (64, 64))
     sub = sub_classifier(clf, geo, w, extract(server_tensors(clf, geo), geo, w))
     q = sub.backbone.blocks[0].get_submodule(geo.roles["q"]).weight
     assert q.shape == (2 * geo.head_dim, 32)
@@ -242,3 +243,33 @@ def test_flower_grid_and_resume_are_unchanged_for_images(tmp_path, vit_folder, i
         assert sorted(got) == sorted(ref)
         for k in ref:
             assert (got[k] - ref[k]).abs().max().item() <= 1e-6, (other, k)
+
+
+@pytest.mark.parametrize("kind", ["vit", "dinov2"])
+def test_raffm_half_budget_vit_export_loads_with_automodel_alone(kind, tmp_path, image_folder):
+    from transformers import AutoImageProcessor, AutoModel
+
+    from fedfm.export import export
+    from fedfm.run import run
+
+    folder = save_vit_folder(tmp_path / kind, vit_config(kind), seed=0)
+    cfg = vision_cfg(tmp_path, folder, image_folder, algorithm="raffm", rounds=1, **{
+        "resources.tiers": {"small": 0.5, "large": 1.0},
+        "resources.proportions": {"small": 0.5, "large": 0.5}})
+    run(cfg, quiet=True)
+    budget = 0.5
+    if kind == "dinov2":  # its config holds an integer mlp_ratio: FFN 1 x hidden is 51% here
+        with pytest.raises(ConfigError, match="standard 'dinov2' config"):
+            export(cfg.out, 0.5, tmp_path / "no", repeats=1, batch=4)
+        budget = 0.6
+    r = export(cfg.out, budget, tmp_path / "exp", repeats=1, batch=4)
+    assert r["params_fraction"] <= budget and r["max_abs_diff_vs_fedfm"] < 1e-5
+    assert r["family"] == kind and r["seq_len"] == (SIZE // 4) ** 2 + 1
+    # a standard config: every head kept (ViT fixes head size = hidden / heads), FFN cut
+    model = AutoModel.from_pretrained(str(tmp_path / "exp"))  # transformers alone
+    ffn = model.config.intermediate_size if kind == "vit" else int(32 * model.config.mlp_ratio)
+    assert model.config.num_attention_heads == 4 and ffn == r["ffn"][0] < 128
+    proc = AutoImageProcessor.from_pretrained(str(tmp_path / "exp"))
+    img = PIL.fromarray(pattern(0, np.random.default_rng(1))).convert("RGB")
+    h = model(**proc(images=[img], return_tensors="pt")).last_hidden_state
+    assert h.shape == (1, (SIZE // 4) ** 2 + 1, 32)
