@@ -189,11 +189,13 @@ def test_raffm_runs_on_a_vit_folder(tmp_path, vit_folder, image_folder):
     assert by_tier["small"]["bytes_sent"] < by_tier["large"]["bytes_sent"]
 
 
-@pytest.mark.parametrize("algorithm", ["fedprox", "fedper", "local", "hetlora"])
+@pytest.mark.parametrize("algorithm", ["fedprox", "fedper", "local", "hetlora", "fedms"])
 def test_other_algorithms_run_on_vit(algorithm, tmp_path, vit_folder, image_folder):
     from fedfm.run import run
 
     over = {"rounds": 1, "model.finetune": "lora", "model.lora_rank": 4}
+    if algorithm == "fedms":  # both stages: SAL global expert, then local expert + gate
+        over.update({"rounds": 2, "fedms.stage1_rounds": 1})
     if algorithm == "hetlora":
         over.update({"resources.tiers": {"small": 0.5, "large": 1.0},
                      "resources.proportions": {"small": 0.5, "large": 0.5}})
@@ -273,3 +275,31 @@ def test_raffm_half_budget_vit_export_loads_with_automodel_alone(kind, tmp_path,
     img = PIL.fromarray(pattern(0, np.random.default_rng(1))).convert("RGB")
     h = model(**proc(images=[img], return_tensors="pt")).last_hidden_state
     assert h.shape == (1, (SIZE // 4) ** 2 + 1, 32)
+
+
+@pytest.mark.slow
+def test_vision_config_learns_mnist_5k(tmp_path):
+    """configs/vision.toml as shipped (tiny-vit, MNIST-5k), shortened: 3 rounds on 2,000 images."""
+    from fedfm.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", "configs/vision.toml", f"out={out}", "rounds=3",
+                 "data.max_examples=2000", "--quiet"]) == 0
+    import json
+
+    s = json.loads((out / "summary.json").read_text())
+    assert s["acc_global"] > 0.3  # 10 classes: chance 0.1
+
+
+def test_cli_errors_for_images_exit_2(tmp_path, capsys):
+    from fedfm.cli import main
+
+    assert main(["run", "configs/vision.toml", "data.name=imagefolder",
+                 f"data.path={tmp_path / 'missing'}", f"out={tmp_path / 'r'}", "--quiet"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["run", "configs/vision.toml", "data.name=synthetic",
+                 f"out={tmp_path / 'r2'}", "--quiet"]) == 2
+    assert "vision model" in capsys.readouterr().err
+    assert main(["run", "configs/vision.toml", "model.name=tiny-bert", "model.finetune=lora",
+                 "data.name=digits", f"out={tmp_path / 'r3'}", "--quiet"]) == 2
+    assert "holds images" in capsys.readouterr().err

@@ -17,6 +17,7 @@ model folder's `preprocessor_config.json` (resize, rescale, normalise as the che
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import importlib.util
 import io
@@ -273,6 +274,20 @@ def check_modality(ds, encoder, model: str, data: str) -> None:
                           "image column.")
 
 
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers' "ViTImageProcessor requires torchvision; falling back to the PIL backend"
+    is noise here (Pillow is the intended backend): errors only, while inside."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
 def load_image_encoder(folder: Path) -> ImageEncoder:
     """The image processor of a model folder (`preprocessor_config.json`), local files only."""
     folder = Path(folder)
@@ -281,17 +296,13 @@ def load_image_encoder(folder: Path) -> ImageEncoder:
             f"'{folder}' has no preprocessor_config.json, so fedfm does not know how this model "
             "expects images (size, mean, std). Save the checkpoint's image processor there "
             "(AutoImageProcessor.save_pretrained) or use a folder that has one.")
-    from transformers import AutoImageProcessor
-    from transformers.utils import logging as hf_logging
+    with quiet_transformers():
+        from transformers import AutoImageProcessor
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # "requires torchvision, falling back to PIL" is noise here
-    try:
-        processor = AutoImageProcessor.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"'{folder}/preprocessor_config.json' is not usable: {e}.") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
+        try:
+            processor = AutoImageProcessor.from_pretrained(str(folder), local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"'{folder}/preprocessor_config.json' is not usable: {e}.") from None
     channels = 3
     if (folder / "config.json").is_file():
         channels = int(json.loads((folder / "config.json").read_text()).get("num_channels", 3))

@@ -39,20 +39,21 @@ def save_vit_folder(folder: Path, config, seed: int = 0, mean=(0.5,) * 3,
     """A random-init vision model (AutoModel.from_config, weights drawn under `seed` in a
     forked RNG, so the global generator is untouched) + its image processor, saved to `folder`
     as safetensors + JSON."""
-    from transformers import AutoModel, ViTImageProcessor
-    from transformers.utils import logging as hf_logging
+    from fedfm.data.images import quiet_transformers
 
-    hf_logging.set_verbosity_error()  # "ViTImageProcessor requires torchvision": PIL is used
-    hf_logging.disable_progress_bar()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = AutoModel.from_config(config)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(folder), safe_serialization=True)
-    size = config.image_size
-    channels = config.num_channels
-    ViTImageProcessor(size={"height": size, "width": size}, image_mean=list(mean)[:channels],
-                      image_std=list(std)[:channels]).save_pretrained(str(folder))
+    with quiet_transformers():
+        from transformers import AutoModel, ViTImageProcessor
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = AutoModel.from_config(config)
+        folder.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(str(folder), safe_serialization=True)
+        size, channels = config.image_size, config.num_channels
+        ViTImageProcessor(size={"height": size, "width": size}, image_mean=list(mean)[:channels],
+                          image_std=list(std)[:channels]).save_pretrained(str(folder))
     return folder
 
 
