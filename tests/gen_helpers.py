@@ -44,12 +44,16 @@ def tiny_lm(family: str = "llama", vocab: int | None = None, seed: int = 0):
     if family == "gpt2":
         cfg = tf.GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=64,
                             bos_token_id=2, eos_token_id=3, pad_token_id=0)
-        return tf.GPT2LMHeadModel(cfg).eval()
-    cfg = tf.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=64, bos_token_id=2, eos_token_id=3,
-                         pad_token_id=0, tie_word_embeddings=True)
-    return tf.LlamaForCausalLM(cfg).eval()
+        lm = tf.GPT2LMHeadModel(cfg)
+    else:
+        cfg = tf.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                             max_position_embeddings=64, bos_token_id=2, eos_token_id=3,
+                             pad_token_id=0, tie_word_embeddings=True)
+        lm = tf.LlamaForCausalLM(cfg)
+    with torch.no_grad():  # unit-norm-ish token vectors: the tied, frozen LM head can be sharp
+        lm.get_input_embeddings().weight.normal_(0.0, 0.3)
+    return lm.eval()
 
 
 def save_tiny_lm(folder: Path, family: str = "llama", chat: bool = True) -> Path:
@@ -63,7 +67,7 @@ def save_tiny_lm(folder: Path, family: str = "llama", chat: bool = True) -> Path
 def colour_records(n: int = 96, seed: int = 0) -> list[dict]:
     """A trivial mapping: "which fruit is <colour> ?" -> "<fruit>" (8 pairs, varied wording)."""
     g = torch.Generator().manual_seed(seed)
-    forms = ["which fruit is {c} ?", "name the {c} fruit", "tell me the fruit of colour {c}"]
+    forms = ["fruit {c}"]
     rows = []
     for i in range(n):
         k = int(torch.randint(len(COLOURS), (1,), generator=g))

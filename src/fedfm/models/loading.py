@@ -177,6 +177,7 @@ def tiny_hf_bert(seed: int, layers: int | None = None):
     """tiny-bert as transformers' BertModel, with the same weights as the legacy tiny Bert."""
     from transformers import BertConfig, BertModel
 
+    from fedfm.models.hf.attention import use_fedfm_sdpa
     from fedfm.models.hf.loading import wrap
 
     old, _ = load_backbone("tiny-bert", None, layers, seed)
@@ -187,6 +188,7 @@ def tiny_hf_bert(seed: int, layers: int | None = None):
                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
                         layer_norm_eps=s.eps)
     base = BertModel(config, add_pooling_layer=False)
+    use_fedfm_sdpa(base)  # as load_hf_backbone does: CPU attention in fp32 under bf16
     missing, unexpected = base.load_state_dict(old.state_dict(), strict=False)
     if unexpected or [k for k in missing if not k.endswith("_ids")]:
         raise RuntimeError(f"tiny-bert: HF BertModel keys differ ({missing}, {unexpected})")
@@ -222,17 +224,30 @@ def hf_folder(name: str, path: str | None) -> Path:
 def load_model(cfg, dtype: torch.dtype | None = None):
     """(backbone, tokenizer) for a run: an HFBackbone (or the legacy Bert for `LEGACY_BERT`
     algorithms) and a tokenizer producing (ids, mask) padded on the right."""
+    from fedfm.device import DevicePolicy, activate, policy_for
+
     m = cfg.model
     if uses_legacy_bert(cfg):
+        if cfg.train.device == "cuda":
+            raise ConfigError(
+                f"train.device = 'cuda': {cfg.algorithm} still runs on fedfm's CPU-only legacy "
+                "BERT (its issue moves it onto the Hugging Face wrapper); use train.device = "
+                "'cpu' or 'auto'. FedAvg, FedProx, FedPer, local and FedMS run on CUDA.")
+        activate(DevicePolicy(torch.device("cpu"), cfg.train.precision))
         backbone, folder = load_backbone(m.name, m.path, m.num_layers, cfg.seed, m.dropout)
         return backbone, load_tokenizer(folder, m.max_length)
     from fedfm.models.hf.loading import load_hf_backbone, load_hf_tokenizer
 
+    policy = activate(policy_for(cfg))
     task = getattr(cfg, "task", "classify")
     if m.name == "tiny-bert":
-        return tiny_hf_bert(cfg.seed, m.num_layers), load_hf_tokenizer(minilm_path(), m.max_length)
-    folder = hf_folder(m.name, m.path)
-    backbone = load_hf_backbone(folder, m.num_layers, m.dropout, dtype, task)
+        backbone, folder = tiny_hf_bert(cfg.seed, m.num_layers), minilm_path()
+        backbone.to(dtype or policy.backbone_dtype)
+    else:
+        folder = hf_folder(m.name, m.path)
+        backbone = load_hf_backbone(folder, m.num_layers, m.dropout,
+                                    dtype or policy.backbone_dtype, task)
+    backbone.to(policy.device)
     if backbone.family.inputs == "pixels":  # ViT/DeiT/DINOv2: the folder's image processor
         from fedfm.models.vision import image_encoder_for
 

@@ -38,14 +38,20 @@ class Tail(nn.Module):
         self.backbone, self.head, self.pooling = backbone, head, pooling
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor, start: int):
-        h = self.backbone.run_from(h, mask, start)  # (B, T, H)
-        feats = pool(h, mask, self.pooling)  # (B, H)
-        return feats, self.head(feats)  # (B, H), (B, C)
+        """(pooled features, logits) on `mask`'s device (the backbone may sit on a GPU)."""
+        out = self.backbone.run_from(h, mask, start)  # (B, T, H)
+        feats = pool(out, mask.to(out.device), self.pooling)  # (B, H)
+        logits = self.head(feats)  # (B, C)
+        return feats.to(mask.device), logits.to(mask.device)
 
 
 def expert_forward(tail: Tail, tensors: dict[str, torch.Tensor], h: torch.Tensor,
                    mask: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pooled features, logits) of the expert whose LoRA + head tensors are `tensors`."""
+    """(pooled features, logits) of the expert whose LoRA + head tensors are `tensors` (moved
+    to the model's device with a differentiable copy when it is not the CPU)."""
+    dev = tail.head.weight.device
+    if dev.type != "cpu":
+        tensors = {k: v.to(dev, non_blocking=True) for k, v in tensors.items()}
     return functional_call(tail, tensors, (h, mask, start), strict=False)
 
 

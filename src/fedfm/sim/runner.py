@@ -29,7 +29,7 @@ from fedfm.sim.clients import (
     client_context,
     roundtrip,  # noqa: F401  (re-exported: the transport edge)
 )
-from fedfm.sim.seeds import sample_clients
+from fedfm.sim.seeds import sample_by_task, sample_clients
 from fedfm.sim.store import ClientStore
 
 log = logging.getLogger("fedfm")
@@ -57,8 +57,11 @@ class EmbeddedRunner:
         """One federated round; returns its metrics (bytes, times, algorithm extras)."""
         t0 = time.perf_counter()
         d = self.world.data
-        clients = sample_clients(d.num_clients, self.cfg.sampling.fraction,
-                                 self.cfg.sampling.min_clients, self.cfg.seed, rnd)
+        s = self.cfg.sampling
+        if s.enforce_tasks:  # every task each round (multi-task federations)
+            clients = sample_by_task([c.task for c in d.clients], s.fraction, self.cfg.seed, rnd)
+        else:
+            clients = sample_clients(d.num_clients, s.fraction, s.min_clients, self.cfg.seed, rnd)
         tasks = self.algo.configure_train(rnd, clients)
         live = self.inbox.open(rnd, tasks)  # dropouts; last round's stragglers -> stale
         updates, up, down, compute = [], 0, 0, 0.0
@@ -83,7 +86,8 @@ class EmbeddedRunner:
         """Global accuracy (pooled test) and personalised accuracy (each client, own test)."""
         t0 = time.perf_counter()
         d = self.world.data
-        acc_global = self.algo.evaluate_global(self.world.model, d.global_test)
+        acc_global = None if d.task_tests else self.algo.evaluate_global(self.world.model,
+                                                                        d.global_test)
         extra = {}
         if isinstance(acc_global, dict):  # task = generate: {"acc_global", "loss_global"}
             extra, acc_global = dict(acc_global), acc_global.get("acc_global")
@@ -102,8 +106,14 @@ class EmbeddedRunner:
             self.progress("evaluate", i + 1, len(tasks))
         if any(v is not None for v in losses):
             extra["loss_personal_mean"] = _mean(losses)
-        return {"acc_global": acc_global, "acc_personal_mean": _mean(accs), **extra,
-                "bytes_eval": eval_bytes, "client_eval_s": compute,
+        row = {"acc_global": acc_global, "acc_personal_mean": _mean(accs), **extra}
+        if d.task_tests:  # multi-task: per-task accuracy, macro means over tasks
+            from fedfm.algorithms.multitask import task_metrics
+
+            by_task = self.algo.evaluate_tasks(self.world.model, d.task_tests)
+            personal = {c: m["acc_personal"] for c, m in self.client_metrics.items()}
+            row = task_metrics(by_task, personal, [c.task for c in d.clients])
+        return {**row, "bytes_eval": eval_bytes, "client_eval_s": compute,
                 "eval_wall_s": time.perf_counter() - t0}
 
     def run_round(self, rnd: int) -> dict[str, Any]:

@@ -17,3 +17,15 @@ def sample_clients(num_clients: int, fraction: float, min_clients: int, seed: in
     k = min(num_clients, max(min_clients, int(round(fraction * num_clients))))
     rng = np.random.default_rng(derive_seed(seed, rnd, 0x5A3))
     return sorted(int(c) for c in rng.choice(num_clients, size=k, replace=False))
+
+
+def sample_by_task(client_tasks: list[str], fraction: float, seed: int, rnd: int) -> list[int]:
+    """Per task t with K_t clients: max(1, round(fraction · K_t)) of them, so every task trains
+    every round (the FedMoE paper's "Enforced" sampling); seeded by (seed, round, task index)."""
+    chosen: list[int] = []
+    for i, t in enumerate(dict.fromkeys(client_tasks)):
+        ids = [c for c, ct in enumerate(client_tasks) if ct == t]
+        k = min(len(ids), max(1, int(round(fraction * len(ids)))))
+        rng = np.random.default_rng(derive_seed(seed, rnd, 0x7A5, i))
+        chosen += [ids[j] for j in rng.choice(len(ids), size=k, replace=False)]
+    return sorted(int(c) for c in chosen)

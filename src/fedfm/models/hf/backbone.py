@@ -85,6 +85,10 @@ class HFBackbone(nn.Module):
         return get_path(self.base, self.family.blocks)
 
     @property
+    def device(self) -> torch.device:
+        return self.blocks[0].parameters().__next__().device
+
+    @property
     def num_layers(self) -> int:
         return self.spec.num_layers
 
@@ -103,6 +107,10 @@ class HFBackbone(nn.Module):
         return self
 
     def _call(self, input_ids=None, attention_mask=None, inputs_embeds=None) -> torch.Tensor:
+        dev = self.device
+        input_ids, attention_mask, inputs_embeds = (
+            None if t is None else t.to(dev, non_blocking=True)
+            for t in (input_ids, attention_mask, inputs_embeds))
         if self.family.inputs == "pixels":
             return self._call_pixels(input_ids, inputs_embeds)
         out = self.base(input_ids=input_ids, attention_mask=attention_mask,
@@ -156,6 +164,7 @@ class HFBackbone(nn.Module):
     def run_from(self, h: torch.Tensor, attention_mask: torch.Tensor, start: int) -> torch.Tensor:
         """(B, T, H) last hidden state from h = the hidden states entering block `start`."""
         dtype = next(self.parameters()).dtype
+        h = h.to(self.device)
         with self.from_prefix(h, start):
             return self._call(None, attention_mask, inputs_embeds=h.to(dtype))
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from fedfm.errors import ConfigError
+from fedfm.models.hf.attention import use_fedfm_sdpa
 from fedfm.models.hf.backbone import HFBackbone
 from fedfm.models.hf.family import get_path
 
@@ -68,9 +69,11 @@ def truncate(base: torch.nn.Module, blocks_path: str, n: int | None, layers_attr
 
 
 def load_hf_backbone(folder: Path, num_layers: int | None = None, dropout: float = 0.0,
-                     dtype: torch.dtype | None = None, task: str = "classify") -> HFBackbone:
+                     dtype: torch.dtype | None = None, task: str = "classify",
+                     sdpa_fp32: bool = True) -> HFBackbone:
     """The base model of `folder` (no LM head) wrapped as an HFBackbone. `task="generate"`
-    loads the causal LM and keeps it as `backbone.lm` (a plain attribute)."""
+    loads the causal LM and keeps it as `backbone.lm` (a plain attribute). `sdpa_fp32`: SDPA
+    models use `fedfm_sdpa` (attention in fp32 on the CPU under bf16 autocast, see attention.py)."""
     from transformers import AutoModel, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -83,6 +86,11 @@ def load_hf_backbone(folder: Path, num_layers: int | None = None, dropout: float
     except (ValueError, OSError, KeyError) as e:
         raise ConfigError(f"'{folder}': transformers could not load the model "
                           f"({str(e).splitlines()[0][:200]}).") from None
+    if sdpa_fp32:
+        try:
+            use_fedfm_sdpa(model)
+        except (ValueError, ImportError):  # keep the model's own attention implementation
+            pass
     lm = None
     if task == "generate":
         lm, model = model, model.base_model
@@ -126,10 +134,15 @@ def load_hf_tokenizer(folder: Path, max_length: int, padding_side: str = "right"
     except (ValueError, OSError, KeyError, TypeError) as e:
         raise ConfigError(f"'{folder}': no usable tokenizer "
                           f"({str(e).splitlines()[0][:200]}).") from None
+    ensure_pad(tok, str(folder))
+    tok.padding_side = padding_side
+    return HFTokenizer(tok, max_length)
+
+
+def ensure_pad(tok, where: str = "the tokenizer") -> None:
+    """Decoder tokenizers often have no pad token: pad with eos (else unk)."""
     if tok.pad_token is None:
         fallback = tok.eos_token or tok.unk_token
         if fallback is None:
-            raise ConfigError(f"'{folder}': the tokenizer has no pad, eos or unk token to pad with.")
+            raise ConfigError(f"'{where}': the tokenizer has no pad, eos or unk token to pad with.")
         tok.pad_token = fallback
-    tok.padding_side = padding_side
-    return HFTokenizer(tok, max_length)
