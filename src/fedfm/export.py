@@ -276,6 +276,7 @@ def _export_hf(cfg, tensors, world, run_dir: Path, out: Path, budget: float, sha
     if out.exists() and overwrite:
         shutil.rmtree(out)
     report, sub, predict = export_hf(cfg, tensors, world, run_dir, out, budget, shape)
-    report.update(measure_hf(predict, sub, world.model.eval(), world, cfg, repeats, batch))
+    report.update(measure_hf(predict, sub, world.model.eval(), world, cfg, repeats, batch,
+                             shape))
     (out / "fedfm_export.json").write_text(json.dumps(report, indent=2))
     return report

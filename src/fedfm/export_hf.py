@@ -105,8 +105,11 @@ def write_standard(out: Path, full, sub, family, geo: Geometry, w: Widths,
                                                                   geo, w))
     model = AutoModel.from_config(config)
     state = base_state(sub)
-    if any(k.startswith("pooler.") for k in model.state_dict()):
+    if any(k.startswith("pooler.") for k in model.state_dict()):  # the checkpoint's own
         state.update(source_pooler(source))
+    if "pooler.dense.weight" in model.state_dict() and "pooler.dense.weight" not in state:
+        h = config.hidden_size  # no source pooler (unused by fedfm): identity, nothing random
+        state["pooler.dense.weight"], state["pooler.dense.bias"] = torch.eye(h), torch.zeros(h)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if "position_ids" not in k]:
         raise ConfigError(f"export config does not match the cut weights "
@@ -224,7 +227,7 @@ def copy_tokenizer(cfg, out: Path) -> None:
             shutil.copy(src / name, out / name)
 
 
-def measure_hf(predict, sub, full, world, cfg, repeats: int, batch: int) -> dict[str, Any]:
+def measure_hf(predict, sub, full, world, cfg, repeats: int, batch: int, shape: str) -> dict[str, Any]:
     """Accuracy (global test) of the export as loaded and of the full model; latency per
     example of both, timed interleaved (same transformers implementation)."""
     from fedfm.export import accuracy_of, latencies
@@ -239,7 +242,9 @@ def measure_hf(predict, sub, full, world, cfg, repeats: int, batch: int) -> dict
         probe = test.input_ids[:8], test.attention_mask[:8]
         gap = float((predict(*probe) - sub(*probe)).abs().max())
     return {
-        "loaded_with": "transformers.AutoModel", "timed_with": "transformers (both)",
+        "loaded_with": "transformers.AutoModel" if shape != "elastic" else
+                       "fedfm.export_hf.load_elastic",
+        "timed_with": "transformers modules (both)",
         "max_abs_diff_vs_fedfm": gap,
         "acc_export": accuracy_of(predict, test, cfg), "acc_full": accuracy_of(full, test, cfg),
         "latency_ms_per_example": round(1e3 * lat["export"], 4),
