@@ -189,14 +189,15 @@ def test_raffm_runs_on_a_vit_folder(tmp_path, vit_folder, image_folder):
     assert by_tier["small"]["bytes_sent"] < by_tier["large"]["bytes_sent"]
 
 
-@pytest.mark.parametrize("algorithm", ["fedprox", "fedper", "local", "hetlora", "fedms"])
+@pytest.mark.parametrize("algorithm", ["fedprox", "fedper", "local", "hetlora", "flexlora", "flora",
+                                       "fedms"])
 def test_other_algorithms_run_on_vit(algorithm, tmp_path, vit_folder, image_folder):
     from fedfm.run import run
 
     over = {"rounds": 1, "model.finetune": "lora", "model.lora_rank": 4}
     if algorithm == "fedms":  # both stages: SAL global expert, then local expert + gate
         over.update({"rounds": 2, "fedms.stage1_rounds": 1})
-    if algorithm == "hetlora":
+    if algorithm in ("hetlora", "flexlora", "flora"):
         over.update({"resources.tiers": {"small": 0.5, "large": 1.0},
                      "resources.proportions": {"small": 0.5, "large": 0.5}})
     s = run(vision_cfg(tmp_path, vit_folder, image_folder, algorithm=algorithm, **over),
