@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ALGOS = {
     "fedavg": ["model.finetune=full"],
     "fedms": ["model.finetune=lora", "model.lora_rank=8", "fedms.stage1_rounds=2"],
@@ -37,8 +39,9 @@ def write_inputs(work: Path, n_train: int, n_test: int) -> tuple[Path, Path]:
 
     ds, _ = load_mnist_5k()
     images = work / "mnist-folder"
-    for i in range(n_train + n_test):
-        d = images / ("train" if i < n_train else "test") / ds.label_names[ds.labels[i]]
+    order = np.random.default_rng(0).permutation(len(ds))  # the file is sorted by digit
+    for k, i in enumerate(order[: n_train + n_test]):
+        d = images / ("train" if k < n_train else "test") / ds.label_names[ds.labels[i]]
         d.mkdir(parents=True, exist_ok=True)
         Image.fromarray(ds.images[i]).save(d / f"{i}.png")
     config = ViTConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
@@ -65,12 +68,11 @@ def main() -> int:
     vit, images = write_inputs(a.work, a.train, a.test)
     common = [f"model.path={vit}", "model.name=hf", "model.pooling=cls", "data.name=imagefolder",
               f"data.path={images}", "data.num_clients=5", "data.alpha=1.0", f"rounds={a.rounds}",
-              "train.batch_size=16", "train.lr=1e-3", "train.threads=1", "overwrite=true",
-              "--quiet"]
+              "train.batch_size=16", "train.lr=1e-3", "train.threads=1", "overwrite=true"]
     for algo, extra in ALGOS.items():
         out = a.work / "runs" / algo
         wall = fedfm("run", "configs/vision.toml", f"algorithm={algo}", f"out={out}",
-                     *common, *extra)
+                     *common, *extra, "--quiet")
         s = json.loads((out / "summary.json").read_text())
         print(json.dumps({"step": algo, "acc_global": s["acc_global"],
                           "acc_personal_mean": round(s["acc_personal_mean"], 4),
