@@ -6,19 +6,19 @@ import subprocess
 import sys
 
 from fedfm.models import loading
+from fedfm.models.hf import loading as hf_loading
 
 
 def test_tokenisation_happens_once_per_run(tiny_cfg, monkeypatch):
     from fedfm.run import run
 
     calls = []
-    original = loading.Tokenizer.__call__
+    for cls in (loading.Tokenizer, hf_loading.HFTokenizer):  # legacy BERT / transformers path
+        def counting(self, texts, _original=cls.__call__):
+            calls.append(len(texts))
+            return _original(self, texts)
 
-    def counting(self, texts):
-        calls.append(len(texts))
-        return original(self, texts)
-
-    monkeypatch.setattr(loading.Tokenizer, "__call__", counting)
+        monkeypatch.setattr(cls, "__call__", counting)
     summary = run(tiny_cfg(rounds=3), quiet=True)
     assert summary["rounds"] == 3
     assert len(calls) == 1 and calls[0] > 0  # one batch call, before round 1, never per round

@@ -5,9 +5,10 @@ world from scratch costs tokenising the whole data set (~3 s for BBC) and loadin
 (~1 s for MiniLM); both depend only on (model, data, seed), never on the round. So:
 
   in-process   WORLDS[cfg.hash()]: Ray actors and long-lived SuperNodes reuse the world
-  on disk      $FEDFM_CACHE/worlds/<key>.safetensors: the frozen backbone's weights (with its
-               EncoderSpec in the JSON metadata) and every tokenised split; loaded in a few ms
-               (safetensors + JSON only, never pickle), rebuilt if missing or unreadable.
+  on disk      $FEDFM_CACHE/worlds/<key>.safetensors: every tokenised split, plus the legacy
+               Bert's weights (with its EncoderSpec in the JSON metadata); a Hugging Face
+               backbone loads from its own folder. Loaded in a few ms (safetensors + JSON
+               only, never pickle), rebuilt if missing or unreadable.
 
 key = sha256(model + data sections + seed + format version). The algorithm (LoRA injection,
 heads) is rebuilt each time by `setup.assemble_world`: cheap and deterministic from the seed.
@@ -45,7 +46,8 @@ def cache_dir() -> Path:
 
 def world_key(cfg: RunConfig) -> str:
     parts = {"format": FORMAT, "seed": cfg.seed, "model": dataclasses.asdict(cfg.model),
-             "data": dataclasses.asdict(cfg.data)}
+             "data": dataclasses.asdict(cfg.data),
+             "backbone": "bert" if uses_legacy_bert(cfg) else "hf"}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -59,13 +61,18 @@ def _split(t: dict[str, torch.Tensor], prefix: str) -> Split:
 
 
 def save_frozen(path: Path, backbone: Bert, data: FederatedData) -> None:
-    """Backbone weights + tokenised splits -> one safetensors file (atomic replace)."""
-    tensors = {f"backbone.{k}": v.contiguous() for k, v in backbone.state_dict().items()}
+    """Backbone weights + tokenised splits -> one safetensors file (atomic replace). A Hugging
+    Face backbone is not stored (it loads from its own folder in well under a second); only
+    the legacy Bert's weights and spec are."""
+    legacy = isinstance(backbone, Bert)
+    tensors = ({f"backbone.{k}": v.contiguous() for k, v in backbone.state_dict().items()}
+               if legacy else {})
     tensors.update(_split_tensors("global_test", data.global_test))
     for c in data.clients:
         tensors.update(_split_tensors(f"client.{c.client_id}.train", c.train))
         tensors.update(_split_tensors(f"client.{c.client_id}.test", c.test))
-    meta = {"spec": dataclasses.asdict(backbone.spec), "label_names": data.label_names,
+    meta = {"spec": dataclasses.asdict(backbone.spec) if legacy else None,
+            "label_names": data.label_names,
             "tasks": data.tasks, "client_tasks": [c.task for c in data.clients]}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
@@ -82,13 +89,14 @@ def load_frozen(path: Path) -> tuple[Bert, FederatedData]:
         header = read_header(head + fh.read(int.from_bytes(head, "little")))
     meta = json.loads(header["__metadata__"]["fedfm"])
     t = load_file(str(path))
-    spec = meta["spec"]
-    spec = EncoderSpec(**{**spec, "heads": tuple(spec["heads"]), "ffn": tuple(spec["ffn"])})
-    with torch.device("meta"):
-        backbone = Bert(spec)
-    prefix = "backbone."
-    backbone.load_state_dict({k[len(prefix):]: v for k, v in t.items() if k.startswith(prefix)},
-                             assign=True)
+    spec, backbone = meta["spec"], None  # None: a Hugging Face backbone, loaded by the caller
+    if spec is not None:
+        spec = EncoderSpec(**{**spec, "heads": tuple(spec["heads"]), "ffn": tuple(spec["ffn"])})
+        with torch.device("meta"):
+            backbone = Bert(spec)
+        prefix = "backbone."
+        backbone.load_state_dict({k[len(prefix):]: v for k, v in t.items()
+                                  if k.startswith(prefix)}, assign=True)
     clients = [ClientData(i, _split(t, f"client.{i}.train"), _split(t, f"client.{i}.test"), task)
                for i, task in enumerate(meta["client_tasks"])]
     data = FederatedData(clients, _split(t, "global_test"), list(meta["label_names"]),
@@ -103,12 +111,13 @@ def _fresh(cfg: RunConfig) -> tuple[Bert, FederatedData]:
 
 def frozen_parts(cfg: RunConfig, use_disk: bool = True) -> tuple[Bert, FederatedData]:
     """(backbone, data) from the disk cache, building and storing them on a miss."""
-    if not use_disk or not uses_legacy_bert(cfg):  # HF backbones: the disk cache holds
-        return _fresh(cfg)  # the legacy Bert's format only; they load from their folder
+    if not use_disk:
+        return _fresh(cfg)
     path = cache_dir() / f"{world_key(cfg)}.safetensors"
     if path.is_file():
         try:
-            return load_frozen(path)
+            backbone, data = load_frozen(path)
+            return (backbone if backbone is not None else load_model(cfg)[0]), data
         except Exception as e:  # a truncated or stale file: rebuild it
             log.warning("world cache %s unreadable (%s); rebuilding", path, e)
     backbone, data = _fresh(cfg)
