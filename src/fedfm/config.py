@@ -65,7 +65,7 @@ class TaskConfig:
     classify | generate, `num_clients` clients holding it. Unset (None) options inherit [data]'s."""
 
     name: str = ""
-    task: str = "classify"
+    task: str | None = None  # classify | generate; default: the run's top-level `task`
     num_clients: int = 4
     id: str | None = None  # the task's key in acc_by_task (default: name); lets a data set repeat
     partition: str | None = None

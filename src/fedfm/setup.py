@@ -108,7 +108,8 @@ def assemble_world(cfg: RunConfig, backbone, data: FederatedData, tokenizer=None
         from fedfm.algorithms.multitask import MultiTask
         from fedfm.models.multihead import add_task_heads
 
-        add_task_heads(model, data.tasks, cfg.seed)
+        if getattr(cfg, "task", "classify") == "classify":
+            add_task_heads(model, data.tasks, cfg.seed)
         algorithm = MultiTask(algorithm, [c.task for c in data.clients])
     algorithm.prepare_model(model)
     model.to(current_device())  # LoRA/heads created on the CPU join the backbone's device

@@ -111,6 +111,10 @@ def build_generate_data(cfg, tokenizer):
     from fedfm.data.generation import PromptEncoder, build_federated_generation
 
     d = cfg.data
+    if d.tasks:  # a multi-task federation of generation tasks (fedfm.data.tasks)
+        from fedfm.data.tasks import build_multitask
+
+        return build_multitask(cfg, tokenizer)
     train, test = load_generation_data(cfg)
     inner = getattr(tokenizer, "inner", tokenizer)
     return build_federated_generation(

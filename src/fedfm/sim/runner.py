@@ -111,8 +111,7 @@ class EmbeddedRunner:
             from fedfm.algorithms.multitask import task_metrics
 
             by_task = self.algo.evaluate_tasks(self.world.model, d.task_tests)
-            personal = {c: m["acc_personal"] for c, m in self.client_metrics.items()}
-            row = task_metrics(by_task, personal, [c.task for c in d.clients])
+            row = task_metrics(by_task, self.client_metrics, [c.task for c in d.clients])
         return {**row, "bytes_eval": eval_bytes, "client_eval_s": compute,
                 "eval_wall_s": time.perf_counter() - t0}
 
