@@ -112,6 +112,7 @@ class DataConfig:
     split_column: str | None = None  # data.name = "hf": rows whose value is "test" are test
     test_path: str | None = None  # data.name = "hf": a separate test file / folder
     tasks: tuple[TaskConfig, ...] = ()  # [[data.tasks]]: a multi-task federation
+    image_column: str = "image"  # data.name = "hf": an image column (and no text column) = images
 
 
 @dataclass(frozen=True)

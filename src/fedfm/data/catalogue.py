@@ -137,6 +137,9 @@ def _register_builtin() -> None:
     register(DataEntry("synthetic", "classify", no_split(
         lambda d, s: files.synthetic(d.synthetic_size, s)),
         files.DATASETS["synthetic"], "data.synthetic_size"))
+    from fedfm.data.images import register_images
+
+    register_images(register, DataEntry, Loaded)
 
 
 _register_builtin()
