@@ -112,3 +112,12 @@ def test_friends_seasons_are_a_natural_partition():
     sub = list(range(0, len(train.texts), 50))  # a slice: every 50th line
     parts = partition([train.groups[i] for i in sub], 10, "column", seed=0)
     assert [len({train.groups[sub[j]] for j in p}) for p in parts] == [1] * 10
+
+
+def test_column_partition_needs_a_client_key():
+    from fedfm.config import DataConfig
+
+    with pytest.raises(DataError, match="no client column"):
+        catalogue.load("bbc", DataConfig(name="bbc", partition="column"), 0)
+    with pytest.raises(DataError, match="client_column"):
+        catalogue.load("csv", DataConfig(name="csv", partition="column", path="x.csv"), 0)

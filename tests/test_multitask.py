@@ -139,3 +139,37 @@ def test_column_partition_is_deterministic_and_natural():
     assert all((x == y).all() for x, y in zip(a, b))  # no randomness in a natural partition
     assert [sorted(set(keys[p])) for p in a] == [[0], [1], [2]]
     assert sorted(np.concatenate(a).tolist()) == list(range(12))
+
+
+@pytest.mark.slow
+def test_generation_tasks_federate_and_report_loss_by_task(tmp_path):
+    """Two prompt/response tasks on a tiny LM: per-task EM and response loss, macro means."""
+    from fedfm.run import run
+    from tests.gen_helpers import colour_records, write_jsonl
+    from tests.test_generate import gen_raw
+
+    raw = gen_raw(tmp_path, rounds=4)
+    rows = colour_records(160, seed=1)
+    other = write_jsonl(tmp_path / "shouted.jsonl",
+                        [{"q": r["prompt"].upper(), "a": r["response"]} for r in rows])
+    raw["data"] = {"num_clients": 4, "partition": "iid", "tasks": [
+        {"name": "jsonl", "path": raw["data"]["path"], "num_clients": 2, "id": "colours"},
+        {"name": "jsonl", "path": str(other), "num_clients": 2, "id": "shouted"}],
+        "prompt_column": "prompt", "response_column": "response"}
+    raw["data"]["tasks"][1].update(path=str(other))
+    with pytest.raises(ConfigError, match="prompt_column|task"):
+        raw_bad = json.loads(json.dumps(raw))
+        raw_bad["data"]["tasks"][0]["task"] = "classify"
+        build_config(raw_bad)
+    # per-task columns are not options of a task table: give the second file the same keys
+    write_jsonl(other, [{"prompt": r["prompt"].upper(), "response": r["response"]} for r in rows])
+    s = run(build_config(raw), quiet=True)
+    assert set(s["acc_by_task"]) == set(s["loss_by_task"]) == {"colours", "shouted"}
+    rows = [json.loads(line) for line in open(tmp_path / "run-fedavg" / "metrics.jsonl")]
+    for t in ("colours", "shouted"):  # each task's response loss falls round over round
+        first, last = rows[0]["loss_by_task"][t], rows[-1]["loss_by_task"][t]
+        assert last["global"] < first["global"] - 0.3 and last["personal"] < first["personal"]
+        assert 0.0 <= s["acc_by_task"][t]["global"] <= 1.0
+    assert s["loss_global"] == pytest.approx(
+        sum(v["global"] for v in s["loss_by_task"].values()) / 2)
+    assert {c["task"] for c in s["clients"]} == {"colours", "shouted"}

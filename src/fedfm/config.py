@@ -65,7 +65,7 @@ class TaskConfig:
     classify | generate, `num_clients` clients holding it. Unset (None) options inherit [data]'s."""
 
     name: str = ""
-    task: str = "classify"
+    task: str | None = None  # classify | generate; default: the run's top-level `task`
     num_clients: int = 4
     id: str | None = None  # the task's key in acc_by_task (default: name); lets a data set repeat
     partition: str | None = None
@@ -112,6 +112,7 @@ class DataConfig:
     split_column: str | None = None  # data.name = "hf": rows whose value is "test" are test
     test_path: str | None = None  # data.name = "hf": a separate test file / folder
     tasks: tuple[TaskConfig, ...] = ()  # [[data.tasks]]: a multi-task federation
+    image_column: str = "image"  # data.name = "hf": an image column (and no text column) = images
     # issue #19: personalised metrics skip clients whose test split is smaller
     min_client_test: int = 0
 

@@ -48,6 +48,8 @@ def export_widths(cost: HFCost, family, budget: float, shape: str) -> Widths:
     s = cost.spec
     cap = budget * cost.cost(Widths.of(s)) * (1 + 1e-12)
     f = _widest_ffn(cost, max(s.heads), cap)
+    if f is not None and family.ffn == "mlp_ratio":  # DINOv2: FFN = hidden x an integer ratio
+        f = (f // cost.hidden) * cost.hidden or None
     if f is None:
         floor = cost.fraction(Widths.uniform(s.num_layers, max(s.heads), 1))
         raise ConfigError(f"--budget {budget:g} is below what a standard '{family.name}' config "
@@ -65,7 +67,10 @@ def standard_config(config, family, geo: Geometry, w: Widths) -> dict[str, Any]:
         d[family.num_kv_heads] = g
     if family.head_dim:
         d[family.head_dim] = geo.head_dim
-    d[family.ffn if family.ffn in d else "intermediate_size"] = f
+    if family.ffn == "mlp_ratio":  # DINOv2: FFN = hidden * mlp_ratio, an integer ratio
+        d["mlp_ratio"] = f // d[family.hidden]
+    else:
+        d[family.ffn if family.ffn in d else "intermediate_size"] = f
     if family.name == "gpt2":
         d["n_inner"] = f
     d.pop("_name_or_path", None)
@@ -77,15 +82,33 @@ def base_state(sub) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().clone() for k, v in sub.backbone.base.state_dict().items()}
 
 
-def write_standard(out: Path, full, sub, family, geo: Geometry, w: Widths) -> None:
+def source_pooler(source: Path | None) -> dict[str, torch.Tensor]:
+    """The source checkpoint's pooler (dense H x H: never cut), which fedfm drops at load
+    (it pools itself) but a standard export should carry (ViT, BERT)."""
+    from transformers import AutoModel
+
+    if source is None:
+        return {}
+    try:
+        src = AutoModel.from_pretrained(str(source), use_safetensors=True, local_files_only=True)
+    except (OSError, ValueError):
+        return {}
+    pooler = getattr(src, "pooler", None)
+    return {f"pooler.{k}": v for k, v in pooler.state_dict().items()} if pooler else {}
+
+
+def write_standard(out: Path, full, sub, family, geo: Geometry, w: Widths,
+                   source: Path | None = None) -> None:
     from transformers import AutoModel
 
     config = type(full.backbone.config).from_dict(standard_config(full.backbone.config, family,
                                                                   geo, w))
     model = AutoModel.from_config(config)
     state = base_state(sub)
+    if any(k.startswith("pooler.") for k in model.state_dict()):  # the checkpoint's own
+        state.update(source_pooler(source))
     if "pooler.dense.weight" in model.state_dict() and "pooler.dense.weight" not in state:
-        h = config.hidden_size  # BERT's pooler (unused by fedfm): identity, nothing random
+        h = config.hidden_size  # no source pooler (unused by fedfm): identity, nothing random
         state["pooler.dense.weight"], state["pooler.dense.bias"] = torch.eye(h), torch.zeros(h)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if "position_ids" not in k]:
@@ -143,11 +166,14 @@ def export_hf(cfg, tensors: dict[str, torch.Tensor], world, run_dir: Path, out: 
     sub = cut(full, server_tensors(full, geo), geo, w, cfg.algorithm != "heterofl")
     out.mkdir(parents=True, exist_ok=True)
     (write_elastic(out, full, sub, w) if shape == "elastic"
-     else write_standard(out, full, sub, family, geo, w))
+     else write_standard(out, full, sub, family, geo, w, model_folder(cfg)))
     save_file({k: v.detach().contiguous() for k, v in sub.head.state_dict().items()},
               str(out / "classifier_head.safetensors"))
     copy_tokenizer(cfg, out)
-    flops = HFCost(geo, server_tensors(full, geo), frozen, hidden, "flops", cfg.model.max_length)
+    seq = cfg.model.max_length
+    if family.inputs == "pixels":  # tokens per image: patches + [CLS] (+ distillation token)
+        seq = int(full.backbone.prefix(*world.data.global_test.rows(torch.arange(1)), 0).shape[1])
+    flops = HFCost(geo, server_tensors(full, geo), frozen, hidden, "flops", seq)
     full_w = Widths.of(cost.spec)
     report = {
         "run": str(run_dir), "algorithm": cfg.algorithm, "budget": budget,
@@ -157,13 +183,13 @@ def export_hf(cfg, tensors: dict[str, torch.Tensor], world, run_dir: Path, out: 
         "params_fraction": round(cost.fraction(w), 4),
         "total_params": cost.params(w) + frozen + sum(p.numel() for p in sub.head.parameters()),
         "flops_per_example": flops.flops(w), "flops_per_example_full": flops.flops(full_w),
-        "seq_len": cfg.model.max_length, "pooling": full.pooling,
+        "seq_len": seq, "pooling": full.pooling,
         "labels": world.data.label_names, "threads": torch.get_num_threads(),
     }
-    return report, sub, predictor(out, sub, full.pooling, shape)
+    return report, sub, predictor(out, sub, full.pooling, shape, family.inputs == "pixels")
 
 
-def predictor(out: Path, sub, pooling: str, shape: str):
+def predictor(out: Path, sub, pooling: str, shape: str, pixels: bool = False):
     """The export as a user would load it: AutoModel (standard) / load_elastic + pool + head."""
     from transformers import AutoModel
 
@@ -173,16 +199,30 @@ def predictor(out: Path, sub, pooling: str, shape: str):
     head = sub.head
 
     def predict(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h = model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
+        if pixels:  # vision families: ids = pixel_values (B, C, H, W)
+            h = model(pixel_values=ids).last_hidden_state  # (B, T, H)
+        else:
+            h = model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
         return head(pool(h, mask, pooling))
 
     return predict
 
 
+def model_folder(cfg) -> Path | None:
+    """The run's source model folder (None for models built in memory, e.g. tiny-bert)."""
+    from fedfm.models.loading import hf_folder
+
+    try:
+        return hf_folder(cfg.model.name, cfg.model.path)
+    except ConfigError:
+        return None
+
+
 def copy_tokenizer(cfg, out: Path) -> None:
-    src = Path(cfg.model.path) if cfg.model.path else None
+    """The tokenizer (text) or image processor (vision) files of the run's model folder."""
+    src = model_folder(cfg)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                 "vocab.txt", "vocab.json", "merges.txt"):
+                 "vocab.txt", "vocab.json", "merges.txt", "preprocessor_config.json"):
         if src is not None and (src / name).is_file():
             shutil.copy(src / name, out / name)
 
@@ -195,6 +235,8 @@ def measure_hf(predict, sub, full, world, cfg, repeats: int, batch: int, shape: 
     test = world.data.global_test
     ids = test.input_ids[:batch]
     mask = torch.ones_like(ids)  # full-length sequences: latency at seq = model.max_length
+    if test.is_image:  # an image's mask is (B, 1): no padding
+        mask = torch.ones(ids.shape[0], 1, dtype=torch.long)
     lat = latencies({"export": predict, "full": full}, ids, mask, repeats)
     with torch.inference_mode():
         probe = test.input_ids[:8], test.attention_mask[:8]

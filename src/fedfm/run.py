@@ -37,8 +37,9 @@ def summarise(cfg: RunConfig, rows: list[dict[str, Any]], runner: EmbeddedRunner
     for key in ("loss_global", "loss_personal_mean"):  # task = generate
         if key in last_eval:
             s[key] = last_eval[key]
-    if "acc_by_task" in last_eval:  # multi-task federations (fedfm.algorithms.multitask)
-        s["acc_by_task"] = last_eval["acc_by_task"]
+    for key in ("acc_by_task", "loss_by_task"):  # multi-task (fedfm.algorithms.multitask)
+        if key in last_eval:
+            s[key] = last_eval[key]
     for key in SUMMED:
         s[key] = sum(r.get(key) or 0 for r in rows)
     s["peak_rss_mb"] = max((r["peak_rss_mb"] for r in rows), default=peak_rss_mb())

@@ -15,6 +15,7 @@ from fedfm.algorithms.base import Algorithm, build_algorithm
 from fedfm.config import RunConfig
 from fedfm.data import catalogue
 from fedfm.data.federated import FederatedData, build_federated
+from fedfm.data.images import check_modality
 from fedfm.errors import ConfigError
 from fedfm.models.classifier import Classifier, freeze
 from fedfm.models.loading import load_model
@@ -70,6 +71,7 @@ def build_data(cfg: RunConfig, tokenizer) -> FederatedData:
 
         return build_multitask(cfg, tokenizer)
     ds, test = catalogue.load(d.name, d, cfg.seed)
+    check_modality(ds, tokenizer, cfg.model.name, d.name)
     return build_federated(
         ds, tokenizer, d.num_clients, d.partition, cfg.seed, alpha=d.alpha,
         shards_per_client=d.shards_per_client, min_examples=d.min_examples,
@@ -108,7 +110,8 @@ def assemble_world(cfg: RunConfig, backbone, data: FederatedData, tokenizer=None
         from fedfm.algorithms.multitask import MultiTask
         from fedfm.models.multihead import add_task_heads
 
-        add_task_heads(model, data.tasks, cfg.seed)
+        if getattr(cfg, "task", "classify") == "classify":
+            add_task_heads(model, data.tasks, cfg.seed)
         algorithm = MultiTask(algorithm, [c.task for c in data.clients])
     algorithm.prepare_model(model)
     model.to(current_device())  # LoRA/heads created on the CPU join the backbone's device

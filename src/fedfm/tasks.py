@@ -50,9 +50,6 @@ def check(cfg) -> None:
     if cfg.model.finetune == "head":
         raise ConfigError("task = 'generate' has no classification head to train: use "
                           "model.finetune = 'lora' or 'full' (the LM head stays frozen).")
-    if getattr(cfg.data, "tasks", ()):
-        raise ConfigError("task = 'generate' trains one prompt/response data set; a multi-task "
-                          "federation ([[data.tasks]]) sets each task's own `task` instead.")
     if cfg.runtime == "flower":
         raise ConfigError("task = 'generate' runs on the embedded runtime only for now "
                           "(runtime = 'embedded'); the Flower adapter evaluates classification.")
@@ -114,6 +111,10 @@ def build_generate_data(cfg, tokenizer):
     from fedfm.data.generation import PromptEncoder, build_federated_generation
 
     d = cfg.data
+    if d.tasks:  # a multi-task federation of generation tasks (fedfm.data.tasks)
+        from fedfm.data.tasks import build_multitask
+
+        return build_multitask(cfg, tokenizer)
     train, test = load_generation_data(cfg)
     inner = getattr(tokenizer, "inner", tokenizer)
     return build_federated_generation(

@@ -19,7 +19,7 @@ from typing import Any
 
 from fedfm.errors import ConfigError
 from fedfm.messages import ClientTask
-from fedfm.models.multihead import head_prefix
+from fedfm.models.multihead import MultiHead, head_prefix
 
 SUPPORTED = ("fedavg", "fedprox", "fedper", "local")
 
@@ -38,9 +38,11 @@ def check_multitask(cfg) -> None:
          "(fedfm list)"),
         (len(set(names)) == len(names), f"[[data.tasks]] must differ in name (or id), got {names}"),
         (all("." not in n for n in names), "[[data.tasks]] names / ids must not contain '.'"),
-        (all(t.task == "classify" for t in tasks),
-         "task = \"generate\" inside [[data.tasks]] is not available yet (it needs the "
-         "generation task of issue #12); use task = \"classify\" tables"),
+        (all((t.task or cfg.task) == cfg.task for t in tasks),
+         f"every [[data.tasks]] table must have the run's task (task = \"{cfg.task}\"): a "
+         "federation of classification AND generation clients would need one model with both "
+         "heads, which fedfm does not build; pose classification as generation instead "
+         "(a classification data set in a task = \"generate\" run answers with the label name)"),
         (all(t.num_clients >= 1 for t in tasks), "[[data.tasks]] num_clients must be >= 1"),
         (cfg.data.num_clients == total,
          f"data.num_clients must equal the sum of the tasks' num_clients: set "
@@ -90,11 +92,11 @@ class MultiTask:
         return [self._own(t) for t in self.inner.configure_evaluate(rnd, clients)]
 
     def client_update(self, task, model, data, memory, ctx):
-        model.head.active = data.task
+        activate(model, data.task)
         return self.inner.client_update(task, model, data, memory, ctx)
 
     def client_evaluate(self, task, model, data, memory, ctx):
-        model.head.active = data.task
+        activate(model, data.task)
         return self.inner.client_evaluate(task, model, data, memory, ctx)
 
     def aggregate_train(self, rnd: int, updates) -> dict[str, Any]:
@@ -103,24 +105,44 @@ class MultiTask:
     def evaluate_global(self, model, split) -> float | None:
         return self.inner.evaluate_global(model, split)
 
-    def evaluate_tasks(self, model, task_tests: dict) -> dict[str, float | None]:
-        """Global accuracy of each task's head on that task's global test set."""
+    def evaluate_tasks(self, model, task_tests: dict) -> dict[str, Any]:
+        """Each task's global result on that task's global test set: an accuracy, or
+        {"acc_global", "loss_global"} for task = generate (None: no global model)."""
         out = {}
         for t, split in task_tests.items():
-            model.head.active = t
+            activate(model, t)
             out[t] = self.inner.evaluate_global(model, split)
         return out
 
 
-def task_metrics(by_task_global: dict[str, float | None], client_accs: dict[int, float],
+def activate(model, task: str) -> None:
+    """Point a multi-head classifier at `task`'s head (generation models have no head)."""
+    if isinstance(getattr(model, "head", None), MultiHead):
+        model.head.active = task
+
+
+def _mean(values) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def task_metrics(by_task_global: dict[str, Any], client_metrics: dict[int, dict[str, Any]],
                  client_tasks: Sequence[str]) -> dict[str, Any]:
-    """acc_by_task = {task: {"global": acc | None, "personal": mean over its clients}}, plus the
-    macro means over tasks as acc_global / acc_personal_mean."""
-    by_task: dict[str, dict[str, float | None]] = {}
+    """acc_by_task = {task: {"global": acc | None, "personal": mean over its clients}} (and
+    loss_by_task for generation: mean response-token loss), plus the macro means over tasks as
+    acc_global / acc_personal_mean (loss_global / loss_personal_mean)."""
+    acc: dict[str, dict[str, float | None]] = {}
+    loss: dict[str, dict[str, float | None]] = {}
     for t, g in by_task_global.items():
-        accs = [a for cid, a in client_accs.items() if client_tasks[cid] == t]
-        by_task[t] = {"global": g, "personal": sum(accs) / len(accs) if accs else None}
-    gl = [v["global"] for v in by_task.values() if v["global"] is not None]
-    pe = [v["personal"] for v in by_task.values() if v["personal"] is not None]
-    return {"acc_by_task": by_task, "acc_global": sum(gl) / len(gl) if gl else None,
-            "acc_personal_mean": sum(pe) / len(pe) if pe else None}
+        mine = [m for cid, m in client_metrics.items() if client_tasks[cid] == t]
+        g_acc, g_loss = (g.get("acc_global"), g.get("loss_global")) if isinstance(g, dict) \
+            else (g, None)
+        acc[t] = {"global": g_acc, "personal": _mean(m.get("acc_personal") for m in mine)}
+        loss[t] = {"global": g_loss, "personal": _mean(m.get("loss") for m in mine)}
+    row: dict[str, Any] = {
+        "acc_by_task": acc, "acc_global": _mean(v["global"] for v in acc.values()),
+        "acc_personal_mean": _mean(v["personal"] for v in acc.values())}
+    if any(v["global"] is not None or v["personal"] is not None for v in loss.values()):
+        row.update(loss_by_task=loss, loss_global=_mean(v["global"] for v in loss.values()),
+                   loss_personal_mean=_mean(v["personal"] for v in loss.values()))
+    return row

@@ -63,6 +63,30 @@ def describe() -> dict[str, str]:
     return out
 
 
+# built-in data sets whose records carry a natural client key (data.partition = "column")
+NATURAL = {"friends": "season"}
+
+
+def _check_column(entry: DataEntry, d: Any) -> None:
+    """partition = "column" needs a client key: data.client_column on the user's files, or a
+    built-in set's natural key; anything else would silently split by something else."""
+    column = getattr(d, "client_column", None)
+    if getattr(d, "partition", None) != "column" and column is None:
+        return
+    if entry.kind == "file":
+        if getattr(d, "partition", None) == "column" and not column:
+            raise DataError("data.partition = 'column' needs data.client_column = the column "
+                            "whose values name the clients.")
+        return
+    natural = NATURAL.get(entry.name)
+    if natural is None or column not in (None, natural):
+        have = ", ".join(f"{k} (client_column = {v})" for k, v in NATURAL.items())
+        raise DataError(f"data.name = '{entry.name}' has no client column"
+                        f"{'' if column is None else f' named {column!r}'}; natural partitions "
+                        f"exist for your own files (hf/csv/jsonl + data.client_column) and for: "
+                        f"{have}.")
+
+
 def as_generation(ds: TextDataset, what: str = "topic") -> GenerationDataset:
     """Classification as generation: prompt = text + the label names, response = the label."""
     options = ", ".join(ds.label_names)
@@ -75,6 +99,7 @@ def as_generation(ds: TextDataset, what: str = "topic") -> GenerationDataset:
 def load(name: str, data_cfg: Any, seed: int, task: str = "classify") -> Loaded:
     """Load `name` for `task` (classify | generate); DataError (exit 2) on a mismatch."""
     entry = get(name)
+    _check_column(entry, data_cfg)
     if entry.kind == "generate" and task != "generate":
         raise DataError(f"data.name = '{name}' is a generation data set (prompt -> response); "
                         "use it with task = \"generate\".")
@@ -112,6 +137,9 @@ def _register_builtin() -> None:
     register(DataEntry("synthetic", "classify", no_split(
         lambda d, s: files.synthetic(d.synthetic_size, s)),
         files.DATASETS["synthetic"], "data.synthetic_size"))
+    from fedfm.data.images import register_images
+
+    register_images(register, DataEntry, Loaded)
 
 
 _register_builtin()

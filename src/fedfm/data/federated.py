@@ -1,5 +1,5 @@
-"""Tokenised per-client data: train/test splits from each client's own distribution plus a pooled
-global test set. Tokenisation happens once per run, here."""
+"""Encoded per-client data: train/test splits from each client's own distribution plus a pooled
+global test set. Tokenisation (text) or image processing (images) happens once per run, here."""
 
 from __future__ import annotations
 
@@ -15,7 +15,12 @@ from fedfm.errors import DataError
 
 @dataclass(frozen=True)
 class Split:
-    """Tokenised examples: input_ids, attention_mask (N, T) and labels (N,)."""
+    """Encoded examples and labels (N,).
+
+    Text: input_ids (N, T) token ids, attention_mask (N, T).
+    Images: input_ids holds pixel_values (N, C, H, W) float, attention_mask is all-ones (N, 1)
+    (an image has no padding). Batches, subsets and every partitioner work the same on both.
+    """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -28,16 +33,31 @@ class Split:
         idx = torch.as_tensor(np.asarray(idx, dtype=np.int64))
         return Split(self.input_ids[idx], self.attention_mask[idx], self.labels[idx])
 
+    @property
+    def is_image(self) -> bool:
+        return is_pixels(self.input_ids)
+
+    def rows(self, i) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, mask) of rows `i`; text is trimmed to its longest real sequence."""
+        mask = self.attention_mask[i]
+        if self.is_image:
+            return self.input_ids[i], mask  # (B, C, H, W), (B, 1)
+        t = int(mask.sum(1).max()) if len(mask) else 1
+        return self.input_ids[i, :t], mask[:, :t]  # (B, t), (B, t)
+
     def batches(self, batch_size: int, generator: torch.Generator | None = None):
-        """Yield (ids, mask, labels) batches, shuffled when a generator is given; each batch is
-        trimmed to its longest real sequence."""
+        """Yield (inputs, mask, labels) batches, shuffled when a generator is given; text
+        batches are trimmed to their longest real sequence."""
         n = len(self)
         order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
         for s in range(0, n, batch_size):
             i = order[s : s + batch_size]
-            mask = self.attention_mask[i]
-            t = int(mask.sum(1).max())
-            yield self.input_ids[i, :t], mask[:, :t], self.labels[i]
+            yield *self.rows(i), self.labels[i]
+
+
+def is_pixels(x: torch.Tensor) -> bool:
+    """Whether a batch holds images (pixel_values (B, C, H, W)) rather than token ids."""
+    return x.dim() == 4 and x.is_floating_point()
 
 
 @dataclass(frozen=True)
@@ -100,14 +120,15 @@ def build_federated(ds: TextDataset, tokenizer, num_clients: int, scheme: str, s
     if test_ds is None:
         kept, held = _stratified_holdout(labels[pool], global_test_fraction, rng)
         kept, held = pool[kept], pool[held]
-        texts, all_labels = ds.texts, list(ds.labels)
+        texts, all_labels = _items(ds), list(ds.labels)
     else:
         kept = pool
         held = len(labels) + _test_sample(test_ds, rng, max_test_examples, max_examples,
                                           global_test_fraction)
-        texts, all_labels = list(ds.texts) + list(test_ds.texts), list(ds.labels) + list(test_ds.labels)
+        texts = list(_items(ds)) + list(_items(test_ds))
+        all_labels = list(ds.labels) + list(test_ds.labels)
     used = np.sort(np.concatenate([kept, held]))
-    ids, mask = tokenizer([texts[i] for i in used])  # tokenise only what the run uses
+    ids, mask = tokenizer([texts[i] for i in used])  # encode only what the run uses
     full = Split(ids, mask, torch.tensor([all_labels[i] for i in used], dtype=torch.long))
     at = np.full(len(texts), -1, dtype=np.int64)
     at[used] = np.arange(len(used))
@@ -126,6 +147,11 @@ def build_federated(ds: TextDataset, tokenizer, num_clients: int, scheme: str, s
                                   full.subset(at[np.sort(idx[:n_test])])))
     return FederatedData(clients, full.subset(at[held]), list(ds.label_names),
                          {"main": ds.num_labels})
+
+
+def _items(ds):
+    """What the encoder reads: texts (tokenizer) or images (the model's image processor)."""
+    return ds.images if hasattr(ds, "images") else ds.texts
 
 
 def _test_sample(test_ds: TextDataset, rng, max_test: int | None, max_examples: int | None,

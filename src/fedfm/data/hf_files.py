@@ -110,6 +110,11 @@ def _column(rows: list[dict], col: str, key: str) -> list:
 def _classify(d: Any, train: list[dict], test: list[dict] | None):
     from fedfm.data.text_sets import labelled
 
+    if train and d.image_column in train[0] and d.text_column not in train[0]:
+        from fedfm.data.images import from_rows as image_rows  # an image data set
+
+        return image_rows(d, train, test)
+
     def pairs(rows):
         texts = _column(rows, d.text_column, "text_column")
         labels = _column(rows, d.label_column, "label_column")

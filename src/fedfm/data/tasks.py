@@ -22,20 +22,30 @@ def task_data_config(d: DataConfig, t: TaskConfig) -> DataConfig:
     return dataclasses.replace(d, name=t.name, num_clients=t.num_clients, tasks=(), **over)
 
 
+def _build_one(cfg: RunConfig, d: DataConfig, task: str, tokenizer) -> FederatedData:
+    """One task's clients and global test set, as a single-task run of that data set."""
+    ds, test = catalogue.load(d.name, d, cfg.seed, task)
+    kw = dict(alpha=d.alpha, shards_per_client=d.shards_per_client, min_examples=d.min_examples,
+              client_test_fraction=d.client_test_fraction,
+              global_test_fraction=d.global_test_fraction, max_examples=d.max_examples,
+              max_test_examples=d.max_test_examples)
+    if task == "generate":
+        from fedfm.data.generation import PromptEncoder, build_federated_generation
+
+        encoder = PromptEncoder(getattr(tokenizer, "inner", tokenizer), cfg.model.max_length)
+        return build_federated_generation(ds, encoder, d.num_clients, d.partition, cfg.seed,
+                                          test=test, **kw)
+    return build_federated(ds, tokenizer, d.num_clients, d.partition, cfg.seed, test_ds=test,
+                           **kw)
+
+
 def build_multitask(cfg: RunConfig, tokenizer) -> FederatedData:
     clients: list[ClientData] = []
     tests: dict[str, Split] = {}
     num_labels: dict[str, int] = {}
     label_names: list[str] = []
     for t in cfg.data.tasks:
-        d = task_data_config(cfg.data, t)
-        ds, test = catalogue.load(t.name, d, cfg.seed, t.task)
-        fed = build_federated(
-            ds, tokenizer, d.num_clients, d.partition, cfg.seed, alpha=d.alpha,
-            shards_per_client=d.shards_per_client, min_examples=d.min_examples,
-            client_test_fraction=d.client_test_fraction,
-            global_test_fraction=d.global_test_fraction, max_examples=d.max_examples,
-            test_ds=test, max_test_examples=d.max_test_examples)
+        fed = _build_one(cfg, task_data_config(cfg.data, t), t.task or cfg.task, tokenizer)
         key, offset = t.id or t.name, len(clients)
         clients += [ClientData(offset + c.client_id, c.train, c.test, task=key)
                     for c in fed.clients]

@@ -14,7 +14,9 @@ POOLINGS = ("auto", "mean", "cls", "last")
 
 
 def mean_pool(h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, T, H), (B, T) -> (B, H): mean over real tokens."""
+    """(B, T, H), (B, T) -> (B, H): mean over real tokens. An image's (B, 1) mask: all are."""
+    if attention_mask.shape[1] != h.shape[1]:  # images: never padded
+        return h.mean(1)  # (B, H)
     m = attention_mask.to(h.dtype).unsqueeze(-1)  # (B, T, 1)
     return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
 

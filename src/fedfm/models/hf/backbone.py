@@ -55,6 +55,8 @@ def backbone_spec(config, family: FamilySpec, num_layers: int) -> BackboneSpec:
     kv = family.config_value(config, family.num_kv_heads) or heads
     hd = family.config_value(config, family.head_dim) or (hidden // heads if heads else 0)
     ffn = family.config_value(config, family.ffn) or getattr(config, "intermediate_size", None)
+    if family.ffn == "mlp_ratio":  # DINOv2: FFN width = int(hidden * mlp_ratio)
+        ffn = int(hidden * config.mlp_ratio)
     if ffn is None and family.name == "gpt2":
         ffn = 4 * hidden
     return BackboneSpec(hidden, num_layers, heads, int(kv), int(hd), ffn, family.name,
@@ -110,13 +112,27 @@ class HFBackbone(nn.Module):
             None if t is None else t.to(dev, non_blocking=True)
             for t in (input_ids, attention_mask, inputs_embeds))
         if self.family.inputs == "pixels":
-            return self.base(pixel_values=input_ids).last_hidden_state
+            return self._call_pixels(input_ids, inputs_embeds)
         out = self.base(input_ids=input_ids, attention_mask=attention_mask,
                         inputs_embeds=inputs_embeds)
         return out.last_hidden_state  # (B, T, H)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self._call(input_ids, attention_mask)
+
+    def _call_pixels(self, pixel_values=None, inputs_embeds=None) -> torch.Tensor:
+        """Vision models (input_ids = pixel_values (B, C, H, W)). They take no inputs_embeds:
+        from a prefix state (`run_from`) the embeddings module returns that state (the skipped
+        blocks ignore it) and a 1-pixel dummy stands in for the image."""
+        if inputs_embeds is None:
+            return self.base(pixel_values=pixel_values).last_hidden_state  # (B, T, H)
+        emb = get_path(self.base, self.family.embeddings)
+        emb.forward = lambda *args, **kwargs: inputs_embeds
+        try:
+            dummy = inputs_embeds.new_zeros(inputs_embeds.shape[0], 1, 1, 1)
+            return self.base(pixel_values=dummy).last_hidden_state  # (B, T, H)
+        finally:
+            del emb.forward  # back to the class's forward
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  pooling: str | None = None) -> torch.Tensor:

@@ -138,6 +138,19 @@ register_family(FamilySpec(
     head_dim=None, hidden="n_embd", ffn="n_inner", num_layers="n_layer", rope=False,
     lora_targets=("qkv",), fixups={"attn.split_size": "q_rows"}))
 
+# Vision transformers (issue #17): pixel_values in, [CLS] (+ DeiT's distillation token) +
+# patch tokens out; absolute positions (within-head q/k permutation is function-preserving).
+_VIT_ATTN = AttnSpec("attention.q_proj", "attention.k_proj", "attention.v_proj",
+                     "attention.o_proj")
+_VISION = dict(num_kv_heads=None, head_dim=None, rope=False, decoder=False, pooling="cls",
+               padding_side="right", inputs="pixels", final_norm="layernorm")
+register_family(FamilySpec(("vit",), "layers", "embeddings", attn=_VIT_ATTN,
+                           mlp=MLPSpec("mlp.fc1", "mlp.fc2"), **_VISION))
+register_family(FamilySpec(("deit",), "layers", "embeddings", attn=_VIT_ATTN,
+                           mlp=MLPSpec("mlp.fc1", "mlp.fc2"), **_VISION))
+register_family(FamilySpec(("dinov2",), "encoder.layer", "embeddings", attn=_VIT_ATTN,
+                           mlp=MLPSpec("mlp.fc1", "mlp.fc2"), ffn="mlp_ratio", **_VISION))
+
 
 def get_path(root: nn.Module, path: str) -> nn.Module | None:
     """`root.a.b.0.c` by a dotted path, or None where it does not exist."""
