@@ -25,7 +25,8 @@ from tests.conftest import tiny_raw
 FREE_FORM = {"out", "model.path", "data.path", "data.text_column", "data.label_column",
              "sim.spill_dir", "fedmoe.checkpoint", "randommoe.checkpoint",  # paths, columns
              "data.prompt_column", "data.response_column", "data.client_column",
-             "data.split_column", "data.test_path"}  # issue #14's columns and test path
+             "data.split_column", "data.test_path",  # issue #14's columns and test path
+             "data.image_column"}  # issue #17: a column name
 NEGATIVE_OK: set[str] = set()  # numeric keys where a negative value is meaningful (none today)
 ISSUE_13 = [  # the bad inputs issue #13 found ending in a traceback or silently reinterpreted
     ("model.lora_targets", ["nonsense"], "matches no linear layer"),
