@@ -135,6 +135,16 @@ def build_federated(ds: TextDataset, tokenizer, num_clients: int, scheme: str, s
     keys = labels if scheme != "column" else np.asarray(_groups(ds))
     parts = partition(keys[kept], num_clients, scheme, seed, alpha=alpha,
                       shards_per_client=shards_per_client, min_size=min_examples)
+    clients = client_splits(full, kept, parts, rng, client_test_fraction, lambda i: at[i])
+    return FederatedData(clients, full.subset(at[held]), list(ds.label_names),
+                         {"main": ds.num_labels})
+
+
+def client_splits(full, kept: np.ndarray, parts, rng, client_test_fraction: float,
+                  rows) -> list[ClientData]:
+    """Each client's shuffled share of `kept` (dataset indices), cut into its own train and test
+    splits of `full`; `rows` maps dataset indices to rows of `full`. Shared by the classification
+    and generation builders (the same rng draws in the same order)."""
     clients = []
     for cid, part in enumerate(parts):
         idx = kept[part][rng.permutation(len(part))]
@@ -143,10 +153,9 @@ def build_federated(ds: TextDataset, tokenizer, num_clients: int, scheme: str, s
             n_test = min(max(1, n_test), len(idx) - 1)
         if len(idx) - n_test < 1:
             raise DataError(f"client {cid} has no training example; lower data.num_clients.")
-        clients.append(ClientData(cid, full.subset(at[np.sort(idx[n_test:])]),
-                                  full.subset(at[np.sort(idx[:n_test])])))
-    return FederatedData(clients, full.subset(at[held]), list(ds.label_names),
-                         {"main": ds.num_labels})
+        clients.append(ClientData(cid, full.subset(rows(np.sort(idx[n_test:]))),
+                                  full.subset(rows(np.sort(idx[:n_test])))))
+    return clients
 
 
 def _items(ds):

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from fedfm.data.records import GenerationDataset
-from fedfm.errors import DataError
 
 IGNORE = -100  # label of tokens without loss (prompt, padding), as in transformers
 _SENTINEL = "\u2063fedfm-content\u2063"  # stands for the prompt inside its template
@@ -155,7 +154,7 @@ def build_federated_generation(ds: GenerationDataset, encoder: PromptEncoder, nu
     `max_test_examples` (default when `max_examples` is set: round(global_test_fraction ·
     max_examples)); all records used from `ds` go to the clients.
     """
-    from fedfm.data.federated import ClientData, FederatedData, _stratified_holdout
+    from fedfm.data.federated import FederatedData, _stratified_holdout, client_splits
     from fedfm.data.partition import partition
 
     rng = np.random.default_rng(seed)
@@ -179,16 +178,7 @@ def build_federated_generation(ds: GenerationDataset, encoder: PromptEncoder, nu
     at = lambda idx: [pos[int(j)] for j in idx]  # noqa: E731
     parts = partition(groups[kept], num_clients, scheme, seed, alpha=alpha,
                       shards_per_client=shards_per_client, min_size=min_examples)
-    clients = []
-    for cid, part in enumerate(parts):
-        idx = kept[part][rng.permutation(len(part))]
-        n_test = int(round(client_test_fraction * len(idx)))
-        if client_test_fraction > 0:
-            n_test = min(max(1, n_test), len(idx) - 1)
-        if len(idx) - n_test < 1:
-            raise DataError(f"client {cid} has no training example; lower data.num_clients.")
-        clients.append(ClientData(cid, full.subset(at(np.sort(idx[n_test:]))),
-                                  full.subset(at(np.sort(idx[:n_test])))))
+    clients = client_splits(full, kept, parts, rng, client_test_fraction, at)
     if global_test is None:
         global_test = full.subset(at(held))
     return FederatedData(clients, global_test, list(ds.group_names),
