@@ -36,13 +36,13 @@ def trained(tiny_cfg, algorithm, **over):
 def test_fedsa_uploads_only_a_and_keeps_b_on_the_client(tiny_cfg):
     w, task, up, mem = trained(tiny_cfg, "fedsa")
     assert up.tensors and all(k.endswith(".lora_A") for k in up.tensors)
-    assert set(up.tensors) == set(w.algorithm.expected_update(task))
+    assert set(up.tensors) == set(w.algorithm.upload_schema(task))
     assert mem.tensors and all(k.endswith(".lora_B") or k.startswith("head.") for k in mem.tensors)
     assert any(float(v.abs().sum()) > 0 for k, v in mem.tensors.items() if k.endswith("lora_B"))
     w.algorithm.aggregate_train(0, [up])
     assert all(torch.equal(w.algorithm.global_[k], up.tensors[k]) for k in up.tensors)
     shared = build_world(tiny_cfg(algorithm="fedsa", **{"fedsa.head": "shared"})).algorithm
-    assert shared.shared("head.weight") and not shared.shared("x.lora_B")
+    assert shared.adapter.travels("head.weight") and not shared.adapter.travels("x.lora_B")
 
 
 def test_fedsa_and_feddpa_refuse_full_finetuning(tiny_cfg):
@@ -76,7 +76,10 @@ def test_feddpa_combination_interpolates_global_and_local(tiny_cfg):
     assert torch.allclose(z0, z_g, atol=1e-5) and torch.allclose(z1, z_l, atol=1e-5)
     assert not torch.allclose(z_half, z_g, atol=1e-4) and not torch.allclose(z_half, z_l, atol=1e-4)
     set_tensors(model, dict(task.tensors))
-    alphas = w.algorithm.alphas(model, mem.tensors, w.data.clients[0])
+    from fedfm.algorithms.feddpa import DualClient, FedDPAOptions
+
+    client = DualClient(FedDPAOptions(), w.algorithm.env)
+    alphas = client.alphas(model, mem.tensors, w.data.clients[0])
     assert alphas.shape == (len(split),) and 0 <= float(alphas.min()) <= float(alphas.max()) <= 0.5
 
 

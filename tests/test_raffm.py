@@ -186,7 +186,9 @@ def test_lora_on_subnetworks_uploads_factors_and_merges(tiny_cfg):
     from fedfm.algorithms.raffm import RaFFM, RaFFMOptions
 
     cfg = tiny_cfg(algorithm="raffm", **tiers(**{"model.finetune": "lora"}))
-    algo = RaFFM(cfg, RaFFMOptions(), 4)
+    from fedfm.algorithms.env import from_config
+
+    algo = RaFFM(RaFFMOptions(), from_config(cfg, 4, 4))
     w = torch.randn(8, 5)
     algo.global_ = {"backbone.encoder.layer.0.attention.self.query.weight": w}
     a, b = torch.randn(4, 3), torch.randn(6, 4)

@@ -78,16 +78,19 @@ def test_schema_is_what_that_client_was_assigned():
     assert not validate_update(encode(update()), task(), expected=sub).ok
 
 
-def test_expected_schema_uses_the_algorithm_hook():
-    class Plain:
-        pass
+def test_expected_schema_is_the_algorithms_upload_schema():
+    from fedfm.algorithms.adapter import SHARE_ALL, Adapter
 
-    class BodyOnly:
-        def expected_update(self, t):
-            return {"w": ((4, 3), torch.float32)}
+    class Declared:
+        def __init__(self, adapter):
+            self.adapter = adapter
 
-    assert expected_schema(Plain(), task()) == schema_of(REF)
-    assert set(expected_schema(BodyOnly(), task())) == {"w"}
+        def upload_schema(self, t):
+            return self.adapter.schema(t.tensors)
+
+    assert expected_schema(Declared(SHARE_ALL), task()) == schema_of(REF)
+    body_only = Adapter(lambda k: k != "w")
+    assert set(expected_schema(Declared(body_only), task())) == {"w"}
 
 
 def test_non_finite_values_are_rejected_naming_the_key():

@@ -8,12 +8,15 @@ the exact lengths of these blobs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import struct
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import load as st_load
@@ -34,8 +37,12 @@ class ClientTask:
     round: int
     client_id: int
     tensors: Tensors = field(default_factory=dict)
-    config: Mapping[str, Any] = field(default_factory=dict)
+    config: Mapping[str, Any] = field(default_factory=dict)  # wire form of a typed payload
     kind: str = "train"  # "train" | "evaluate"
+
+    def read(self, cls: type[P]) -> P:
+        """The task's typed payload (PayloadError if the config does not match `cls`)."""
+        return read_payload(cls, self.config, "task config")
 
 
 @dataclass(frozen=True)
@@ -46,7 +53,68 @@ class ClientUpdate:
     client_id: int
     num_examples: int
     tensors: Tensors = field(default_factory=dict)
-    metrics: Mapping[str, Any] = field(default_factory=dict)
+    metrics: Mapping[str, Any] = field(default_factory=dict)  # wire form of typed payloads
+
+    def read(self, cls: type[P]) -> P:
+        """A typed view of the metrics (PayloadError if they do not match `cls`)."""
+        return read_payload(cls, self.metrics, "update metrics")
+
+
+# ---- typed payloads: frozen dataclasses inside, string keys only here -------------------
+P = TypeVar("P")
+
+
+def fields_of(*payloads: Any, **extra: Any) -> dict[str, Any]:
+    """Typed payloads (frozen dataclasses of JSON scalars, tuples and lists) -> their wire form:
+    one string-keyed dict, fields in declaration order (tuples become lists)."""
+    out: dict[str, Any] = {}
+    for payload in payloads:
+        for f in dataclasses.fields(payload):
+            v = getattr(payload, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+    return {**out, **extra}
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if origin in (tuple, list):
+        return isinstance(value, (list, tuple)) and all(_conforms(v, args[0]) for v in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def read_payload(cls: type[P], mapping: Mapping[str, Any], what: str = "payload") -> P:
+    """Wire form -> typed payload: every field without a default must be present, every value
+    of its declared type (lists become tuples where declared); other keys are ignored."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in mapping:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise PayloadError(f"{what} lacks '{f.name}'")
+            continue
+        v = mapping[f.name]
+        if not _conforms(v, hints[f.name]):
+            raise PayloadError(f"{what}: '{f.name}' = {v!r:.40} is not {hints[f.name]}")
+        kwargs[f.name] = tuple(v) if typing.get_origin(hints[f.name]) is tuple else v
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """What every evaluation reply carries (the runner's personalised accuracy reads it)."""
+
+    correct: int
+    total: int
 
 
 def _blob(tensors: Tensors, meta: dict[str, Any]) -> bytes:

@@ -5,7 +5,8 @@ Checks, in this order (the first failure rejects the update):
                auto = the expected tensors' bytes + AUTO_SLACK for headers and metrics)
   2. decode:   a well-formed safetensors blob with fedfm metadata (never pickle)
   3. schema:   keys, shapes and dtypes == what THAT client was assigned: the algorithm's
-               `expected_update(task) -> {key: (shape, dtype)}`, default = the task's own tensors
+               `upload_schema(task) -> {key: (shape, dtype)}`, read from its one declaration of
+               what travels (fedfm.algorithms.adapter; the rank / widths a task assigns)
   4. finite:   every float tensor and every metric is finite
   5. norm:     ||Δ||₂ <= B with Δ_key = θ_key - θ_task,key (θ_key itself when the task holds no
                tensor of that shape); above B: reject, or clip θ = θ_task + Δ · B / ||Δ||₂
@@ -23,6 +24,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from fedfm.algorithms.adapter import schema_of
 from fedfm.errors import PayloadError
 from fedfm.messages import ClientTask, ClientUpdate, decode, finite_metrics
 from fedfm.reliability import ValidationConfig
@@ -67,14 +69,10 @@ class UpdateRejected(PayloadError):
         self.rejection = rejection
 
 
-def schema_of(tensors: Mapping[str, torch.Tensor]) -> Schema:
-    return {k: (tuple(v.shape), v.dtype) for k, v in tensors.items()}
-
-
-def expected_schema(algorithm: object, task: ClientTask) -> Schema:
-    """The upload schema an algorithm declares for `task` (default: the task's tensors)."""
-    declare = getattr(algorithm, "expected_update", None)
-    return dict(declare(task)) if declare is not None else schema_of(task.tensors)
+def expected_schema(algorithm, task: ClientTask) -> Schema:
+    """The upload schema the algorithm declares for `task` (part of the seam: every algorithm
+    has `upload_schema`, fedfm.algorithms.base)."""
+    return dict(algorithm.upload_schema(task))
 
 
 def byte_cap(cfg: ValidationConfig, expected: Schema) -> int:

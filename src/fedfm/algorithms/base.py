@@ -6,13 +6,19 @@ server half                      client half (pure: may only use its arguments)
 -----------                      -----------
 init_server(model)               client_update(task, model, data, memory, ctx) -> ClientUpdate
 configure_train(rnd, clients)    client_evaluate(task, model, data, memory, ctx) -> ClientUpdate
+upload_schema(task)
 aggregate_train(rnd, updates)
 configure_evaluate(rnd, clients)
 evaluate_global(model, split)
 
+`upload_schema(task)` = {key: (shape, dtype)} the client must send back: read from the
+algorithm's one declaration of what trains and travels (fedfm.algorithms.adapter), it is what
+validation checks every upload against and what the server averages.
+
 The embedded simulator and the Flower adapter drive the same object. Each process builds the
-algorithm from the run config and calls `prepare_model` on its own copy of the model, so that
-e.g. LoRA is injected identically everywhere. The model passed to the client half is shared
+algorithm from its options and the world's flat handles (registry row: `factory(options, env)`,
+fedfm.algorithms.env; never the RunConfig) and calls `prepare_model` on its own copy of the
+model, so that e.g. LoRA is injected identically everywhere. The model passed to the client half is shared
 between clients (one frozen backbone): a client must set every tensor its forward pass uses,
 from the task or from its `memory` (state that never leaves the client).
 """
@@ -62,6 +68,8 @@ class Algorithm(Protocol):
     def init_server(self, model: Classifier) -> None: ...
 
     def configure_train(self, rnd: int, clients: list[int]) -> list[ClientTask]: ...
+
+    def upload_schema(self, task: ClientTask) -> dict[str, tuple[tuple[int, ...], torch.dtype]]: ...
 
     def client_update(self, task: ClientTask, model: Classifier, data: ClientData,
                       memory: ClientMemory, ctx: ClientContext) -> ClientUpdate: ...

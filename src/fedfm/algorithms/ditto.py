@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from fedfm.algorithms import registry
 from fedfm.algorithms.base import ClientContext, ClientMemory
 from fedfm.algorithms.capabilities import AVERAGING
-from fedfm.algorithms.fedavg import FedAvg, evaluate_on, train_on
-from fedfm.config import RunConfig
+from fedfm.algorithms.env import Env
+from fedfm.algorithms.fedavg import FedAvg, evaluate_metrics, train_on
 from fedfm.data.federated import ClientData
 from fedfm.errors import ConfigError
 from fedfm.messages import ClientTask, ClientUpdate
@@ -37,18 +37,18 @@ class DittoOptions:
             raise ConfigError(f"ditto.lam must be >= 0, got {self.lam}.")
 
 
-def ditto_update(cfg: RunConfig, lam: float):
+def ditto_update(env: Env, lam: float):
     """The client half of a training round: FedAvg's update of w, then the personal v_k."""
 
     def update(task: ClientTask, model: Classifier, data: ClientData, memory: ClientMemory,
                ctx: ClientContext) -> ClientUpdate:
         glob = dict(task.tensors)
         set_tensors(model, glob)
-        loss = train_on(model, data, cfg, ctx)
+        loss = train_on(model, data, env, ctx)
         out = get_tensors(model, list(glob))
         set_tensors(model, {**glob, **memory.tensors})  # v_k (w_t on first visit)
         personal_ctx = ClientContext(derive_seed(ctx.seed, 0xD1770), ctx.round, ctx.client_id)
-        p_loss = train_on(model, data, cfg, personal_ctx, mu=lam, anchor=glob)
+        p_loss = train_on(model, data, env, personal_ctx, mu=lam, anchor=glob)
         memory.tensors = get_tensors(model, list(glob))
         return ClientUpdate(task.round, task.client_id, len(data.train), out,
                             {"loss": loss, "personal_loss": p_loss})
@@ -56,27 +56,25 @@ def ditto_update(cfg: RunConfig, lam: float):
     return update
 
 
-def ditto_evaluate(cfg: RunConfig):
+def ditto_evaluate(env: Env):
     def evaluate(task: ClientTask, model: Classifier, data: ClientData, memory: ClientMemory,
                  ctx: ClientContext) -> ClientUpdate:
         set_tensors(model, {**dict(task.tensors), **memory.tensors})
-        correct, total = evaluate_on(model, data.test, cfg)
-        return ClientUpdate(task.round, task.client_id, total, {},
-                            {"correct": correct, "total": total})
+        m = evaluate_metrics(model, data.test, env)
+        return ClientUpdate(task.round, task.client_id, m["total"], {},
+                            {"correct": m["correct"], "total": m["total"]})
 
     return evaluate
 
 
-def build(cfg: RunConfig, opts: DittoOptions) -> FedAvg:
+def build(opts: DittoOptions, env: Env) -> FedAvg:
     """FedAvg's server half with Ditto's client half (functions, no subclass)."""
-    algo = FedAvg(cfg, name="ditto")
-    algo.client_update = ditto_update(cfg, opts.lam)  # type: ignore[method-assign]
-    algo.client_evaluate = ditto_evaluate(cfg)  # type: ignore[method-assign]
-    return algo
+    return FedAvg(env, name="ditto", update=ditto_update(env, opts.lam),
+                  evaluate=ditto_evaluate(env))
 
 
 registry.register(
-    "ditto", lambda cfg, opts, nl, nc: build(cfg, opts), DittoOptions,
+    "ditto", lambda opts, env: build(opts, env), DittoOptions,
     "Ditto: FedAvg global model + a personal model per client, proximal term (λ/2)||v-w||²",
     capabilities=AVERAGING,
 )

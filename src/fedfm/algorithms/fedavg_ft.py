@@ -24,9 +24,9 @@ from typing import Any
 from fedfm.algorithms import registry
 from fedfm.algorithms.base import ClientContext
 from fedfm.algorithms.capabilities import AVERAGING
+from fedfm.algorithms.env import Env
 from fedfm.algorithms.fedavg import FedAvg
 from fedfm.algorithms.training import cross_entropy_loss, param_groups, train_local
-from fedfm.config import RunConfig
 from fedfm.data.federated import ClientData
 from fedfm.errors import ConfigError
 from fedfm.models.classifier import Classifier
@@ -44,12 +44,12 @@ class FedAvgFTOptions:
             raise ConfigError(f"fedavg-ft.lr must be > 0, got {self.lr}.")
 
 
-def fine_tuner(cfg: RunConfig, opts: FedAvgFTOptions):
+def fine_tuner(env: Env, opts: FedAvgFTOptions):
     """model (holding θ_t) -> fine-tuned in place for `steps` steps; returns its metrics."""
-    train = dataclasses.replace(cfg.train, max_steps=opts.steps,
+    train = dataclasses.replace(env.train, max_steps=opts.steps,
                                 local_epochs=max(1, opts.steps))  # every epoch >= 1 step
-    lr = opts.lr or cfg.train.lr
-    head_lr = opts.lr or cfg.train.head_lr
+    lr = opts.lr or env.train.lr
+    head_lr = opts.lr or env.train.head_lr
 
     def personalise(model: Classifier, data: ClientData, ctx: ClientContext) -> dict[str, Any]:
         if opts.steps == 0 or len(data.train) == 0:
@@ -64,7 +64,7 @@ def fine_tuner(cfg: RunConfig, opts: FedAvgFTOptions):
 
 registry.register(
     "fedavg-ft",
-    lambda cfg, opts, nl, nc: FedAvg(cfg, name="fedavg-ft", personalise=fine_tuner(cfg, opts)),
+    lambda opts, env: FedAvg(env, name="fedavg-ft", personalise=fine_tuner(env, opts)),
     FedAvgFTOptions,
     "FedAvg, then each client fine-tunes a copy of the global adapter for `steps` steps "
     "before its personal evaluation", capabilities=AVERAGING,

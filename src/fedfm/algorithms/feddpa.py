@@ -31,18 +31,17 @@ matters. acc_global = the global adapter alone on the pooled test set.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from fedfm.algorithms import registry
-from fedfm.algorithms.aggregation import aggregate_updates
+from fedfm.algorithms.adapter import is_head
 from fedfm.algorithms.base import ClientContext, ClientMemory
 from fedfm.algorithms.capabilities import AVERAGING
-from fedfm.algorithms.fedavg import evaluate_on, prepare, train_on
+from fedfm.algorithms.env import Env
+from fedfm.algorithms.fedavg import FedAvg, train_on
 from fedfm.algorithms.training import autocast, train_local
-from fedfm.config import RunConfig
 from fedfm.data.federated import ClientData, Split
 from fedfm.errors import ConfigError
 from fedfm.messages import ClientTask, ClientUpdate
@@ -76,27 +75,17 @@ def instance_weights(test_emb: torch.Tensor, ref_emb: torch.Tensor,
     return max_weight * sims.mean(1).clamp(0.0, 1.0)
 
 
-class FedDPA:
-    has_global_model = True
+class DualClient:
+    """FedDPA's client half; the server half is FedAvg's (the global adapter)."""
 
-    def __init__(self, cfg: RunConfig, opts: FedDPAOptions):
-        self.cfg, self.opts, self.name = cfg, opts, "feddpa"
-        self.global_: Tensors = {}
+    def __init__(self, opts: FedDPAOptions, env: Env):
+        self.opts, self.env = opts, env
 
-    def prepare_model(self, model: Classifier) -> None:
-        prepare(model, self.cfg)
-
-    def init_server(self, model: Classifier) -> None:
-        self.global_ = get_tensors(model)
-
-    def configure_train(self, rnd: int, clients: list[int]) -> list[ClientTask]:
-        return [ClientTask(rnd, c, self.global_) for c in clients]
-
-    def client_update(self, task: ClientTask, model: Classifier, data: ClientData,
-                      memory: ClientMemory, ctx: ClientContext) -> ClientUpdate:
+    def update(self, task: ClientTask, model: Classifier, data: ClientData,
+               memory: ClientMemory, ctx: ClientContext) -> ClientUpdate:
         glob = dict(task.tensors)
         set_tensors(model, glob)
-        loss = train_on(model, data, self.cfg, ctx)
+        loss = train_on(model, data, self.env, ctx)
         out = get_tensors(model, list(glob))
         set_tensors(model, glob)  # the local adapter trains against the received global one
         local_loss = self._train_local(model, data, memory, glob, ctx)
@@ -111,10 +100,9 @@ class FedDPA:
         frozen = [p for p in model.parameters() if p.requires_grad]
         for p in frozen:
             p.requires_grad_(False)
-        t = self.cfg.train
-        groups = [{"params": [v for k, v in leaves.items() if not k.startswith("head.")],
-                   "lr": t.lr},
-                  {"params": [v for k, v in leaves.items() if k.startswith("head.")],
+        t = self.env.train
+        groups = [{"params": [v for k, v in leaves.items() if not is_head(k)], "lr": t.lr},
+                  {"params": [v for k, v in leaves.items() if is_head(k)],
                    "lr": t.head_lr or t.lr}]
 
         def loss_fn(ids, mask, y):
@@ -130,21 +118,12 @@ class FedDPA:
         memory.tensors = {k: v.detach().clone() for k, v in leaves.items()}
         return stats.loss
 
-    def aggregate_train(self, rnd: int, updates: list[ClientUpdate]) -> dict[str, Any]:
-        if not updates:
-            return {}
-        self.global_, extras = aggregate_updates(self.cfg, rnd, updates, self.global_)
-        return extras
-
-    def configure_evaluate(self, rnd: int, clients: list[int]) -> list[ClientTask]:
-        return [ClientTask(rnd, c, self.global_, kind="evaluate") for c in clients]
-
     @torch.inference_mode()
     def _embed(self, model: Classifier, local: Tensors, split: Split) -> torch.Tensor:
         """e(x): pooled features of the local adapter alone (α = 1), (N, H)."""
         feats = []
-        with autocast(self.cfg.train.precision):
-            for ids, mask, _ in split.batches(self.cfg.eval.batch_size):
+        with autocast(self.env.precision):
+            for ids, mask, _ in split.batches(self.env.eval_batch_size):
                 feats.append(dual_forward(model, local, 1.0, ids, mask)[0].float())
         return torch.cat(feats) if feats else torch.zeros(0, 0)
 
@@ -153,43 +132,35 @@ class FedDPA:
         n = len(data.test)
         if not self.opts.dynamic or len(data.train) == 0:
             return torch.full((n,), self.opts.max_weight)
-        gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, data.client_id, 0xD9A))
+        gen = torch.Generator().manual_seed(derive_seed(self.env.seed, data.client_id, 0xD9A))
         pick = torch.randperm(len(data.train), generator=gen)[: self.opts.instances]
         ref = self._embed(model, local, data.train.subset(pick.numpy()))
         return instance_weights(self._embed(model, local, data.test), ref, self.opts.max_weight)
 
     @torch.inference_mode()
-    def client_evaluate(self, task: ClientTask, model: Classifier, data: ClientData,
-                        memory: ClientMemory, ctx: ClientContext) -> ClientUpdate:
+    def evaluate(self, task: ClientTask, model: Classifier, data: ClientData,
+                 memory: ClientMemory, ctx: ClientContext) -> ClientUpdate:
         glob = dict(task.tensors)
         set_tensors(model, glob)
         local = memory.tensors or glob
         alpha, correct, s = self.alphas(model, local, data), 0, 0
-        with autocast(self.cfg.train.precision):
-            for ids, mask, y in data.test.batches(self.cfg.eval.batch_size):
+        with autocast(self.env.precision):
+            for ids, mask, y in data.test.batches(self.env.eval_batch_size):
                 _, z = dual_forward(model, local, alpha[s: s + len(y)], ids, mask)
                 correct, s = correct + int((z.argmax(-1) == y).sum()), s + len(y)
         return ClientUpdate(task.round, task.client_id, s, {}, {
             "correct": correct, "total": s,
             "alpha_mean": float(alpha.mean()) if len(alpha) else None})
 
-    def evaluate_global(self, model: Classifier, split: Split) -> float | None:
-        set_tensors(model, self.global_)
-        correct, total = evaluate_on(model, split, self.cfg)
-        return correct / max(total, 1)
 
-    def global_tensors(self) -> Tensors:
-        return dict(self.global_)
-
-    def server_state(self) -> tuple[Tensors, dict[str, Any]]:
-        return dict(self.global_), {}
-
-    def load_server_state(self, tensors: Tensors, state: dict[str, Any]) -> None:
-        self.global_ = dict(tensors)
+def build(opts: FedDPAOptions, env: Env) -> FedAvg:
+    """FedAvg's server half (the global adapter, acc_global) + the dual-adapter client half."""
+    client = DualClient(opts, env)
+    return FedAvg(env, name="feddpa", update=client.update, evaluate=client.evaluate)
 
 
 registry.register(
-    "feddpa", lambda cfg, opts, nl, nc: FedDPA(cfg, opts), FedDPAOptions,
+    "feddpa", lambda opts, env: build(opts, env), FedDPAOptions,
     "FedDPA: global LoRA (FedAvg) + private local LoRA, mixed per instance by similarity",
     capabilities=replace(AVERAGING, finetune=("lora",),
                          why="its two adapters are LoRA adapters; fedavg-ft and ditto "

@@ -24,7 +24,7 @@ class FedProxOptions:
 
 
 registry.register(
-    "fedprox", lambda cfg, opts, nl, nc: FedAvg(cfg, name="fedprox", mu=opts.mu),
+    "fedprox", lambda opts, env: FedAvg(env, name="fedprox", mu=opts.mu),
     FedProxOptions, "FedAvg + proximal term (mu/2)||θ-θ_global||² in the client loss",
-    capabilities=AVERAGING,
+    capabilities=AVERAGING, tasks=("classify", "generate"), multitask=True,
 )

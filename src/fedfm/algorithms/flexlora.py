@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from fedfm.algorithms import registry
+from fedfm.algorithms.env import Env
 from fedfm.algorithms.lowrank import HETRANK, HetRankLoRA, Tensors
 from fedfm.messages import ClientUpdate
 
@@ -59,8 +60,8 @@ def weighted_product_mean(pairs: list[tuple[torch.Tensor, torch.Tensor]], weight
 
 
 class FlexLoRA(HetRankLoRA):
-    def __init__(self, cfg, num_clients: int):
-        super().__init__(cfg, num_clients, "flexlora")
+    def __init__(self, env: Env):
+        super().__init__(env, "flexlora")
         self._svd: dict[str, tuple] = {}  # layer -> (A_full, B_full) at the largest rank, per round
 
     def initial_state(self) -> Tensors:
@@ -101,7 +102,7 @@ class FlexLoRA(HetRankLoRA):
 
 
 registry.register(
-    "flexlora", lambda cfg, opts, nl, nc: FlexLoRA(cfg, nc), FlexLoRAOptions,
+    "flexlora", lambda opts, env: FlexLoRA(env), FlexLoRAOptions,
     "FlexLoRA: per-client LoRA rank from the budget, full-size ΔW mean, truncated-SVD "
     "redistribution",
     capabilities=HETRANK,

@@ -28,6 +28,7 @@ import torch
 
 from fedfm.algorithms import registry
 from fedfm.algorithms.base import ClientContext
+from fedfm.algorithms.env import Env
 from fedfm.algorithms.lowrank import HETRANK, HetRankLoRA, Tensors
 from fedfm.errors import PayloadError
 from fedfm.messages import ClientTask, ClientUpdate
@@ -64,8 +65,8 @@ def fold_delta(tensors, name: str) -> torch.Tensor | None:
 
 
 class FLoRA(HetRankLoRA):
-    def __init__(self, cfg, num_clients: int):
-        super().__init__(cfg, num_clients, "flora")
+    def __init__(self, env: Env):
+        super().__init__(env, "flora")
 
     def initial_state(self) -> Tensors:
         return {}
@@ -115,7 +116,7 @@ class FLoRA(HetRankLoRA):
 
 
 registry.register(
-    "flora", lambda cfg, opts, nl, nc: FLoRA(cfg, nc), FLoRAOptions,
+    "flora", lambda opts, env: FLoRA(env), FLoRAOptions,
     "FLoRA: per-client LoRA rank from the budget, exact stacking aggregation folded into the "
     "base, fresh adapters every round",
     capabilities=HETRANK,

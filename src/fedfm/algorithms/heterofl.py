@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedfm.algorithms import registry
+from fedfm.algorithms.env import Env
 from fedfm.algorithms.raffm import AGGREGATION, RaFFM, RaFFMOptions, elastic_capabilities
 from fedfm.errors import ConfigError
 
@@ -28,9 +29,9 @@ class HeteroFLOptions:
                               f"not '{self.aggregation}'.")
 
 
-def build(cfg, opts: HeteroFLOptions, num_labels: int, num_clients: int) -> RaFFM:
+def build(opts: HeteroFLOptions, env: Env) -> RaFFM:
     raffm_opts = RaFFMOptions(spp=False, sizing="largest", aggregation=opts.aggregation)
-    return RaFFM(cfg, raffm_opts, num_clients, name="heterofl")
+    return RaFFM(raffm_opts, env, name="heterofl")
 
 
 registry.register(

@@ -29,8 +29,9 @@ import torch
 
 from fedfm.algorithms import registry
 from fedfm.algorithms.base import ClientMemory
+from fedfm.algorithms.env import Env
 from fedfm.algorithms.lowrank import HETRANK, HetRankLoRA, Tensors
-from fedfm.errors import ConfigError
+from fedfm.errors import ConfigError, PayloadError
 from fedfm.messages import ClientUpdate
 from fedfm.models.lora import lora_modules
 
@@ -85,9 +86,24 @@ def tail_norm(a: torch.Tensor, b: torch.Tensor, gamma: float) -> torch.Tensor:
     return a[rho:].norm() * b[:, rho:].norm()
 
 
+@dataclass(frozen=True)
+class PruneReport:
+    """A client's prune decision, appended to its training metrics."""
+
+    rank_next: int
+    pruned: bool
+
+
+def prune_report(update: ClientUpdate) -> PruneReport | None:
+    try:
+        return update.read(PruneReport)
+    except PayloadError:  # validated upstream; a report without a decision changes nothing
+        return None
+
+
 class HetLoRA(HetRankLoRA):
-    def __init__(self, cfg, opts: HetLoRAOptions, num_clients: int):
-        super().__init__(cfg, num_clients, "hetlora")
+    def __init__(self, opts: HetLoRAOptions, env: Env):
+        super().__init__(env, "hetlora")
         self.opts = opts
         self.ranks: dict[int, int] = {}  # client -> pruned rank (server's record)
 
@@ -115,11 +131,11 @@ class HetLoRA(HetRankLoRA):
             w = norm_weights(list(zip(a_s, b_s)), examples)
             self.global_[ka] = zero_padded_mean(a_s, w, self.global_[ka], 0)
             self.global_[kb] = zero_padded_mean(b_s, w, self.global_[kb], 1)
-        for u in updates:
-            nxt = u.metrics.get("rank_next")
-            if isinstance(nxt, int) and 1 <= nxt <= self.max_rank:
-                self.ranks[u.client_id] = min(nxt, self.rank_of(u.client_id))
-        return {"pruned_clients": sum(1 for u in updates if u.metrics.get("pruned"))}
+        reports = [(u.client_id, prune_report(u)) for u in updates]
+        for cid, rep in reports:
+            if rep is not None and 1 <= rep.rank_next <= self.max_rank:
+                self.ranks[cid] = min(rep.rank_next, self.rank_of(cid))
+        return {"pruned_clients": sum(1 for _, rep in reports if rep is not None and rep.pruned)}
 
     def global_delta(self, name: str) -> torch.Tensor:
         return self.scale * (self.global_[f"{name}.lora_B"] @ self.global_[f"{name}.lora_A"])
@@ -132,11 +148,11 @@ class HetLoRA(HetRankLoRA):
         mods = list(lora_modules(model).values())
         return lambda: lam * sum(tail_norm(m.lora_A, m.lora_B, gamma) for m in mods)
 
-    def after_training(self, out: Tensors, r: int, memory: ClientMemory) -> dict:
+    def after_training(self, out: Tensors, r: int, memory: ClientMemory) -> PruneReport:
         gamma = self.opts.prune_gamma
         rho = max(1, int(gamma * r))
         if gamma >= 1 or rho >= r:
-            return {"rank_next": r, "pruned": False}
+            return PruneReport(r, False)
         names = [k[: -len(".lora_A")] for k in out if k.endswith(".lora_A")]
         tail = sum(float(tail_norm(out[f"{n}.lora_A"], out[f"{n}.lora_B"], gamma)) for n in names)
         prev = memory.state.get("hetlora_tail")
@@ -146,18 +162,17 @@ class HetLoRA(HetRankLoRA):
             for n in names:
                 out[f"{n}.lora_A"][rho:] = 0
                 out[f"{n}.lora_B"][:, rho:] = 0
-        return {"rank_next": rho if prune else r, "pruned": prune}
+        return PruneReport(rho if prune else r, prune)
 
-    def server_state(self) -> tuple[Tensors, dict[str, Any]]:
-        return dict(self.global_), {"ranks": {str(k): v for k, v in self.ranks.items()}}
+    def extra_state(self) -> dict[str, Any]:
+        return {"ranks": {str(k): v for k, v in self.ranks.items()}}
 
-    def load_server_state(self, tensors: Tensors, state: dict[str, Any]) -> None:
-        self.global_ = dict(tensors)
+    def load_extra_state(self, state: dict[str, Any]) -> None:
         self.ranks = {int(k): int(v) for k, v in (state.get("ranks") or {}).items()}
 
 
 registry.register(
-    "hetlora", lambda cfg, opts, nl, nc: HetLoRA(cfg, opts, nc), HetLoRAOptions,
+    "hetlora", lambda opts, env: HetLoRA(opts, env), HetLoRAOptions,
     "HetLoRA: per-client LoRA rank from the budget, truncation down, zero-padded "
     "norm-weighted merge, rank self-pruning",
     capabilities=HETRANK,

@@ -23,14 +23,17 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from fedfm.algorithms.adapter import HEAD_TENSORS
 from fedfm.algorithms.base import ClientContext, ClientMemory
 from fedfm.algorithms.capabilities import Capabilities
-from fedfm.algorithms.fedavg import prepare
+from fedfm.algorithms.env import Env
+from fedfm.algorithms.server import ServerState
 from fedfm.algorithms.training import (
     count_correct,
     cross_entropy_loss,
@@ -38,16 +41,56 @@ from fedfm.algorithms.training import (
     train_local,
     weighted_mean,
 )
-from fedfm.config import RunConfig
 from fedfm.data.federated import ClientData, Split
 from fedfm.errors import PayloadError
-from fedfm.messages import ClientTask, ClientUpdate, payload_bytes
+from fedfm.messages import (
+    ClientTask,
+    ClientUpdate,
+    EvalResult,
+    fields_of,
+    payload_bytes,
+    read_payload,
+)
 from fedfm.models.classifier import Classifier
 from fedfm.models.lora import lora_modules
-from fedfm.resources import client_profiles
 
 Tensors = dict[str, torch.Tensor]
-HEAD = ("head.weight", "head.bias")
+HEAD = HEAD_TENSORS
+
+
+@dataclass(frozen=True)
+class RankTask:
+    """What a task tells client k: its LoRA rank r_k and where it comes from."""
+
+    rank: int
+    tier: str
+    budget: float
+    max_rank: int
+
+
+@dataclass(frozen=True)
+class RankReport:
+    """The training metrics every heterogeneous-rank client returns."""
+
+    loss: float
+    steps: int
+    rank: int
+
+
+@dataclass(frozen=True)
+class ClientTotals:
+    """A client's own running totals (kept in its private memory.state, reported when
+    evaluated): bytes both ways, rounds trained, mean step time."""
+
+    step_s_mean: float | None = None  # (field order = the order memory.state has always had)
+    rounds: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+    def add(self, sent: int, received: int, step_s: float) -> ClientTotals:
+        n = self.rounds
+        mean = (self.step_s_mean or 0.0) * n / (n + 1) + step_s / (n + 1)
+        return ClientTotals(mean, n + 1, self.bytes_sent + sent, self.bytes_received + received)
 
 
 HETRANK = Capabilities(
@@ -70,17 +113,17 @@ def set_lora(module: nn.Module, a: torch.Tensor, b: torch.Tensor, scale: float) 
     module.set_active(True)
 
 
-class HetRankLoRA:
+class HetRankLoRA(ServerState):
     """Server/client plumbing shared by the three methods; each subclass supplies
     `downlink(client, rank, rnd)`, `combine(updates)` and `global_delta(layer)`."""
 
     has_global_model = True
 
-    def __init__(self, cfg: RunConfig, num_clients: int, name: str):
-        self.cfg, self.name = cfg, name
-        self.max_rank = cfg.model.lora_rank
-        self.scale = cfg.model.lora_alpha / cfg.model.lora_rank
-        self.profiles = client_profiles(cfg.resources, num_clients, cfg.seed)
+    def __init__(self, env: Env, name: str):
+        self.env, self.name = env, name
+        self.max_rank = env.finetune.rank
+        self.scale = env.finetune.scale
+        self.profiles = env.profiles()
         self.global_: Tensors = {}
         self.w0: Tensors = {}  # layer -> frozen pre-trained weight as the module stores it
         self.shape: dict[str, tuple[int, int]] = {}  # layer -> (out, in) of its LoRA product
@@ -89,7 +132,7 @@ class HetRankLoRA:
 
     # ---- shared -------------------------------------------------------------------------
     def prepare_model(self, model: Classifier) -> None:
-        prepare(model, self.cfg)
+        self.env.finetune.apply(model)
         for name, m in lora_modules(model).items():
             self.w0[name] = m.weight.detach().clone()
             self.init_a[name] = m.lora_A.detach().clone()
@@ -111,13 +154,13 @@ class HetRankLoRA:
         p = self.profiles[client]
         tensors = {k: self.global_[k] for k in HEAD}
         tensors.update(self.downlink(client, r, rnd))
-        config = {"rank": r, "tier": p.tier, "budget": p.budget, "max_rank": self.max_rank}
+        config = fields_of(RankTask(r, p.tier, p.budget, self.max_rank))
         return ClientTask(rnd, client, tensors, config, kind)
 
-    def expected_update(self, task: ClientTask) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        """Upload schema: the head and, per LoRA layer, A (r, in) and B (out, r) at the
-        task's rank."""
-        r = int(task.config["rank"])
+    def upload_schema(self, task: ClientTask) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """What trains and travels, declared once: the head and, per LoRA layer, A (r, in)
+        and B (out, r) at the task's rank (the client uploads exactly these)."""
+        r = task.read(RankTask).rank
         out = {k: (tuple(task.tensors[k].shape), torch.float32) for k in HEAD}
         for name, (n_out, n_in) in self.shape.items():
             out[f"{name}.lora_A"] = ((r, n_in), torch.float32)
@@ -154,17 +197,8 @@ class HetRankLoRA:
             for name in self.layers():
                 mods[name].weight.copy_(self.with_delta(name, self.global_delta(name)))
                 mods[name].set_active(False)
-        c, n = count_correct(model, split, self.cfg.eval.batch_size, self.cfg.train.precision)
+        c, n = count_correct(model, split, self.env.eval_batch_size, self.env.precision)
         return c / max(n, 1)
-
-    def global_tensors(self) -> Tensors:
-        return dict(self.global_)
-
-    def server_state(self) -> tuple[Tensors, dict[str, Any]]:
-        return dict(self.global_), {}
-
-    def load_server_state(self, tensors: Tensors, state: dict[str, Any]) -> None:
-        self.global_ = dict(tensors)
 
     # ---- client half --------------------------------------------------------------------
     def _load_head(self, model: Classifier, tensors) -> None:
@@ -203,32 +237,33 @@ class HetRankLoRA:
             p.requires_grad_(True)
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         t0 = time.perf_counter()
-        stats = train_local(param_groups(named, self.cfg.train.lr, self.cfg.train.head_lr),
-                            data.train, cross_entropy_loss(model), self.cfg.train,
+        stats = train_local(param_groups(named, self.env.train.lr, self.env.train.head_lr),
+                            data.train, cross_entropy_loss(model), self.env.train,
                             ctx.generator(), self.extra_loss(model, r))
         step_s = (time.perf_counter() - t0) / max(stats.steps, 1)
         params = dict(model.named_parameters())
-        out = {k: params[k].detach().clone() for k in self.expected_update(task)}
-        metrics = {"loss": stats.loss, "steps": stats.steps, "rank": r}
-        metrics.update(self.after_training(out, r, memory) or {})
+        out = {k: params[k].detach().clone() for k in self.upload_schema(task)}
+        report = self.after_training(out, r, memory)
+        metrics = fields_of(RankReport(stats.loss, stats.steps, r), *([report] if report else []))
         tally(memory, payload_bytes(out), payload_bytes(task.tensors), step_s)
         return ClientUpdate(task.round, task.client_id, len(data.train), out, metrics)
 
-    def after_training(self, out: Tensors, r: int, memory: ClientMemory) -> dict | None:
+    def after_training(self, out: Tensors, r: int, memory: ClientMemory) -> Any:
+        """A typed report appended to the update's metrics (HetLoRA's prune decision)."""
         return None
 
     def client_evaluate(self, task: ClientTask, model: Classifier, data: ClientData,
                         memory: ClientMemory, ctx: ClientContext) -> ClientUpdate:
         r = self.load_client(task, model, ctx)
-        correct, total = count_correct(model, data.test, self.cfg.eval.batch_size,
-                                       self.cfg.train.precision)
-        s = memory.state
-        metrics = {"correct": correct, "total": total, "rank": r,
-                   "tier": task.config.get("tier"), "budget": task.config.get("budget"),
-                   "lora_params": sum(math.prod(shape) for k, (shape, _) in
-                                      self.expected_update(task).items() if "lora_" in k),
-                   "bytes_sent": s.get("bytes_sent", 0), "bytes_received": s.get("bytes_received", 0),
-                   "train_rounds": s.get("rounds", 0), "step_s_mean": s.get("step_s_mean")}
+        correct, total = count_correct(model, data.test, self.env.eval_batch_size,
+                                       self.env.precision)
+        spec, s = task.read(RankTask), totals(memory)
+        lora = sum(math.prod(shape) for k, (shape, _) in self.upload_schema(task).items()
+                   if "lora_" in k)
+        metrics = fields_of(EvalResult(correct, total), rank=r, tier=spec.tier,
+                            budget=spec.budget, lora_params=lora, bytes_sent=s.bytes_sent,
+                            bytes_received=s.bytes_received, train_rounds=s.rounds,
+                            step_s_mean=s.step_s_mean)
         return ClientUpdate(task.round, task.client_id, total, {}, metrics)
 
     # ---- per method ---------------------------------------------------------------------
@@ -246,20 +281,17 @@ class HetRankLoRA:
 
 
 def task_rank(task: ClientTask, max_rank: int) -> int:
-    try:
-        r = int(task.config["rank"])
-    except (KeyError, TypeError, ValueError):
-        raise PayloadError("task config lacks an integer 'rank'") from None
+    r = task.read(RankTask).rank
     if not 1 <= r <= max_rank:
         raise PayloadError(f"task rank {r} outside [1, {max_rank}]")
     return r
 
 
+def totals(memory: ClientMemory) -> ClientTotals:
+    """The client's running totals from its private memory (zeros before its first round)."""
+    return read_payload(ClientTotals, memory.state, "client memory")
+
+
 def tally(memory: ClientMemory, sent: int, received: int, step_s: float) -> None:
-    """The client's own running totals (private memory): bytes and mean step time."""
-    s = memory.state
-    n = s.get("rounds", 0)
-    s["step_s_mean"] = (s.get("step_s_mean") or 0.0) * n / (n + 1) + step_s / (n + 1)
-    s["rounds"] = n + 1
-    s["bytes_sent"] = s.get("bytes_sent", 0) + sent
-    s["bytes_received"] = s.get("bytes_received", 0) + received
+    """Add one round to the client's running totals (private memory.state)."""
+    memory.state.update(fields_of(totals(memory).add(sent, received, step_s)))

@@ -24,19 +24,21 @@ from typing import Any
 import torch
 
 from fedfm.algorithms import registry
-from fedfm.algorithms.aggregation import masked_aggregate
+from fedfm.algorithms.adapter import HEAD, HEAD_TENSORS, is_head, schema_of
 from fedfm.algorithms.base import ClientContext, ClientMemory
 from fedfm.algorithms.capabilities import AVERAGING, Capabilities
+from fedfm.algorithms.env import Env
+from fedfm.algorithms.lowrank import tally, totals
+from fedfm.algorithms.server import ServerState
 from fedfm.algorithms.training import (
     count_correct,
     cross_entropy_loss,
     param_groups,
     train_local,
 )
-from fedfm.config import RunConfig
 from fedfm.data.federated import ClientData, Split
 from fedfm.errors import ConfigError, PayloadError
-from fedfm.messages import ClientTask, ClientUpdate, payload_bytes
+from fedfm.messages import ClientTask, ClientUpdate, EvalResult, fields_of, payload_bytes
 from fedfm.models import hf_elastic, hf_raffm
 from fedfm.models.classifier import Classifier, set_tensors
 from fedfm.models.elastic import (
@@ -48,7 +50,6 @@ from fedfm.models.elastic import (
 )
 from fedfm.models.lora import block_of, inject_lora, lora_modules, target_suffixes
 from fedfm.models.sizing import CostModel, choose_widths, embedding_params
-from fedfm.resources import client_profiles
 from fedfm.sim.seeds import derive_seed
 
 SIZING = ("largest", "sample")
@@ -73,13 +74,34 @@ class RaFFMOptions:
                               f"not '{self.aggregation}'.")
 
 
+@dataclass(frozen=True)
+class WidthsTask:
+    """What a task tells client k: the widths of its subnetwork (heads and FFN neurons kept
+    per block) and the budget they were fitted to."""
+
+    heads: tuple[int, ...]
+    ffn: tuple[int, ...]
+    tier: str
+    budget: float
+    unit: str
+    cost_fraction: float
+
+
+@dataclass(frozen=True)
+class SubnetReport:
+    """The training metrics of one client's subnetwork (no timings: an update's bytes must
+    not depend on the machine; step time stays in memory.state)."""
+
+    loss: float
+    steps: int
+    bytes_sent: int
+    params_fraction: float
+
+
 def task_widths(task: ClientTask, num_layers: int) -> Widths:
     """The widths a task asks for, checked against the super-network's depth."""
-    try:
-        w = Widths(tuple(int(h) for h in task.config["heads"]),
-                   tuple(int(f) for f in task.config["ffn"]))
-    except (KeyError, TypeError, ValueError):
-        raise PayloadError("task config lacks integer lists 'heads' and 'ffn'") from None
+    spec = task.read(WidthsTask)
+    w = Widths(spec.heads, spec.ffn)
     if len(w.heads) != num_layers or len(w.ffn) != num_layers:
         raise PayloadError(f"task widths name {len(w.heads)}/{len(w.ffn)} blocks, model has "
                            f"{num_layers}")
@@ -94,22 +116,21 @@ def subnetwork_classifier(model: Classifier, widths: Widths,
     blocks = {k: v for k, v in backbone_tensors(tensors).items() if k.startswith("encoder.")}
     sub = build_subnetwork(widths.spec(model.backbone.spec), blocks, emb)
     clf = Classifier(sub, model.head.out_features, model.pooling)
-    head = {k: v for k, v in tensors.items() if k.startswith("head.")}
-    set_tensors(clf, head)
+    set_tensors(clf, {k: v for k, v in tensors.items() if is_head(k)})
     for p in clf.parameters():
         p.requires_grad_(False)
     return clf
 
 
-class RaFFM:
+class RaFFM(ServerState):
     """Both halves of RaFFM (and, with spp=False, of HeteroFL)."""
 
     has_global_model = True
 
-    def __init__(self, cfg: RunConfig, opts: RaFFMOptions, num_clients: int, name: str = "raffm"):
+    def __init__(self, opts: RaFFMOptions, env: Env, name: str = "raffm"):
         opts.check()
-        self.cfg, self.opts, self.name = cfg, opts, name
-        self.profiles = client_profiles(cfg.resources, num_clients, cfg.seed)
+        self.env, self.opts, self.name = env, opts, name
+        self.profiles = env.profiles()
         self.global_: dict[str, torch.Tensor] = {}
         self.cost: CostModel | hf_raffm.HFCost | None = None
         self.geo: hf_elastic.Geometry | None = None  # set for Hugging Face backbones
@@ -119,40 +140,40 @@ class RaFFM:
 
     # ---- shared -------------------------------------------------------------------------
     def prepare_model(self, model: Classifier) -> None:
-        m = self.cfg.model
+        ft, env = self.env.finetune, self.env
         if hf_raffm.is_hf(model.backbone):
             self._prepare_hf(model)
             return
-        self.cost = CostModel(model.backbone.spec, self.cfg.resources.unit, m.max_length,
-                              self.cfg.train.batch_size, m.finetune, m.lora_rank)
+        self.cost = CostModel(model.backbone.spec, env.resources.unit, env.max_length,
+                              env.train.batch_size, ft.mode, ft.rank)
         self.frozen = embedding_params(model.backbone.spec)
 
     def _prepare_hf(self, model: Classifier) -> None:
         """Any registered HF family: geometry from its roles, costs from its tensors."""
         self.geo = hf_raffm.geometry_of(model)
-        if self.cfg.model.finetune == "lora" and "qkv" in self.geo.roles:
+        if self.env.finetune.mode == "lora" and "qkv" in self.geo.roles:
             raise ConfigError(
                 f"{self.name} with model.finetune = 'lora' does not yet cut LoRA on fused qkv "
                 "projections (GPT-2's c_attn); use finetune = 'full' or 'head' on this family, "
                 "or hetlora / flexlora / flora for heterogeneous-rank LoRA.")
-        suffixes, all_linear = target_suffixes(model.backbone, self.cfg.model.lora_targets)
+        suffixes, all_linear = target_suffixes(model.backbone, self.env.finetune.targets)
         self._lora_suffixes = tuple(self.geo.roles.values()) if all_linear else tuple(suffixes)
         self.frozen = hf_raffm.frozen_params(model, self.geo)
         self.cost = hf_raffm.HFCost(self.geo, hf_raffm.server_tensors(model, self.geo),
                                     self.frozen, model.backbone.spec.hidden,
-                                    self.cfg.resources.unit, self.cfg.model.max_length,
-                                    self.cfg.train.batch_size)
+                                    self.env.resources.unit, self.env.max_length,
+                                    self.env.train.batch_size)
 
     def widths_for(self, client: int, rnd: int, rule: str | None = None) -> Widths:
-        gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, rnd, client, 0x4AF))
+        gen = torch.Generator().manual_seed(derive_seed(self.env.seed, rnd, client, 0x4AF))
         return choose_widths(self.cost, self.profiles[client].budget, rule or self.opts.sizing,
                              gen)
 
     def _task(self, rnd: int, client: int, kind: str, rule: str | None = None) -> ClientTask:
         w = self.widths_for(client, rnd, rule)
         p = self.profiles[client]
-        config = {**w.to_json(), "tier": p.tier, "budget": p.budget, "unit": p.unit,
-                  "cost_fraction": round(self.cost.fraction(w), 4)}
+        config = fields_of(WidthsTask(w.heads, w.ffn, p.tier, p.budget, p.unit,
+                                      round(self.cost.fraction(w), 4)))
         if self.geo is not None:
             return ClientTask(rnd, client, hf_elastic.extract(self.global_, self.geo, w), config,
                               kind)
@@ -178,16 +199,16 @@ class RaFFM:
         if not updates:
             return {}
         subs = [self._as_weights(dict(u.tensors)) for u in updates]
-        agg, extra = masked_aggregate(self.cfg, rnd, subs, [u.num_examples for u in updates],
-                                      self.global_, client_ids=[u.client_id for u in updates],
-                                      denominator=self.opts.aggregation)
+        agg, extra = self.env.averaging.masked(
+            rnd, subs, [u.num_examples for u in updates], self.global_,
+            client_ids=[u.client_id for u in updates], denominator=self.opts.aggregation)
         self.global_ = {**self.global_, **agg}
-        fracs = [u.metrics.get("params_fraction") for u in updates]
-        return {"sub_params_fraction_mean": sum(f or 0 for f in fracs) / len(fracs), **extra}
+        fracs = [_params_fraction(u) for u in updates]
+        return {"sub_params_fraction_mean": sum(fracs) / len(fracs), **extra}
 
     def _as_weights(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A LoRA update (A, B per linear) -> the kept weights W[prefix] + (α/r)·B·A."""
-        scale = self.cfg.model.lora_alpha / self.cfg.model.lora_rank
+        scale = self.env.finetune.scale
         out = {k: v for k, v in tensors.items() if not k.endswith((".lora_A", ".lora_B"))}
         for k in [k for k in tensors if k.endswith(".lora_A")]:
             base = k.removesuffix(".lora_A")
@@ -200,24 +221,25 @@ class RaFFM:
             out[base + ".weight"] = w[: b.shape[0], : a.shape[1]] + scale * (b @ a)
         return out
 
-    def expected_update(self, task: ClientTask) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        """Upload schema for `task`: the kept weights (full), LoRA A/B per target (lora), or
-        the head alone (head) — shapes follow the task's own sub-tensors."""
-        t, m = task.tensors, self.cfg.model
-        head = {k: (tuple(v.shape), v.dtype) for k, v in t.items() if k.startswith("head.")}
-        if m.finetune == "full":
-            return {k: (tuple(v.shape), v.dtype) for k, v in t.items()
-                    if self.geo is not None or k.startswith(("head.", "backbone.encoder."))}
-        if m.finetune == "head":
+    def upload_schema(self, task: ClientTask) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """What trains and travels for `task`, declared once: the kept weights (full), LoRA
+        A/B per target (lora), or the head alone (head); shapes follow the task's own
+        sub-tensors. The client uploads exactly these keys."""
+        t, ft = task.tensors, self.env.finetune
+        head = schema_of({k: v for k, v in t.items() if is_head(k)})
+        if ft.mode == "full":
+            return schema_of({k: v for k, v in t.items()
+                              if self.geo is not None or k.startswith((HEAD, "backbone.encoder."))})
+        if ft.mode == "head":
             return head
         out = dict(head)
         for k, w in t.items():
             base = k.removesuffix(".weight")
-            targets = self._lora_suffixes if self.geo is not None else m.lora_targets
+            targets = self._lora_suffixes if self.geo is not None else ft.targets
             if k.endswith(".weight") and block_of(base) is not None and w.dim() == 2 and any(
                     base.endswith("." + x) for x in targets):
-                out[base + ".lora_A"] = ((m.lora_rank, w.shape[1]), torch.float32)
-                out[base + ".lora_B"] = ((w.shape[0], m.lora_rank), torch.float32)
+                out[base + ".lora_A"] = ((ft.rank, w.shape[1]), torch.float32)
+                out[base + ".lora_B"] = ((w.shape[0], ft.rank), torch.float32)
         return out
 
     def configure_evaluate(self, rnd: int, clients: list[int]) -> list[ClientTask]:
@@ -226,28 +248,19 @@ class RaFFM:
     def evaluate_global(self, model: Classifier, split: Split) -> float | None:
         set_tensors(model, self.global_ if self.geo is None else
                     hf_elastic.fuse(self.global_, self.geo))
-        c, n = count_correct(model, split, self.cfg.eval.batch_size, self.cfg.train.precision)
+        c, n = count_correct(model, split, self.env.eval_batch_size, self.env.precision)
         return c / max(n, 1)
-
-    def global_tensors(self) -> dict[str, torch.Tensor]:
-        return dict(self.global_)
-
-    def server_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        return dict(self.global_), {}
-
-    def load_server_state(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-        self.global_ = dict(tensors)
 
     # ---- client half --------------------------------------------------------------------
     def _trainable(self, clf: Classifier, ctx: ClientContext) -> None:
         """Unfreeze what `model.finetune` trains on the subnetwork (embeddings stay frozen)."""
-        m = self.cfg.model
-        if m.finetune == "lora":
-            inject_lora(clf.backbone, m.lora_targets, m.lora_rank, m.lora_alpha, ctx.seed)
-        elif m.finetune == "full" and self.geo is not None:
+        ft = self.env.finetune
+        if ft.mode == "lora":
+            inject_lora(clf.backbone, ft.targets, ft.rank, ft.alpha, ctx.seed)
+        elif ft.mode == "full" and self.geo is not None:
             for n, p in clf.named_parameters():  # the block/final-norm tensors it was sent
                 p.requires_grad_(n.startswith(self.geo.blocks) or n in self._norm_names)
-        elif m.finetune == "full":
+        elif ft.mode == "full":
             for p in clf.backbone.encoder.parameters():
                 p.requires_grad_(True)
         for p in clf.head.parameters():
@@ -256,9 +269,9 @@ class RaFFM:
     def _sent(self, clf: Classifier) -> dict[str, torch.Tensor]:
         if self.geo is not None:
             return hf_raffm.trained_tensors(clf, self.geo)
-        if self.cfg.model.finetune == "lora":
+        if self.env.finetune.mode == "lora":
             names = [f"{n}.lora_{x}" for n in lora_modules(clf) for x in "AB"]
-            names += ["head.weight", "head.bias"]
+            names += list(HEAD_TENSORS)
         else:
             names = [n for n, p in clf.named_parameters() if p.requires_grad]
         params = dict(clf.named_parameters())
@@ -271,21 +284,19 @@ class RaFFM:
         self._trainable(clf, ctx)
         named = [(n, p) for n, p in clf.named_parameters() if p.requires_grad]
         t0 = time.perf_counter()
-        stats = train_local(param_groups(named, self.cfg.train.lr, self.cfg.train.head_lr),
-                            data.train, cross_entropy_loss(clf), self.cfg.train, ctx.generator())
+        stats = train_local(param_groups(named, self.env.train.lr, self.env.train.head_lr),
+                            data.train, cross_entropy_loss(clf), self.env.train, ctx.generator())
         step_s = (time.perf_counter() - t0) / max(stats.steps, 1)
         out = self._sent(clf)
         sent, received = payload_bytes(out), payload_bytes(task.tensors)
-        _tally(memory, sent, received, step_s)
-        return ClientUpdate(task.round, task.client_id, len(data.train), out, {
-            "loss": stats.loss, "steps": stats.steps, "bytes_sent": sent,  # no timings: the
-            # update's bytes must not depend on the machine (step time stays in memory.state)
-            "params_fraction": self._params_fraction(widths)})
+        tally(memory, sent, received, step_s)
+        report = SubnetReport(stats.loss, stats.steps, sent, self._params_fraction(widths))
+        return ClientUpdate(task.round, task.client_id, len(data.train), out, fields_of(report))
 
     def _subnetwork(self, model: Classifier, widths: Widths, task: ClientTask) -> Classifier:
         if self.geo is None:
             return subnetwork_classifier(model, widths, dict(task.tensors))
-        self._norm_names = {k for k in task.tensors if not k.startswith(("head.", self.geo.blocks))}
+        self._norm_names = {k for k in task.tensors if not k.startswith((HEAD, self.geo.blocks))}
         return hf_raffm.sub_classifier(model, self.geo, widths, dict(task.tensors))
 
     def _params_fraction(self, w: Widths) -> float:
@@ -295,29 +306,24 @@ class RaFFM:
                         memory: ClientMemory, ctx: ClientContext) -> ClientUpdate:
         widths = task_widths(task, model.backbone.spec.num_layers)
         clf = self._subnetwork(model, widths, task)
-        correct, total = count_correct(clf, data.test, self.cfg.eval.batch_size,
-                                       self.cfg.train.precision)
-        s = memory.state
-        metrics = {"correct": correct, "total": total, "tier": task.config.get("tier"),
-                   "budget": task.config.get("budget"), "unit": task.config.get("unit"),
-                   "cost_fraction": task.config.get("cost_fraction"),
-                   "sub_params": self.cost.params(widths),
-                   "params_fraction": round(self._params_fraction(widths), 4),
-                   "heads": list(widths.heads), "ffn": list(widths.ffn),
-                   "bytes_sent": s.get("bytes_sent", 0), "bytes_received": s.get("bytes_received", 0),
-                   "embedding_bytes_once": 4 * self.frozen,
-                   "train_rounds": s.get("rounds", 0), "step_s_mean": s.get("step_s_mean")}
+        correct, total = count_correct(clf, data.test, self.env.eval_batch_size,
+                                       self.env.precision)
+        spec, s = task.read(WidthsTask), totals(memory)
+        metrics = fields_of(
+            EvalResult(correct, total), tier=spec.tier, budget=spec.budget, unit=spec.unit,
+            cost_fraction=spec.cost_fraction, sub_params=self.cost.params(widths),
+            params_fraction=round(self._params_fraction(widths), 4),
+            heads=list(widths.heads), ffn=list(widths.ffn), bytes_sent=s.bytes_sent,
+            bytes_received=s.bytes_received, embedding_bytes_once=4 * self.frozen,
+            train_rounds=s.rounds, step_s_mean=s.step_s_mean)
         return ClientUpdate(task.round, task.client_id, total, {}, metrics)
 
 
-def _tally(memory: ClientMemory, sent: int, received: int, step_s: float) -> None:
-    """The client's own running totals (private memory): bytes and mean step time."""
-    s = memory.state
-    n = s.get("rounds", 0)
-    s["step_s_mean"] = (s.get("step_s_mean") or 0.0) * n / (n + 1) + step_s / (n + 1)
-    s["rounds"] = n + 1
-    s["bytes_sent"] = s.get("bytes_sent", 0) + sent
-    s["bytes_received"] = s.get("bytes_received", 0) + received
+def _params_fraction(update: ClientUpdate) -> float:
+    try:
+        return update.read(SubnetReport).params_fraction
+    except PayloadError:  # validated upstream; counted as 0 as before
+        return 0.0
 
 
 def elastic_capabilities(name: str, aggregation: str) -> Capabilities:
@@ -330,7 +336,7 @@ def elastic_capabilities(name: str, aggregation: str) -> Capabilities:
 
 
 registry.register(
-    "raffm", lambda cfg, opts, nl, nc: RaFFM(cfg, opts, nc), RaFFMOptions,
+    "raffm", lambda opts, env: RaFFM(opts, env), RaFFMOptions,
     "RaFFM: SPP-ordered, budget-fitted real subnetworks per client, coverage-normalised merge",
     capabilities=lambda opts: elastic_capabilities("raffm", opts.aggregation),
 )

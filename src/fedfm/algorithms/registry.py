@@ -1,12 +1,20 @@
-"""The algorithm registry: name -> (factory, options dataclass, description).
+"""The algorithm registry: name -> (factory, options dataclass, description, what it honours).
 
 Adding an algorithm = its module (ending in a `register(...)` call) + its name in `MODULES`.
-The CLI, config validation and `fedfm list` find it here.
+The CLI, config validation, `fedfm list`, the task check (`task = "generate"`) and the
+multi-task check find it here. Its row is the one declaration of what it can do:
+
+    register("myalgo", lambda opts, env: MyAlgo(opts, env), MyAlgoOptions, "one line",
+             capabilities=AVERAGING, tasks=("classify", "generate"), multitask=True)
+
+`factory(options, env)` gets the algorithm's options and the world's flat handles
+(fedfm.algorithms.env.Env), never the RunConfig: `build` turns a config into those.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,10 +31,20 @@ MODULES += ["fedsa", "feddpa", "fedavg_ft", "ditto"]  # personalised baselines (
 @dataclass(frozen=True)
 class Entry:
     name: str
-    factory: Callable[..., Any]  # (cfg, options, num_labels, num_clients) -> Algorithm
+    factory: Callable[..., Any]  # (options, env) -> Algorithm
     options: type | None
     description: str
     capabilities: Any = None  # Capabilities | (options -> Capabilities); see capabilities.py
+    tasks: tuple[str, ...] = ("classify",)  # `task` values it runs (fedfm.tasks)
+    multitask: bool = False  # runs a multi-task federation ([[data.tasks]], fedfm.algorithms.multitask)
+
+    def build(self, options: Any = None, env: Any = None) -> Any:
+        """The algorithm from its options alone (defaults when None) and the world's handles."""
+        from fedfm.algorithms.env import Env
+
+        if options is None and self.options is not None:
+            options = self.options()
+        return self.factory(options, env if env is not None else Env())
 
 
 _ENTRIES: dict[str, Entry] = {}
@@ -34,8 +52,18 @@ _loaded = False
 
 
 def register(name: str, factory: Callable[..., Any], options: type | None = None,
-             description: str = "", capabilities: Any = None) -> None:
-    _ENTRIES[name] = Entry(name, factory, options, description, capabilities)
+             description: str = "", capabilities: Any = None,
+             tasks: tuple[str, ...] = ("classify",), multitask: bool = False) -> None:
+    _ENTRIES[name] = Entry(name, factory, options, description, capabilities, tuple(tasks),
+                           multitask)
+
+
+def supporting(task: str | None = None, multitask: bool | None = None) -> list[str]:
+    """Registered algorithms that run `task` (and, with multitask=True, multi-task federations)."""
+    _load()
+    return sorted(e.name for e in _ENTRIES.values()
+                  if (task is None or task in e.tasks) and (multitask is None
+                                                            or e.multitask == multitask))
 
 
 def _load() -> None:
@@ -81,5 +109,10 @@ def validate(cfg: RunConfig) -> None:
 
 
 def build(cfg: RunConfig, num_labels: int, num_clients: int) -> Any:
+    """The builder: config -> (options, flat handles) -> the algorithm."""
+    from fedfm.algorithms.env import from_config
+
     entry = get(cfg.algorithm)
-    return entry.factory(cfg, options_for(cfg), num_labels, num_clients)
+    if len(inspect.signature(entry.factory).parameters) == 4:  # not yet flat: (cfg, opts, nl, nc)
+        return entry.factory(cfg, options_for(cfg), num_labels, num_clients)
+    return entry.factory(options_for(cfg), from_config(cfg, num_labels, num_clients))
