@@ -153,9 +153,9 @@ def test_parity_in_process_grid(algorithm, tmp_path, monkeypatch):
     s = run(flw, quiet=True, transport=lambda w: FlowerClients.for_config(grid, nodes, flw))
     assert s["algorithm"] == algorithm
     assert_same_run(tmp_path / "emb", tmp_path / "flw")
-    from fedfm.flower.app import RESUMABLE
+    from fedfm.flower.app import resumable
 
-    if algorithm in RESUMABLE:  # deployment --resume relies on it: no private client memory
+    if algorithm in resumable():  # deployment --resume relies on it: no private client memory
         assert all(not c.state.array_records for c in grid.contexts.values())
 
 

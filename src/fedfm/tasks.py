@@ -20,8 +20,8 @@ TASKS = {
     "generate": "causal-LM fine-tuning on prompt/response records, exact match of greedy answers",
 }
 
-# Algorithms that run task = "generate" (FedPer: the personal part is the last block's LoRA).
-GENERATE_ALGORITHMS = ("fedavg", "fedprox", "fedper", "local")
+# Which algorithms run task = "generate" is declared in each one's registry row
+# (`tasks=("classify", "generate")`; FedPer: the personal part is the last block's LoRA).
 REFUSED = {
     "fedms": "FedMS's MoFM gate mixes the experts' class logits per example; for generation it "
              "would have to mix per-token vocabulary distributions of two LoRA experts inside "
@@ -41,11 +41,13 @@ def check(cfg) -> None:
         raise ConfigError(f"task must be one of {', '.join(TASKS)}, not '{task}'.")
     if task != "generate":
         return
-    if cfg.algorithm not in GENERATE_ALGORITHMS:
+    from fedfm.algorithms import registry
+
+    if "generate" not in registry.get(cfg.algorithm).tasks:
         why = REFUSED.get(cfg.algorithm, f"'{cfg.algorithm}' is built for classification only")
         raise ConfigError(
             f"task = 'generate' does not run with algorithm = '{cfg.algorithm}': {why}. "
-            f"Algorithms that support generation: {', '.join(GENERATE_ALGORITHMS)}."
+            f"Algorithms that support generation: {', '.join(registry.supporting('generate'))}."
         )
     if cfg.model.finetune == "head":
         raise ConfigError("task = 'generate' has no classification head to train: use "

@@ -155,5 +155,5 @@ class FedAvg(ServerState):
 registry.register(
     "fedavg", lambda opts, env: FedAvg(env), None,
     "FedAvg over LoRA + head (model.finetune = lora | full | head)", capabilities=AVERAGING,
-    tasks=("classify", "generate"), multitask=True,
+    tasks=("classify", "generate"), multitask=True, stateless=True,
 )

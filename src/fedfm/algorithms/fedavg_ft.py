@@ -67,5 +67,5 @@ registry.register(
     lambda opts, env: FedAvg(env, name="fedavg-ft", personalise=fine_tuner(env, opts)),
     FedAvgFTOptions,
     "FedAvg, then each client fine-tunes a copy of the global adapter for `steps` steps "
-    "before its personal evaluation", capabilities=AVERAGING,
+    "before its personal evaluation", capabilities=AVERAGING, stateless=True,
 )

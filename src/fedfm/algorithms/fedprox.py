@@ -26,5 +26,5 @@ class FedProxOptions:
 registry.register(
     "fedprox", lambda opts, env: FedAvg(env, name="fedprox", mu=opts.mu),
     FedProxOptions, "FedAvg + proximal term (mu/2)||θ-θ_global||² in the client loss",
-    capabilities=AVERAGING, tasks=("classify", "generate"), multitask=True,
+    capabilities=AVERAGING, tasks=("classify", "generate"), multitask=True, stateless=True,
 )

@@ -21,19 +21,21 @@ from fedfm.errors import ConfigError
 from fedfm.messages import ClientTask
 from fedfm.models.multihead import MultiHead, head_prefix
 
-SUPPORTED = ("fedavg", "fedprox", "fedper", "local")
-
 
 def check_multitask(cfg) -> None:
-    """Exit-2 refusals for what a multi-task federation cannot honour (yet)."""
+    """Exit-2 refusals for what a multi-task federation cannot honour (yet). Which algorithms
+    can run one is declared in their registry rows (`multitask=True`)."""
+    from fedfm.algorithms import registry
+
+    supported = registry.supporting(multitask=True)
     tasks = cfg.data.tasks
     names = [t.id or t.name for t in tasks]
     total = sum(t.num_clients for t in tasks)
     rules = [
-        (cfg.algorithm in SUPPORTED,
+        (registry.get(cfg.algorithm).multitask,
          f"algorithm '{cfg.algorithm}' cannot run a multi-task federation ([[data.tasks]]): it "
          "has one classification head / one label space. Algorithms that can: "
-         f"{', '.join(SUPPORTED)}"),
+         f"{', '.join(supported)}"),
         (all(t.name for t in tasks), "every [[data.tasks]] table needs name = a data set "
          "(fedfm list)"),
         (len(set(names)) == len(names), f"[[data.tasks]] must differ in name (or id), got {names}"),

@@ -37,6 +37,7 @@ class Entry:
     capabilities: Any = None  # Capabilities | (options -> Capabilities); see capabilities.py
     tasks: tuple[str, ...] = ("classify",)  # `task` values it runs (fedfm.tasks)
     multitask: bool = False  # runs a multi-task federation ([[data.tasks]], fedfm.algorithms.multitask)
+    stateless: bool = False  # clients keep no private memory (a Flower deployment can --resume)
 
     def build(self, options: Any = None, env: Any = None) -> Any:
         """The algorithm from its options alone (defaults when None) and the world's handles."""
@@ -53,17 +54,20 @@ _loaded = False
 
 def register(name: str, factory: Callable[..., Any], options: type | None = None,
              description: str = "", capabilities: Any = None,
-             tasks: tuple[str, ...] = ("classify",), multitask: bool = False) -> None:
+             tasks: tuple[str, ...] = ("classify",), multitask: bool = False,
+             stateless: bool = False) -> None:
     _ENTRIES[name] = Entry(name, factory, options, description, capabilities, tuple(tasks),
-                           multitask)
+                           multitask, stateless)
 
 
-def supporting(task: str | None = None, multitask: bool | None = None) -> list[str]:
-    """Registered algorithms that run `task` (and, with multitask=True, multi-task federations)."""
+def supporting(task: str | None = None, multitask: bool | None = None,
+               stateless: bool | None = None) -> list[str]:
+    """Registered algorithms that run `task` / a multi-task federation / keep no client memory."""
     _load()
     return sorted(e.name for e in _ENTRIES.values()
-                  if (task is None or task in e.tasks) and (multitask is None
-                                                            or e.multitask == multitask))
+                  if (task is None or task in e.tasks)
+                  and (multitask is None or e.multitask == multitask)
+                  and (stateless is None or e.stateless == stateless))
 
 
 def _load() -> None:

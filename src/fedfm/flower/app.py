@@ -23,16 +23,22 @@ from fedfm.flower.strategy import FlowerClients, discover
 quiet_env()
 log = logging.getLogger("fedfm")
 RESUME_KEY = "fedfm-resume"
-# algorithms whose clients keep no private memory between rounds (checked for every registered
-# algorithm by tests/test_flower.py): a resumed deployment run is a new Flower run, whose
-# SuperNodes start with an empty context.state, so only these resume exactly
-RESUMABLE = ("fedavg", "fedprox")
+
+
+def resumable() -> list[str]:
+    """Algorithms whose clients keep no private memory between rounds (`stateless=True` in
+    their registry rows; checked for every registered algorithm by tests/test_flower.py): a
+    resumed deployment run is a new Flower run, whose SuperNodes start with an empty
+    context.state, so only these resume exactly."""
+    from fedfm.algorithms import registry
+
+    return registry.supporting(stateless=True)
 
 
 def check_resumable(algorithm: str) -> None:
-    if algorithm not in RESUMABLE:
+    if algorithm not in resumable():
         raise ConfigError(
-            f"--resume on a Flower deployment works for {', '.join(RESUMABLE)} only: "
+            f"--resume on a Flower deployment works for {', '.join(resumable())} only: "
             f"'{algorithm}' keeps private client memory in each SuperNode's run context, which "
             f"a new Flower run does not inherit, so the resumed run would silently differ. "
             f"Start it again (overwrite=true) or resume it on the embedded runtime.")
