@@ -66,11 +66,14 @@ P = TypeVar("P")
 
 def fields_of(*payloads: Any, **extra: Any) -> dict[str, Any]:
     """Typed payloads (frozen dataclasses of JSON scalars, tuples and lists) -> their wire form:
-    one string-keyed dict, fields in declaration order (tuples become lists)."""
+    one string-keyed dict, fields in declaration order (tuples become lists; an optional field
+    left at its default None is absent)."""
     out: dict[str, Any] = {}
     for payload in payloads:
         for f in dataclasses.fields(payload):
             v = getattr(payload, f.name)
+            if v is None and f.default is None:
+                continue
             out[f.name] = list(v) if isinstance(v, tuple) else v
     return {**out, **extra}
 
@@ -111,10 +114,17 @@ def read_payload(cls: type[P], mapping: Mapping[str, Any], what: str = "payload"
 
 @dataclass(frozen=True)
 class EvalResult:
-    """What every evaluation reply carries (the runner's personalised accuracy reads it)."""
+    """What every evaluation reply carries (the runner's personalised accuracy reads it):
+    correct answers of `total` test examples, and for task = generate the mean
+    response-token loss."""
 
     correct: int
     total: int
+    loss: float | None = None
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.total, 1)
 
 
 def _blob(tensors: Tensors, meta: dict[str, Any]) -> bytes:

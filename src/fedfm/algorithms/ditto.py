@@ -23,7 +23,7 @@ from fedfm.algorithms.env import Env
 from fedfm.algorithms.fedavg import FedAvg, evaluate_metrics, train_on
 from fedfm.data.federated import ClientData
 from fedfm.errors import ConfigError
-from fedfm.messages import ClientTask, ClientUpdate
+from fedfm.messages import ClientTask, ClientUpdate, fields_of
 from fedfm.models.classifier import Classifier, get_tensors, set_tensors
 from fedfm.sim.seeds import derive_seed
 
@@ -60,9 +60,8 @@ def ditto_evaluate(env: Env):
     def evaluate(task: ClientTask, model: Classifier, data: ClientData, memory: ClientMemory,
                  ctx: ClientContext) -> ClientUpdate:
         set_tensors(model, {**dict(task.tensors), **memory.tensors})
-        m = evaluate_metrics(model, data.test, env)
-        return ClientUpdate(task.round, task.client_id, m["total"], {},
-                            {"correct": m["correct"], "total": m["total"]})
+        r = evaluate_metrics(model, data.test, env)
+        return ClientUpdate(task.round, task.client_id, r.total, {}, fields_of(r))
 
     return evaluate
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from fedfm.config import ModelConfig, SamplingConfig, TrainConfig
+from fedfm.messages import EvalResult
 from fedfm.reliability import AggregationConfig, DPConfig
 from fedfm.resources import ClientProfile, ResourcesConfig, client_profiles
 
@@ -70,8 +71,8 @@ class TaskSpec:
 
         return cross_entropy_loss(model)
 
-    def evaluate(self, model, split) -> dict[str, Any]:
-        """{"correct", "total"} (+ "loss": mean response-token loss, for generate)."""
+    def evaluate(self, model, split) -> EvalResult:
+        """Correct of total (+ the mean response-token loss, for generate)."""
         from fedfm.algorithms.training import autocast, count_correct
 
         if self.kind == "generate":
@@ -79,9 +80,8 @@ class TaskSpec:
 
             m = evaluate_generation(model, split, self.eval_batch_size, self.max_new_tokens,
                                     lambda: autocast(self.precision))
-            return {"correct": m["correct"], "total": m["total"], "loss": m["loss"]}
-        correct, total = count_correct(model, split, self.eval_batch_size, self.precision)
-        return {"correct": correct, "total": total}
+            return EvalResult(m["correct"], m["total"], m["loss"])
+        return EvalResult(*count_correct(model, split, self.eval_batch_size, self.precision))
 
 
 @dataclass(frozen=True)

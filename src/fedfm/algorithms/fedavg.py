@@ -26,7 +26,7 @@ from fedfm.algorithms.env import Env, from_config
 from fedfm.algorithms.server import ServerState
 from fedfm.algorithms.training import param_groups, train_local
 from fedfm.data.federated import ClientData, Split
-from fedfm.messages import ClientTask, ClientUpdate
+from fedfm.messages import ClientTask, ClientUpdate, EvalResult, fields_of
 from fedfm.models.classifier import Classifier, get_tensors, set_tensors, trainable_names
 
 # (model holding the global tensors, client data, ctx) -> extra metrics; may change the model
@@ -60,17 +60,16 @@ def train_on(model: Classifier, data: ClientData, env: Env, ctx: ClientContext,
     return stats.loss
 
 
-def evaluate_metrics(model: Classifier, split: Split, env: Env) -> dict[str, Any]:
-    """{"correct", "total"} (+ "loss": mean response-token loss, for task = generate)."""
+def evaluate_metrics(model: Classifier, split: Split, env: Env) -> EvalResult:
+    """Correct of total (+ the mean response-token loss, for task = generate)."""
     return env.task.evaluate(model, split)
 
 
-def global_result(metrics: dict[str, Any]) -> float | dict[str, Any]:
+def global_result(r: EvalResult) -> float | dict[str, Any]:
     """What `evaluate_global` returns: the accuracy, or a dict with the loss for generate."""
-    acc = metrics["correct"] / max(metrics["total"], 1)
-    if "loss" in metrics:
-        return {"acc_global": acc, "loss_global": metrics["loss"]}
-    return acc
+    if r.loss is not None:
+        return {"acc_global": r.accuracy, "loss_global": r.loss}
+    return r.accuracy
 
 
 class FedAvg(ServerState):
@@ -139,8 +138,8 @@ class FedAvg(ServerState):
             return self._evaluate(task, model, data, memory, ctx)
         self.load(task, model, memory)
         extra = self.personalise(model, data, ctx) if self.personalise else {}
-        m = evaluate_metrics(model, data.test, self.env)
-        return ClientUpdate(task.round, task.client_id, m["total"], {}, {**m, **extra})
+        r = evaluate_metrics(model, data.test, self.env)
+        return ClientUpdate(task.round, task.client_id, r.total, {}, fields_of(r, **extra))
 
     def evaluate_global(self, model: Classifier, split: Split) -> float | dict | None:
         """Accuracy on the pooled test set ({"acc_global", "loss_global"} for generate);

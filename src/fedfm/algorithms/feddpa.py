@@ -44,7 +44,7 @@ from fedfm.algorithms.fedavg import FedAvg, train_on
 from fedfm.algorithms.training import autocast, train_local
 from fedfm.data.federated import ClientData, Split
 from fedfm.errors import ConfigError
-from fedfm.messages import ClientTask, ClientUpdate
+from fedfm.messages import ClientTask, ClientUpdate, EvalResult, fields_of
 from fedfm.models.classifier import Classifier, get_tensors, set_tensors
 from fedfm.models.dual_lora import dual_forward
 from fedfm.sim.seeds import derive_seed
@@ -148,9 +148,8 @@ class DualClient:
             for ids, mask, y in data.test.batches(self.env.eval_batch_size):
                 _, z = dual_forward(model, local, alpha[s: s + len(y)], ids, mask)
                 correct, s = correct + int((z.argmax(-1) == y).sum()), s + len(y)
-        return ClientUpdate(task.round, task.client_id, s, {}, {
-            "correct": correct, "total": s,
-            "alpha_mean": float(alpha.mean()) if len(alpha) else None})
+        return ClientUpdate(task.round, task.client_id, s, {}, fields_of(
+            EvalResult(correct, s), alpha_mean=float(alpha.mean()) if len(alpha) else None))
 
 
 def build(opts: FedDPAOptions, env: Env) -> FedAvg:

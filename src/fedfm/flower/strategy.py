@@ -35,7 +35,7 @@ from fedfm.flower.nodes import (  # noqa: F401  (discover: re-exported)
     discover,
     reply_blob,
 )
-from fedfm.messages import ClientTask, decode, encode
+from fedfm.messages import ClientTask, EvalResult, decode, encode
 from fedfm.sim.clients import EVALUATE, TRAIN, Exchange
 from fedfm.sim.personal import personal_metrics
 from fedfm.sim.runner import EmbeddedRunner, eval_reply
@@ -214,7 +214,8 @@ class FedfmStrategy(Strategy):
             res = eval_reply(Exchange(task, reply_blob(reply, cid, rnd), 0, 0.0), rnd) if (
                 task) else None
             if res is not None:
-                results.append((res.metrics["correct"], res.metrics["total"]))
+                r = res.read(EvalResult)
+                results.append((r.correct, r.total))
         metrics = personal_metrics(results)
         return MetricRecord(metrics) if results else None
 

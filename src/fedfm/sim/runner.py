@@ -20,6 +20,7 @@ from typing import Any
 
 from fedfm.algorithms.base import ClientContext
 from fedfm.errors import PayloadError
+from fedfm.messages import EvalResult, fields_of
 from fedfm.probe import peak_rss_mb
 from fedfm.setup import World
 from fedfm.sim.availability import Inbox
@@ -109,11 +110,11 @@ class EmbeddedRunner:
             if res is None:  # a malformed evaluation reply is rejected, the round goes on
                 rejected += 1
                 continue
-            acc = res.metrics["correct"] / max(res.metrics["total"], 1)
-            results.append((res.metrics["correct"], res.metrics["total"]))
-            losses.append(res.metrics.get("loss"))  # task = generate: response-token loss
-            self.client_metrics[task.client_id] = {"acc_personal": acc, **{
-                k: v for k, v in res.metrics.items() if k not in ("correct", "total")}}
+            r = res.read(EvalResult)  # checked by eval_reply
+            results.append((r.correct, r.total))
+            losses.append(r.loss)  # task = generate: response-token loss
+            self.client_metrics[task.client_id] = {"acc_personal": r.correct / max(r.total, 1),
+                                                   **extra_metrics(res)}
             self.progress("evaluate", i + 1, len(tasks))
         if any(v is not None for v in losses):
             extra["loss_personal_mean"] = _mean(losses)
@@ -142,21 +143,27 @@ class EmbeddedRunner:
 
 def eval_reply(ex, rnd: int):
     """The decoded evaluation reply, or None (logged) if it is malformed: not an update of
-    this client and round, or `correct`/`total` not integers with 0 <= correct <= total."""
+    this client and round, or no `EvalResult` (correct/total integers, 0 <= correct <= total)."""
     try:
         res = ex.reply
+        r = res.read(EvalResult)
     except PayloadError as e:
         res, why = None, str(e)
     else:
-        c, n = res.metrics.get("correct"), res.metrics.get("total")
-        ints = all(isinstance(x, int) and not isinstance(x, bool) for x in (c, n))
-        ok = ints and 0 <= c <= n and (res.round, res.client_id) == (rnd, ex.task.client_id)
+        ok = 0 <= r.correct <= r.total and (res.round, res.client_id) == (rnd, ex.task.client_id)
         why = "" if ok else "correct/total/round/client do not match the evaluation task"
         res = res if ok else None
     if res is None:
         log.warning("round %d: rejected evaluation reply of client %d: %s", rnd,
                     ex.task.client_id, why)
     return res
+
+
+def extra_metrics(res) -> dict[str, Any]:
+    """A client's evaluation metrics but its counts (correct, total), for the per-client
+    summary (a generate run's `loss` stays in it)."""
+    counts = fields_of(EvalResult(0, 0))
+    return {k: v for k, v in res.metrics.items() if k not in counts}
 
 
 def _mean(values) -> float | None:
