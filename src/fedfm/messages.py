@@ -113,6 +113,14 @@ def read_payload(cls: type[P], mapping: Mapping[str, Any], what: str = "payload"
 
 
 @dataclass(frozen=True)
+class TrainReport:
+    """What every training reply reports: the mean local training loss (the round row's
+    `train_loss` is its mean over the accepted updates)."""
+
+    loss: float | None = None
+
+
+@dataclass(frozen=True)
 class EvalResult:
     """What every evaluation reply carries (the runner's personalised accuracy reads it):
     correct answers of `total` test examples, and for task = generate the mean

@@ -8,7 +8,8 @@
                 declares, validation checks and FedAvg averages
 
 An algorithm states `private` once, as an `Adapter`; `shared`/`private_part`/`schema` are the
-only readers. The classification head is spelled here once: `HEAD` / `is_head`.
+only readers. The classification head is spelled once, in fedfm.models.classifier
+(`HEAD`, `HEAD_TENSORS`, `is_head`), re-exported here.
 """
 
 from __future__ import annotations
@@ -18,15 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
-HEAD = "head."  # every classification-head tensor (and the task heads of multi-task) starts so
-HEAD_TENSORS = ("head.weight", "head.bias")  # the single classification head's tensors
+from fedfm.models.classifier import HEAD, HEAD_TENSORS, is_head  # noqa: F401  (re-exported)
 
 Tensors = dict[str, torch.Tensor]
 Schema = dict[str, tuple[tuple[int, ...], torch.dtype]]
-
-
-def is_head(name: str) -> bool:
-    return name.startswith(HEAD)
 
 
 def _never(name: str) -> bool:

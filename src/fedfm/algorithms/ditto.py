@@ -37,6 +37,12 @@ class DittoOptions:
             raise ConfigError(f"ditto.lam must be >= 0, got {self.lam}.")
 
 
+@dataclass(frozen=True)
+class DittoReport:
+    loss: float  # of the global model's local epochs (w_k)
+    personal_loss: float  # of the personal model's (v_k)
+
+
 def ditto_update(env: Env, lam: float):
     """The client half of a training round: FedAvg's update of w, then the personal v_k."""
 
@@ -51,7 +57,7 @@ def ditto_update(env: Env, lam: float):
         p_loss = train_on(model, data, env, personal_ctx, mu=lam, anchor=glob)
         memory.tensors = get_tensors(model, list(glob))
         return ClientUpdate(task.round, task.client_id, len(data.train), out,
-                            {"loss": loss, "personal_loss": p_loss})
+                            fields_of(DittoReport(loss, p_loss)))
 
     return update
 

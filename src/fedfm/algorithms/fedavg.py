@@ -26,7 +26,7 @@ from fedfm.algorithms.env import Env, from_config
 from fedfm.algorithms.server import ServerState
 from fedfm.algorithms.training import param_groups, train_local
 from fedfm.data.federated import ClientData, Split
-from fedfm.messages import ClientTask, ClientUpdate, EvalResult, fields_of
+from fedfm.messages import ClientTask, ClientUpdate, EvalResult, TrainReport, fields_of
 from fedfm.models.classifier import Classifier, get_tensors, set_tensors, trainable_names
 
 # (model holding the global tensors, client data, ctx) -> extra metrics; may change the model
@@ -120,7 +120,8 @@ class FedAvg(ServerState):
         if self.init_private:
             memory.tensors = get_tensors(model, self.private_names(model))
         out = get_tensors(model, list(task.tensors))
-        return ClientUpdate(task.round, task.client_id, len(data.train), out, {"loss": loss})
+        return ClientUpdate(task.round, task.client_id, len(data.train), out,
+                            fields_of(TrainReport(loss)))
 
     def aggregate_train(self, rnd: int, updates: list[ClientUpdate]) -> dict[str, Any]:
         if not updates or not self.global_:

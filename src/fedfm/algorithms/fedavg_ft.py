@@ -29,6 +29,7 @@ from fedfm.algorithms.fedavg import FedAvg
 from fedfm.algorithms.training import cross_entropy_loss, param_groups, train_local
 from fedfm.data.federated import ClientData
 from fedfm.errors import ConfigError
+from fedfm.messages import fields_of
 from fedfm.models.classifier import Classifier
 
 
@@ -44,6 +45,14 @@ class FedAvgFTOptions:
             raise ConfigError(f"fedavg-ft.lr must be > 0, got {self.lr}.")
 
 
+@dataclass(frozen=True)
+class FineTuneReport:
+    """Appended to a client's evaluation metrics: the fine-tuning it ran first."""
+
+    ft_steps: int
+    ft_loss: float
+
+
 def fine_tuner(env: Env, opts: FedAvgFTOptions):
     """model (holding θ_t) -> fine-tuned in place for `steps` steps; returns its metrics."""
     train = dataclasses.replace(env.train, max_steps=opts.steps,
@@ -57,7 +66,7 @@ def fine_tuner(env: Env, opts: FedAvgFTOptions):
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         stats = train_local(param_groups(named, lr, head_lr), data.train,
                             cross_entropy_loss(model), train, ctx.generator())
-        return {"ft_steps": stats.steps, "ft_loss": stats.loss}
+        return fields_of(FineTuneReport(stats.steps, stats.loss))
 
     return personalise
 

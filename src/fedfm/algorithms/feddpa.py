@@ -75,6 +75,12 @@ def instance_weights(test_emb: torch.Tensor, ref_emb: torch.Tensor,
     return max_weight * sims.mean(1).clamp(0.0, 1.0)
 
 
+@dataclass(frozen=True)
+class DualReport:
+    loss: float  # the global adapter's local epochs
+    local_loss: float  # the local adapter's (the combination at α = alpha_train)
+
+
 class DualClient:
     """FedDPA's client half; the server half is FedAvg's (the global adapter)."""
 
@@ -90,7 +96,7 @@ class DualClient:
         set_tensors(model, glob)  # the local adapter trains against the received global one
         local_loss = self._train_local(model, data, memory, glob, ctx)
         return ClientUpdate(task.round, task.client_id, len(data.train), out,
-                            {"loss": loss, "local_loss": local_loss})
+                            fields_of(DualReport(loss, local_loss)))
 
     def _train_local(self, model: Classifier, data: ClientData, memory: ClientMemory,
                      glob: Tensors, ctx: ClientContext) -> float:

@@ -51,7 +51,7 @@ from fedfm.messages import (
     payload_bytes,
     read_payload,
 )
-from fedfm.models.classifier import Classifier
+from fedfm.models.classifier import Classifier, set_tensors
 from fedfm.models.lora import lora_modules
 
 Tensors = dict[str, torch.Tensor]
@@ -202,9 +202,7 @@ class HetRankLoRA(ServerState):
 
     # ---- client half --------------------------------------------------------------------
     def _load_head(self, model: Classifier, tensors) -> None:
-        with torch.no_grad():
-            model.head.weight.copy_(tensors["head.weight"])
-            model.head.bias.copy_(tensors["head.bias"])
+        set_tensors(model, {k: tensors[k] for k in HEAD})
 
     def load_client(self, task: ClientTask, model: Classifier, ctx: ClientContext) -> int:
         """Set every tensor the client's forward uses: head, base weights, LoRA at rank r."""

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from fedfm.config import TrainConfig
 from fedfm.data.federated import Split
+from fedfm.models.classifier import is_head
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # ids (B, T), mask (B, T), labels (B,)
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -47,7 +48,7 @@ def param_groups(named: Iterable[tuple[str, torch.nn.Parameter]], lr: float,
     """Split parameters into body and head groups (the head may use its own learning rate)."""
     body, head = [], []
     for name, p in named:
-        (head if name.startswith("head.") else body).append(p)
+        (head if is_head(name) else body).append(p)
     groups = [{"params": body, "lr": lr}] if body else []
     if head:
         groups.append({"params": head, "lr": head_lr or lr})

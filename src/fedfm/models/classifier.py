@@ -77,6 +77,14 @@ def new_head(hidden: int, num_labels: int, seed: int) -> nn.Linear:
     return head
 
 
+HEAD = "head."  # the classification head's tensors (and multi-task heads) start so
+HEAD_TENSORS = ("head.weight", "head.bias")  # the single classification head's tensors
+
+
+def is_head(name: str) -> bool:
+    return name.startswith(HEAD)
+
+
 def freeze(module: nn.Module) -> None:
     for p in module.parameters():
         p.requires_grad_(False)

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from fedfm.models.classifier import Classifier
+from fedfm.models.classifier import HEAD_TENSORS, Classifier
 from fedfm.models.lora import LoRALinear, lora_modules
 
 Tensors = dict[str, torch.Tensor]
@@ -69,7 +69,7 @@ def dual_forward(model: Classifier, local: Tensors, alpha: torch.Tensor | float,
     with dual_lora(model, local, alpha):
         f = model.features(ids, mask)  # (B, H)
     z_g = model.head(f)  # (B, C)
-    z_l = F.linear(f, local["head.weight"].to(f.device, f.dtype),
-                   local["head.bias"].to(f.device, f.dtype))
+    w, b = (local[k].to(f.device, f.dtype) for k in HEAD_TENSORS)  # the local adapter's head
+    z_l = F.linear(f, w, b)
     a = _per_example(alpha, z_g)
     return f.to(ids.device), ((1 - a) * z_g + a * z_l).to(ids.device)  # logits where the ids are

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from fedfm.errors import ConfigError
+from fedfm.models.classifier import HEAD
 from fedfm.models.elastic import Widths
 from fedfm.models.hf_elastic import (
     Geometry,
@@ -70,7 +71,7 @@ def server_names(clf: nn.Module, geo: Geometry) -> list[str]:
     """Native parameter names the server holds: blocks, final norm, head."""
     fam = clf.backbone.family
     keep = [f"{geo.blocks}."] + ([f"backbone.{fam.final_norm}."] if fam.final_norm else [])
-    return [n for n, _ in clf.named_parameters() if n.startswith(tuple(keep) + ("head.",))]
+    return [n for n, _ in clf.named_parameters() if n.startswith(tuple(keep) + (HEAD,))]
 
 
 def server_tensors(clf: nn.Module, geo: Geometry) -> dict[str, torch.Tensor]:

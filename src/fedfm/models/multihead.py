@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedfm.models.classifier import new_head
+from fedfm.models.classifier import HEAD, new_head
 
 
 class MultiHead(nn.Module):
@@ -27,7 +27,7 @@ class MultiHead(nn.Module):
 
 
 def head_prefix(task: str) -> str:
-    return f"head.heads.{task}."
+    return f"{HEAD}heads.{task}."
 
 
 def add_task_heads(model: nn.Module, num_labels: dict[str, int], seed: int) -> MultiHead:

@@ -20,7 +20,7 @@ from typing import Any
 
 from fedfm.algorithms.base import ClientContext
 from fedfm.errors import PayloadError
-from fedfm.messages import EvalResult, fields_of
+from fedfm.messages import EvalResult, TrainReport, fields_of
 from fedfm.probe import peak_rss_mb
 from fedfm.setup import World
 from fedfm.sim.availability import Inbox
@@ -87,7 +87,7 @@ class EmbeddedRunner:
             extras = {"skipped": True}
         return {"clients": len(tasks), "bytes_up": up, "bytes_down": down,
                 "client_compute_s": compute, "round_wall_s": time.perf_counter() - t0,
-                "train_loss": _mean([u.metrics.get("loss") for u in updates]),
+                "train_loss": _mean([train_loss(u) for u in updates]),
                 **self.inbox.metrics(), **extras}
 
     def evaluate(self, rnd: int) -> dict[str, Any]:
@@ -157,6 +157,14 @@ def eval_reply(ex, rnd: int):
         log.warning("round %d: rejected evaluation reply of client %d: %s", rnd,
                     ex.task.client_id, why)
     return res
+
+
+def train_loss(update) -> float | None:
+    """The update's reported training loss (None when it reports none or a malformed one)."""
+    try:
+        return update.read(TrainReport).loss
+    except PayloadError:
+        return None
 
 
 def extra_metrics(res) -> dict[str, Any]:
