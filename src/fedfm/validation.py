@@ -24,7 +24,6 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from fedfm.algorithms.adapter import schema_of
 from fedfm.errors import PayloadError
 from fedfm.messages import ClientTask, ClientUpdate, decode, finite_metrics
 from fedfm.reliability import ValidationConfig
@@ -67,6 +66,10 @@ class UpdateRejected(PayloadError):
     def __init__(self, rejection: Rejection):
         super().__init__(f"rejected update of {rejection}")
         self.rejection = rejection
+
+
+def schema_of(tensors: Mapping[str, torch.Tensor]) -> Schema:
+    return {k: (tuple(v.shape), v.dtype) for k, v in tensors.items()}
 
 
 def expected_schema(algorithm, task: ClientTask) -> Schema:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from fedfm.models.classifier import HEAD, HEAD_TENSORS, is_head  # noqa: F401  (re-exported)
+from fedfm.validation import schema_of
 
 Tensors = dict[str, torch.Tensor]
 Schema = dict[str, tuple[tuple[int, ...], torch.dtype]]
@@ -31,11 +32,6 @@ def _never(name: str) -> bool:
 
 def _always(name: str) -> bool:
     return True
-
-
-def schema_of(tensors: Mapping[str, torch.Tensor]) -> Schema:
-    """{key: (shape, dtype)} of a set of tensors."""
-    return {k: (tuple(v.shape), v.dtype) for k, v in tensors.items()}
 
 
 @dataclass(frozen=True)
