@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-from fedfm.errors import FedfmError
+from fedfm.core.errors import FedfmError
 
 # Offline by design: never reach a model hub; silence Flower/Ray network calls if they start.
 for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "FLWR_TELEMETRY_ENABLED": "0",
@@ -34,7 +34,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from fedfm.sim.checkpoint import resume_run
+    from fedfm.run import resume_run
 
     summary = resume_run(args.run_dir, args.overrides, quiet=args.quiet)
     keys = ("algorithm", "rounds", "acc_global", "acc_personal_mean", "bytes_up", "bytes_down")
@@ -45,13 +45,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     if args.format in ("peft", "merged"):  # the final global LoRA in HF formats
-        from fedfm.export_peft import export_hf
+        from fedfm.export.peft import export_hf
 
         report = export_hf(args.run_dir, args.out, args.format, overwrite=args.overwrite)
         print(json.dumps(report))
         print(f"export folder: {args.out}", file=sys.stderr)
         return 0
-    from fedfm.export import export
+    from fedfm.export.budget import export
 
     if args.budget is None:
         raise FedfmError("fedfm export --format budget needs --budget B (fraction of block "
@@ -89,7 +89,7 @@ def cmd_data_install(args: argparse.Namespace) -> int:
 def cmd_upcycle(args) -> int:
     from pathlib import Path
 
-    from fedfm.errors import ConfigError
+    from fedfm.core.errors import ConfigError
     from fedfm.models.hf.upcycle import upcycle_folder
     from fedfm.models.loading import hf_folder
 

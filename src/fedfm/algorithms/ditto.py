@@ -20,12 +20,12 @@ from fedfm.algorithms import registry
 from fedfm.algorithms.base import ClientContext, ClientMemory
 from fedfm.algorithms.capabilities import AVERAGING
 from fedfm.algorithms.fedavg import FedAvg, evaluate_on, train_on
-from fedfm.config import RunConfig
+from fedfm.core.errors import ConfigError
+from fedfm.core.schema import RunConfig
+from fedfm.core.seeds import derive_seed
 from fedfm.data.federated import ClientData
-from fedfm.errors import ConfigError
-from fedfm.messages import ClientTask, ClientUpdate
 from fedfm.models.classifier import Classifier, get_tensors, set_tensors
-from fedfm.sim.seeds import derive_seed
+from fedfm.transport.messages import ClientTask, ClientUpdate
 
 
 @dataclass(frozen=True)

@@ -12,17 +12,16 @@ from typing import Any
 
 import torch
 
-from fedfm import tasks
-from fedfm.algorithms import registry
+from fedfm.algorithms import registry, tasks
 from fedfm.algorithms.aggregation import aggregate_updates
 from fedfm.algorithms.base import ClientContext, ClientMemory
 from fedfm.algorithms.capabilities import AVERAGING
 from fedfm.algorithms.training import param_groups, train_local
-from fedfm.config import RunConfig
+from fedfm.core.schema import RunConfig
 from fedfm.data.federated import ClientData, Split
-from fedfm.messages import ClientTask, ClientUpdate
 from fedfm.models.classifier import Classifier, get_tensors, set_tensors
 from fedfm.models.finetune import configure_finetune
+from fedfm.transport.messages import ClientTask, ClientUpdate
 
 # (model holding the global tensors, client data, ctx) -> extra metrics; may change the model
 Personalise = Callable[[Classifier, ClientData, ClientContext], dict[str, Any]]

@@ -26,9 +26,9 @@ from fedfm.algorithms.base import ClientContext
 from fedfm.algorithms.capabilities import AVERAGING
 from fedfm.algorithms.fedavg import FedAvg
 from fedfm.algorithms.training import cross_entropy_loss, param_groups, train_local
-from fedfm.config import RunConfig
+from fedfm.core.errors import ConfigError
+from fedfm.core.schema import RunConfig
 from fedfm.data.federated import ClientData
-from fedfm.errors import ConfigError
 from fedfm.models.classifier import Classifier
 
 

@@ -42,13 +42,13 @@ from fedfm.algorithms.base import ClientContext, ClientMemory
 from fedfm.algorithms.capabilities import AVERAGING
 from fedfm.algorithms.fedavg import evaluate_on, prepare, train_on
 from fedfm.algorithms.training import autocast, train_local
-from fedfm.config import RunConfig
+from fedfm.core.errors import ConfigError
+from fedfm.core.schema import RunConfig
+from fedfm.core.seeds import derive_seed
 from fedfm.data.federated import ClientData, Split
-from fedfm.errors import ConfigError
-from fedfm.messages import ClientTask, ClientUpdate
 from fedfm.models.classifier import Classifier, get_tensors, set_tensors
 from fedfm.models.dual_lora import dual_forward
-from fedfm.sim.seeds import derive_seed
+from fedfm.transport.messages import ClientTask, ClientUpdate
 
 Tensors = dict[str, torch.Tensor]
 

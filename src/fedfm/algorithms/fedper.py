@@ -13,10 +13,10 @@ from fedfm.algorithms import registry
 from fedfm.algorithms.base import ClientContext, ClientMemory
 from fedfm.algorithms.capabilities import AVERAGING
 from fedfm.algorithms.fedavg import FedAvg, evaluate_metrics, train_on
-from fedfm.config import RunConfig
+from fedfm.core.schema import RunConfig
 from fedfm.data.federated import ClientData, Split
-from fedfm.messages import ClientTask, ClientUpdate
 from fedfm.models.classifier import Classifier, get_tensors, set_tensors
+from fedfm.transport.messages import ClientTask, ClientUpdate
 
 
 def _is_head(name: str) -> bool:

@@ -28,11 +28,11 @@ from fedfm.algorithms.aggregation import aggregate_updates
 from fedfm.algorithms.base import ClientContext, ClientMemory
 from fedfm.algorithms.capabilities import AVERAGING
 from fedfm.algorithms.fedavg import evaluate_on, prepare, train_on
-from fedfm.config import RunConfig
+from fedfm.core.errors import ConfigError
+from fedfm.core.schema import RunConfig
 from fedfm.data.federated import ClientData, Split
-from fedfm.errors import ConfigError
-from fedfm.messages import ClientTask, ClientUpdate
 from fedfm.models.classifier import Classifier, get_tensors, set_tensors
+from fedfm.transport.messages import ClientTask, ClientUpdate
 
 Tensors = dict[str, torch.Tensor]
 

@@ -30,9 +30,9 @@ import torch
 from fedfm.algorithms import registry
 from fedfm.algorithms.base import ClientMemory
 from fedfm.algorithms.lowrank import HETRANK, HetRankLoRA, Tensors
-from fedfm.errors import ConfigError
-from fedfm.messages import ClientUpdate
+from fedfm.core.errors import ConfigError
 from fedfm.models.lora import lora_modules
+from fedfm.transport.messages import ClientUpdate
 
 
 @dataclass(frozen=True)

@@ -38,13 +38,13 @@ from fedfm.algorithms.training import (
     train_local,
     weighted_mean,
 )
-from fedfm.config import RunConfig
+from fedfm.core.errors import PayloadError
+from fedfm.core.resources import client_profiles
+from fedfm.core.schema import RunConfig
 from fedfm.data.federated import ClientData, Split
-from fedfm.errors import PayloadError
-from fedfm.messages import ClientTask, ClientUpdate, payload_bytes
 from fedfm.models.classifier import Classifier
 from fedfm.models.lora import lora_modules
-from fedfm.resources import client_profiles
+from fedfm.transport.messages import ClientTask, ClientUpdate, payload_bytes
 
 Tensors = dict[str, torch.Tensor]
 HEAD = ("head.weight", "head.bias")

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedfm.algorithms import capabilities
-from fedfm.config import RunConfig, from_dict
-from fedfm.errors import ConfigError, choices
+from fedfm.core.errors import ConfigError, choices
+from fedfm.core.schema import RunConfig, from_dict
 
 MODULES = ["fedavg", "fedprox", "local", "fedper", "fedms", "raffm", "heterofl", "fedmoe", "randommoe",
            "hetlora", "flexlora", "flora"]

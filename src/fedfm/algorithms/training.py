@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fedfm.config import TrainConfig
+from fedfm.core.schema import TrainConfig
 from fedfm.data.federated import Split
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # ids (B, T), mask (B, T), labels (B,)
@@ -29,9 +29,9 @@ class TrainStats:
 
 
 def autocast(precision: str):
-    """bf16 autocast on the current device (fedfm.device: cpu, or cuda for `train.device`)."""
+    """bf16 autocast on the current device (fedfm.core.device: cpu, or cuda for `train.device`)."""
     if precision == "bf16":
-        from fedfm.device import current
+        from fedfm.core.device import current
 
         return torch.autocast(current().device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -11,7 +11,7 @@ import json
 import sys
 import traceback
 
-from fedfm.errors import FedfmError
+from fedfm.core.errors import FedfmError
 
 
 def main(argv: list[str]) -> int:

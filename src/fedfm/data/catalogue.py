@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from fedfm.core.errors import DataError, choices
 from fedfm.data.datasets import TextDataset
 from fedfm.data.records import GenerationDataset
-from fedfm.errors import DataError, choices
 
 
 class Loaded(NamedTuple):

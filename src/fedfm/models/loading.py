@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from fedfm.errors import ConfigError, choices
+from fedfm.core.errors import ConfigError, choices
 from fedfm.models.bert import Bert, EncoderSpec
 
 LEGACY_BERT = ("raffm", "heterofl", "fedmoe", "randommoe")
@@ -244,7 +244,7 @@ def hf_folder(name: str, path: str | None) -> Path:
 def load_model(cfg, dtype: torch.dtype | None = None):
     """(backbone, tokenizer) for a run: an HFBackbone (or the legacy Bert for `LEGACY_BERT`
     algorithms) and a tokenizer producing (ids, mask) padded on the right."""
-    from fedfm.device import DevicePolicy, activate, policy_for
+    from fedfm.core.device import DevicePolicy, activate, policy_for
 
     m = cfg.model
     if uses_legacy_bert(cfg):

@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import nn
 
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 from fedfm.models.hf.attention import use_fedfm_sdpa
 from fedfm.models.hf.backbone import HFBackbone
 from fedfm.models.hf.family import get_path

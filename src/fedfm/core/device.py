@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 from fedfm.models.classifier import pool, set_tensors
 from fedfm.models.elastic import Widths
 from fedfm.models.hf_elastic import Geometry, extract, fuse, split_fused, spp, subnetwork
@@ -230,7 +230,7 @@ def copy_tokenizer(cfg, out: Path) -> None:
 def measure_hf(predict, sub, full, world, cfg, repeats: int, batch: int, shape: str) -> dict[str, Any]:
     """Accuracy (global test) of the export as loaded and of the full model; latency per
     example of both, timed interleaved (same transformers implementation)."""
-    from fedfm.export import accuracy_of, latencies
+    from fedfm.export.budget import accuracy_of, latencies
 
     test = world.data.global_test
     ids = test.input_ids[:batch]
@@ -243,7 +243,7 @@ def measure_hf(predict, sub, full, world, cfg, repeats: int, batch: int, shape: 
         gap = float((predict(*probe) - sub(*probe)).abs().max())
     return {
         "loaded_with": "transformers.AutoModel" if shape != "elastic" else
-                       "fedfm.export_hf.load_elastic",
+                       "fedfm.export.hf.load_elastic",
         "timed_with": "transformers modules (both)",
         "max_abs_diff_vs_fedfm": gap,
         "acc_export": accuracy_of(predict, test, cfg), "acc_full": accuracy_of(full, test, cfg),

@@ -37,7 +37,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fedfm.config import RunConfig, build_config
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 from fedfm.models.bert import Bert, EncoderSpec
 from fedfm.models.classifier import Classifier, mean_pool, set_tensors
 from fedfm.models.elastic import Widths, backbone_tensors, build_subnetwork, extract, spp
@@ -203,7 +203,7 @@ def export(run_dir: str | Path, budget: float, out: str | Path, shape: str = "be
     threads: intra-op threads for the timing (default: the run's train.threads). On a loaded
     machine 1 thread gives steadier ratios (multi-thread barriers stall when cores are shared).
     """
-    from fedfm.setup import build_world, set_threads
+    from fedfm.sim.world import build_world, set_threads
 
     run_dir, out = Path(run_dir), Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -269,7 +269,7 @@ def measure(out: Path, sub: Classifier, full: Classifier, world, cfg: RunConfig,
 
 def _export_hf(cfg, tensors, world, run_dir: Path, out: Path, budget: float, shape: str,
                overwrite: bool, repeats: int, batch: int) -> dict[str, Any]:
-    from fedfm.export_hf import export_hf, measure_hf
+    from fedfm.export.hf import export_hf, measure_hf
 
     if shape not in SHAPES:
         raise ConfigError(f"--shape must be one of {', '.join(SHAPES)}, not '{shape}'.")
