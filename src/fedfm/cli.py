@@ -7,16 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from fedfm.core.errors import FedfmError
+from fedfm.core.offline import set_offline_env
 
-# Offline by design: never reach a model hub; silence Flower/Ray network calls if they start.
-for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "FLWR_TELEMETRY_ENABLED": "0",
-               "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_USAGE_STATS_ENABLED": "0",
-               "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}.items():
-    os.environ.setdefault(_k, _v)
+set_offline_env()  # before anything imports transformers, flwr or ray
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -92,3 +92,10 @@ def module_device(module: torch.nn.Module) -> torch.device:
     for p in module.parameters():
         return p.device
     return torch.device("cpu")
+
+
+def autocast(precision: str):
+    """bf16 autocast on the current device (`train.device`: cpu, or cuda); fp32: no-op."""
+    if precision == "bf16":
+        return torch.autocast(current().device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -110,6 +110,17 @@ def load(name: str, data_cfg: Any, seed: int, task: str = "classify") -> Loaded:
     return loaded
 
 
+def load_dataset(name: str, path: str | None = None, text_col: str = "text",
+                 label_col: str = "label", seed: int = 0, synthetic_size: int = 400) -> TextDataset:
+    """The training part of a classification data set from the catalogue (official test splits,
+    where a set has one, come from `load`)."""
+    from fedfm.core.schema import DataConfig
+
+    d = DataConfig(name=name, path=path, text_column=text_col, label_column=label_col,
+                   synthetic_size=synthetic_size)
+    return load(name, d, seed).train
+
+
 def _register_builtin() -> None:
     from fedfm.data import datasets as files
     from fedfm.data.hf_files import load_hf, load_rows_file

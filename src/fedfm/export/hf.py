@@ -28,6 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fedfm.core.errors import ConfigError
+from fedfm.export.measure import accuracy_of, latencies
 from fedfm.models.classifier import pool, set_tensors
 from fedfm.models.elastic import Widths
 from fedfm.models.hf_elastic import Geometry, extract, fuse, split_fused, spp, subnetwork
@@ -230,8 +231,6 @@ def copy_tokenizer(cfg, out: Path) -> None:
 def measure_hf(predict, sub, full, world, cfg, repeats: int, batch: int, shape: str) -> dict[str, Any]:
     """Accuracy (global test) of the export as loaded and of the full model; latency per
     example of both, timed interleaved (same transformers implementation)."""
-    from fedfm.export.budget import accuracy_of, latencies
-
     test = world.data.global_test
     ids = test.input_ids[:batch]
     mask = torch.ones_like(ids)  # full-length sequences: latency at seq = model.max_length

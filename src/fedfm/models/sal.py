@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedfm.algorithms.training import autocast
+from fedfm.core.device import autocast
 from fedfm.core.seeds import derive_seed
 from fedfm.data.federated import Split
 from fedfm.models.lora import block_of
