@@ -64,3 +64,14 @@ def test_import_fedfm_and_the_config_stay_light():
             "print(heavy); sys.exit(1 if heavy else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_plots_name_the_plot_extra_when_matplotlib_is_missing(monkeypatch):
+    import pytest
+
+    from fedfm.core.errors import ConfigError
+    from fedfm.report import plots
+
+    monkeypatch.setattr(plots, "have_matplotlib", lambda: False)
+    with pytest.raises(ConfigError, match=r"fedfm\[plot\]"):
+        plots.pyplot()

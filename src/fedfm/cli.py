@@ -63,11 +63,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     from fedfm.algorithms import registry
     from fedfm.data.catalogue import describe
     from fedfm.data.partition import PARTITIONS
-    from fedfm.models.loading import MODELS
+    from fedfm.models.registry import describe as models
 
     sections = [
         ("algorithms", {n: registry.get(n).description for n in registry.names()}),
-        ("models", MODELS), ("data sets", describe()), ("partitioners", PARTITIONS),
+        ("models", models()), ("data sets", describe()), ("partitioners", PARTITIONS),
     ]
     for title, items in sections:
         print(f"{title}:")

@@ -72,8 +72,6 @@ def standard_config(config, family, geo: Geometry, w: Widths) -> dict[str, Any]:
         d["mlp_ratio"] = f // d[family.hidden]
     else:
         d[family.ffn if family.ffn in d else "intermediate_size"] = f
-    if family.name == "gpt2":
-        d["n_inner"] = f
     d.pop("_name_or_path", None)
     return d
 

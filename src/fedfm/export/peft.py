@@ -166,6 +166,7 @@ def export_hf(run_dir: str | Path, out: str | Path, fmt: str = "peft",
     from fedfm.algorithms.tasks import task_of
     from fedfm.models.classifier import set_tensors
     from fedfm.models.loading import hf_folder
+    from fedfm.models.registry import get as get_model
     from fedfm.sim.world import build_world
 
     if fmt not in FORMATS:
@@ -178,7 +179,7 @@ def export_hf(run_dir: str | Path, out: str | Path, fmt: str = "peft",
     if fmt == "peft" and m.num_layers is not None:
         raise ConfigError(f"the run kept only the first {m.num_layers} blocks of its model; a "
                           "PEFT adapter attaches to the full base model. Use --format merged.")
-    base = str(hf_folder(m.name, m.path)) if m.name != "tiny-bert" else None
+    base = None if get_model(m.name).build else str(hf_folder(m.name, m.path))
     if fmt == "peft" and base is None:
         raise ConfigError("model.name = 'tiny-bert' is random, with no base folder for an "
                           "adapter to attach to; use --format merged.")

@@ -1,18 +1,35 @@
-"""Plots (matplotlib imported here only, Agg backend)."""
+"""Plots: matplotlib (the `plot` extra) imported here only, when a plot is drawn, Agg backend."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
+from fedfm.core.errors import ConfigError
 
-def plot_accuracy(rows: list[dict[str, Any]], out: Path, title: str) -> Path:
-    """Accuracy per round: acc_global and acc_personal_mean."""
+INSTALL = "pip install 'fedfm[plot]'"
+
+
+def have_matplotlib() -> bool:
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend; a ConfigError naming the `plot` extra if missing."""
+    if not have_matplotlib():
+        raise ConfigError(f"Plots need matplotlib, fedfm's `plot` extra: {INSTALL}.")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_accuracy(rows: list[dict[str, Any]], out: Path, title: str) -> Path:
+    """Accuracy per round: acc_global and acc_personal_mean."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
     for key, label in (("acc_global", "global"), ("acc_personal_mean", "personalised (mean)")):
         pts = [(r["round"], r[key]) for r in rows if r.get(key) is not None]

@@ -7,6 +7,7 @@ its clients (`transport`).
 from __future__ import annotations
 
 import platform
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -105,7 +106,10 @@ def run(cfg: RunConfig, quiet: bool = False, resume: bool = False,
         "num_clients": world.data.num_clients, "num_labels": world.data.num_labels,
     })
     run_dir.write_summary(summary)
-    from fedfm.report.plots import plot_accuracy
+    from fedfm.report.plots import INSTALL, have_matplotlib, plot_accuracy
 
-    plot_accuracy(rows, run_dir.path / "accuracy.png", f"{cfg.algorithm} ({cfg.data.name})")
+    if have_matplotlib():
+        plot_accuracy(rows, run_dir.path / "accuracy.png", f"{cfg.algorithm} ({cfg.data.name})")
+    else:  # a side product, not an option: say why it is missing, keep the run
+        print(f"fedfm: accuracy.png not written (matplotlib missing: {INSTALL})", file=sys.stderr)
     return summary
