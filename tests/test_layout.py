@@ -75,3 +75,57 @@ def test_plots_name_the_plot_extra_when_matplotlib_is_missing(monkeypatch):
     monkeypatch.setattr(plots, "have_matplotlib", lambda: False)
     with pytest.raises(ConfigError, match=r"fedfm\[plot\]"):
         plots.pyplot()
+
+
+def test_architecture_doc_is_generated_and_current():
+    """docs/architecture.md == `python -m fedfm.report.architecture`: a module missing from it,
+    or a docstring changed since, fails here."""
+    from fedfm.report import architecture
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
+    text = doc.read_text(encoding="utf-8")
+    rels = [p.relative_to(imports.PACKAGE_ROOT).parts for p in imports.modules().values()]
+    missing = ["/".join(r) for r in rels if f"`{'/'.join(r[1:] or r)}`" not in text]
+    assert not missing, f"modules missing from docs/architecture.md: {missing}; run " \
+                        f"`{architecture.COMMAND}`"
+    assert text == architecture.render(), f"docs/architecture.md is stale: run `{architecture.COMMAND}`"
+
+
+def test_one_row_registers(monkeypatch, capsys):
+    """Adding a data set, a named model, a family or an algorithm = its code + one registry row:
+    the config check and `fedfm list` find the new names through the registries alone."""
+    from dataclasses import dataclass
+
+    from fedfm.algorithms import registry as algorithms
+    from fedfm.cli import main
+    from fedfm.config import build_config
+    from fedfm.data import catalogue
+    from fedfm.data.datasets import make_synthetic
+    from fedfm.models import registry as models
+    from fedfm.models.hf import family
+
+    monkeypatch.setitem(catalogue.CATALOGUE, "my-set", catalogue.DataEntry(
+        "my-set", "classify", lambda d, s, t: catalogue.Loaded(make_synthetic(40, seed=s), None),
+        "a test set"))
+    monkeypatch.setitem(models.MODELS, "my-model", models.ModelEntry(
+        "my-model", "a test model", folder="fedfm.models.registry:user_folder", takes_path=True))
+    spec = family.FamilySpec(("my_type",), "layers", "embed_tokens", "norm",
+                             attn=family.AttnSpec("q", "k", "v", "o"), mlp=family.MLPSpec("up", "down"))
+    monkeypatch.setitem(family.FAMILIES, "my_type", spec)
+
+    @dataclass(frozen=True)
+    class MyOptions:
+        step: float = 1.0
+
+    algorithms.names()  # load the built-in rows first
+    monkeypatch.setitem(algorithms._ENTRIES, "myalgo", algorithms.Entry(
+        "myalgo", lambda *a: None, MyOptions, "a test algorithm"))
+    cfg = build_config({"algorithm": "myalgo", "myalgo": {"step": 0.5},
+                        "model": {"name": "my-model"}, "data": {"name": "my-set"}})
+    assert (cfg.model.name, cfg.data.name, cfg.options["myalgo"]) == ("my-model", "my-set",
+                                                                       {"step": 0.5})
+    assert family.FAMILIES["my_type"].roles() == {"q": "q", "k": "k", "v": "v", "o": "o",
+                                                  "up": "up", "down": "down"}
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "  my-set " in out and "  my-model " in out and "  myalgo " in out
