@@ -55,11 +55,11 @@ def measure(args) -> dict:
     from fedfm.algorithms.base import ClientContext
     from fedfm.algorithms.registry import build
     from fedfm.config import build_config
-    from fedfm.messages import ClientTask
+    from fedfm.core.seeds import derive_seed
     from fedfm.models.classifier import Classifier, freeze
     from fedfm.models.loading import load_backbone
-    from fedfm.sim.seeds import derive_seed
     from fedfm.sim.store import ClientStore
+    from fedfm.transport.messages import ClientTask
 
     torch.set_num_threads(args.threads)
     budget = args.budget_mb if args.mode == "spill" else None

@@ -34,7 +34,7 @@ def tiny_run(folder: Path, out: Path, device: str, deterministic: bool = False) 
     from safetensors.torch import load_file
 
     from fedfm.config import build_config
-    from fedfm.device import DevicePolicy
+    from fedfm.core.device import DevicePolicy
     from fedfm.run import run
     from tests.conftest import tiny_raw
 
@@ -150,7 +150,7 @@ def fedfm_lora(folder: Path, ids, mask, steps: int, device: str):
     """fedfm's path: HFBackbone (bf16 frozen on CUDA) + CausalLM + LoRA q/v + train_local."""
     from fedfm.algorithms.training import param_groups, train_local
     from fedfm.config import TrainConfig
-    from fedfm.device import DevicePolicy, activate
+    from fedfm.core.device import DevicePolicy, activate
     from fedfm.models.causal_lm import CausalLM
     from fedfm.models.classifier import freeze
     from fedfm.models.hf.loading import load_hf_backbone

@@ -57,7 +57,7 @@ def train(label: str) -> None:
 
 
 def export(label: str) -> None:
-    from fedfm.export import export as cut
+    from fedfm.export.budget import export as cut
 
     rep = cut(RUNS / label, 0.5, RUNS / f"{label}-export50", overwrite=True, threads=1)
     print(json.dumps(rep))

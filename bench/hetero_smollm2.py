@@ -18,7 +18,7 @@ import torch
 def main(out: Path) -> dict:
     from transformers import AutoModel
 
-    from fedfm.export_hf import write_standard
+    from fedfm.export.hf import write_standard
     from fedfm.models.classifier import Classifier, set_tensors
     from fedfm.models.hf.loading import load_hf_backbone
     from fedfm.models.hf_elastic import extract, fuse, spp, subnetwork

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from fedfm.config import load_config
-from fedfm.data.datasets import load_dataset
+from fedfm.data.catalogue import load_dataset
 from fedfm.models import loading
 from fedfm.models.hf.loading import load_hf_backbone, load_hf_tokenizer
 from fedfm.run import run

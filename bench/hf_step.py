@@ -31,7 +31,7 @@ from fedfm.models.classifier import Classifier, freeze
 from fedfm.models.finetune import configure_finetune
 from fedfm.models.hf.loading import load_hf_backbone
 from fedfm.models.loading import load_backbone, minilm_path
-from fedfm.probe import matmul_gflops
+from fedfm.sim.probe import matmul_gflops
 
 ROOT = Path(__file__).resolve().parents[1]
 

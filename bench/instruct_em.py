@@ -13,10 +13,10 @@ import json
 import sys
 import time
 
-from fedfm import tasks
+from fedfm.algorithms import tasks
 from fedfm.config import load_config
 from fedfm.run import run
-from fedfm.setup import build_world, set_threads
+from fedfm.sim.world import build_world, set_threads
 
 
 def main(argv: list[str]) -> dict:

@@ -51,7 +51,7 @@ def train(algorithm: str) -> None:
 
 
 def export_one(algo: str, shape: str) -> None:
-    from fedfm.export import export
+    from fedfm.export.budget import export
 
     r = export(RUNS / algo, 0.5, RUNS / f"export_{algo}_{shape}", shape=shape, overwrite=True,
                repeats=7, threads=1)

@@ -17,9 +17,9 @@ import torch
 
 from fedfm.algorithms.aggregation import robust_aggregate
 from fedfm.algorithms.training import weighted_mean
-from fedfm.messages import ClientTask, ClientUpdate, decode, encode
-from fedfm.reliability import AggregationConfig, ValidationConfig
-from fedfm.validation import validate_update
+from fedfm.core.reliability import AggregationConfig, ValidationConfig
+from fedfm.transport.messages import ClientTask, ClientUpdate, decode, encode
+from fedfm.transport.validation import validate_update
 
 
 def lora_shapes(layers: int = 6, hidden: int = 384, rank: int = 8, labels: int = 5) -> dict:

@@ -27,11 +27,11 @@ from fedfm.algorithms.base import ClientContext, ClientMemory
 from fedfm.algorithms.training import cross_entropy_loss, param_groups, train_local
 from fedfm.config import TrainConfig, build_config
 from fedfm.data.federated import Split
-from fedfm.messages import encode, payload_bytes
 from fedfm.models.lora import lora_param_names, set_active_blocks
 from fedfm.models.mofm import expert_forward
 from fedfm.models.sal import PrefixSource, SALSchedule, build_cache
-from fedfm.setup import build_world
+from fedfm.sim.world import build_world
+from fedfm.transport.messages import encode, payload_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 

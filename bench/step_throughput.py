@@ -30,7 +30,7 @@ from fedfm.models import bert
 from fedfm.models.classifier import Classifier, freeze
 from fedfm.models.finetune import configure_finetune
 from fedfm.models.loading import load_backbone
-from fedfm.probe import matmul_gflops
+from fedfm.sim.probe import matmul_gflops
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,8 +17,8 @@ from fedfm.algorithms.aggregation import (
     trimmed_mean,
 )
 from fedfm.config import build_config
-from fedfm.errors import ConfigError
-from fedfm.reliability import AggregationConfig
+from fedfm.core.errors import ConfigError
+from fedfm.core.reliability import AggregationConfig
 from tests.conftest import tiny_raw
 
 

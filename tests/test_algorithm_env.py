@@ -16,12 +16,12 @@ from fedfm.algorithms import registry
 from fedfm.algorithms.base import ClientContext, ClientMemory
 from fedfm.algorithms.env import Env, Finetune
 from fedfm.config import TrainConfig, build_config
-from fedfm.messages import EvalResult, decode, encode
+from fedfm.core.resources import ResourcesConfig
 from fedfm.models.classifier import Classifier, freeze
 from fedfm.models.loading import load_model
-from fedfm.resources import ResourcesConfig
-from fedfm.setup import build_data
-from fedfm.validation import validate_update
+from fedfm.sim.world import build_data
+from fedfm.transport.messages import EvalResult, decode, encode
+from fedfm.transport.validation import validate_update
 from tests.conftest import tiny_raw
 
 MOE = ResourcesConfig(unit="memory", tiers={"small": 0.5, "large": 1.0},

@@ -21,8 +21,8 @@ import torch
 from fedfm.algorithms import registry
 from fedfm.algorithms.capabilities import resolve
 from fedfm.config import build_config
-from fedfm.run import run
-from fedfm.sim.checkpoint import Checkpointer, resume_run
+from fedfm.run import resume_run, run
+from fedfm.sim.checkpoint import Checkpointer
 from tests.conftest import tiny_raw
 
 CHANCE = 0.25  # synthetic data: 4 balanced labels, iid partition

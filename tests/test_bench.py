@@ -11,7 +11,7 @@ from fedfm.bench import bench, find_runs, load_suite, select, write_report
 from fedfm.bench.collect import curve, group_runs
 from fedfm.bench.report import probe_ref, table_row
 from fedfm.cli import main
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = """

@@ -8,11 +8,11 @@ from types import SimpleNamespace
 import pytest
 
 from fedfm.cli import main
+from fedfm.core.errors import DataError
 from fedfm.data import catalogue
 from fedfm.data.datasets import TextDataset
 from fedfm.data.packaged import install_command, installed, package_path
 from fedfm.data.records import GenerationDataset
-from fedfm.errors import DataError
 
 NEEDS = {e.name: e.package.split()[-1] for e in catalogue.CATALOGUE.values()
          if e.package and e.kind in ("classify", "generate")}

@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 
 from fedfm.cli import main
 from fedfm.config import build_config
-from fedfm.errors import ConfigError, PayloadError
-from fedfm.run import run
-from fedfm.sim.checkpoint import Checkpointer, resume_run, rng_states, set_rng_states
+from fedfm.core.errors import ConfigError, PayloadError
+from fedfm.run import resume_run, run
+from fedfm.sim.checkpoint import Checkpointer, rng_states, set_rng_states
 from tests.conftest import tiny_raw
 
 # a run that exercises every piece of state: private heads (fedper), dropouts and stragglers

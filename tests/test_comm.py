@@ -8,10 +8,10 @@ import struct
 import pytest
 import torch
 
-from fedfm.comm import compress, decompress, dequantize_int8, quantize_int8
-from fedfm.errors import ConfigError, PayloadError
-from fedfm.messages import ClientTask, ClientUpdate, decode, encode
+from fedfm.core.errors import ConfigError, PayloadError
 from fedfm.sim.runner import roundtrip
+from fedfm.transport.compress import compress, decompress, dequantize_int8, quantize_int8
+from fedfm.transport.messages import ClientTask, ClientUpdate, decode, encode
 
 
 def _tensors(seed: int = 0) -> dict[str, torch.Tensor]:

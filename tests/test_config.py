@@ -2,7 +2,7 @@ import pytest
 
 from fedfm.cli import main
 from fedfm.config import build_config, load_config
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 from tests.conftest import tiny_raw
 
 

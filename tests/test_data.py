@@ -4,9 +4,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from fedfm.data.datasets import load_bbc, load_dataset
+from fedfm.core.errors import ConfigError, DataError
+from fedfm.data.catalogue import load_dataset
+from fedfm.data.datasets import load_bbc
 from fedfm.data.federated import build_federated
-from fedfm.errors import ConfigError, DataError
 from fedfm.models.loading import load_backbone, load_tokenizer, minilm_path
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from fedfm.config import build_config
-from fedfm.device import DevicePolicy, resolve_device
-from fedfm.errors import ConfigError
+from fedfm.core.device import DevicePolicy, resolve_device
+from fedfm.core.errors import ConfigError
 from tests.conftest import tiny_raw
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

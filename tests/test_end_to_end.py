@@ -60,7 +60,7 @@ def test_fedprox_term_changes_the_update(tiny_cfg, tmp_path):
 
 
 def test_refuses_to_overwrite(tiny_cfg):
-    from fedfm.errors import ConfigError
+    from fedfm.core.errors import ConfigError
 
     cfg = tiny_cfg(rounds=1)
     run(cfg, quiet=True)

@@ -11,7 +11,7 @@ import torch
 from fedfm.config import build_config
 from fedfm.models.classifier import set_tensors
 from fedfm.run import run
-from fedfm.setup import build_world
+from fedfm.sim.world import build_world
 from tests.gen_helpers import save_tiny_lm
 from tests.test_generate import gen_raw
 
@@ -76,7 +76,7 @@ def test_peft_adapter_round_trip_generate(tmp_path, gen_run):
 def test_merged_export_loads_without_fedfm_or_peft(tmp_path, gen_run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from fedfm.export_peft import export_hf
+    from fedfm.export.peft import export_hf
 
     cfg = gen_run
     out = tmp_path / "merged"
@@ -98,7 +98,7 @@ def test_peft_adapter_with_head_classify_gpt2(tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModel
 
-    from fedfm.export_peft import export_hf
+    from fedfm.export.peft import export_hf
     from fedfm.models.classifier import pool
     from tests.gen_helpers import colour_records, write_jsonl
 

@@ -22,7 +22,7 @@ from fedfm.algorithms.submoe import (
     write_flat,
 )
 from fedfm.config import build_config
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 from fedfm.models.classifier import Classifier
 from fedfm.models.loading import load_backbone
 from fedfm.models.moe import (
@@ -220,7 +220,7 @@ def _cfg(tmp_path, algo, **over):
 
 def _half_expert_budget(tmp_path) -> float:
     """The memory fraction that holds the dense part + half of the experts (tiny model)."""
-    from fedfm.setup import build_world
+    from fedfm.sim.world import build_world
 
     mem = build_world(_cfg(tmp_path, "randommoe")).algorithm.mem
     return (mem.dense + sum(map(sum, mem.expert)) / 2) / mem.full
@@ -250,7 +250,7 @@ def test_end_to_end_per_client_summary(tmp_path, algo, scope):
 
 
 def test_stage2_payload_is_per_client_and_unheld_experts_unchanged(tmp_path):
-    from fedfm.setup import build_world
+    from fedfm.sim.world import build_world
 
     res = {"unit": "memory", "per_client": [0.5] * 4}
     world = build_world(_cfg(tmp_path, "randommoe", resources=res))
@@ -285,8 +285,8 @@ def test_config_errors_name_the_problem(tmp_path):
 
 def test_heads_per_task_and_same_task_estimate(tmp_path):
     from fedfm.algorithms.submoe import estimate_shares
-    from fedfm.messages import ClientUpdate
-    from fedfm.setup import build_world
+    from fedfm.sim.world import build_world
+    from fedfm.transport.messages import ClientUpdate
 
     world = build_world(_cfg(tmp_path, "fedmoe", resources={"unit": "memory"}))
     algo = world.algorithm
@@ -308,7 +308,7 @@ def test_heads_per_task_and_same_task_estimate(tmp_path):
 
 def test_server_state_roundtrip_keeps_plans_and_recommendation(tmp_path):
     from fedfm.algorithms.expert_rec import RecState
-    from fedfm.setup import build_world
+    from fedfm.sim.world import build_world
 
     cfg = _cfg(tmp_path, "fedmoe", resources={"unit": "memory", "per_client": [1.0, 0.5, 1.0, 0.5]})
     a = build_world(cfg).algorithm
@@ -325,7 +325,7 @@ def test_server_state_roundtrip_keeps_plans_and_recommendation(tmp_path):
 
 def test_moe_folder_roundtrip_and_fedmoe_starts_from_it(tmp_path):
     from fedfm.models.moe import load_moe_folder, save_moe_folder
-    from fedfm.setup import build_world
+    from fedfm.sim.world import build_world
 
     src = _bert()
     to_moe(src, 4, 2, "upcycle", seed=3)  # a different layout/seed than the default build

@@ -9,8 +9,7 @@ import torch
 
 from fedfm.algorithms.base import ClientContext, ClientMemory
 from fedfm.algorithms.fedms import FedMS
-from fedfm.errors import ConfigError
-from fedfm.messages import decode, encode, payload_bytes
+from fedfm.core.errors import ConfigError
 from fedfm.models.lora import lora_param_names, set_active_blocks
 from fedfm.models.mofm import Gate, Tail, expert_forward, mixture_log_probs
 from fedfm.models.sal import (
@@ -22,7 +21,8 @@ from fedfm.models.sal import (
     partial_mean,
 )
 from fedfm.run import run
-from fedfm.setup import build_world
+from fedfm.sim.world import build_world
+from fedfm.transport.messages import decode, encode, payload_bytes
 from tests.conftest import assert_clean_run
 
 

@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 from fedfm.algorithms import registry
 from fedfm.config import build_config
-from fedfm.errors import ConfigError, PayloadError
+from fedfm.core.errors import ConfigError, PayloadError
 from fedfm.run import run
 from tests.conftest import tiny_raw
 
@@ -82,7 +82,7 @@ def test_codec_roundtrips_blob_and_private_memory():
 
     from fedfm.algorithms.base import ClientMemory
     from fedfm.flower.codec import blob_of, info_of, load_memory, save_memory, to_content
-    from fedfm.messages import ClientUpdate, decode, encode
+    from fedfm.transport.messages import ClientUpdate, decode, encode
 
     blob = encode(ClientUpdate(3, 1, 7, {"w": torch.arange(6.0).reshape(2, 3)}, {"loss": 0.5}))
     content = to_content(blob, {"compute_s": 1.25})
@@ -108,7 +108,7 @@ def test_client_refuses_another_clients_task(tiny_cfg, tmp_path, monkeypatch):
     from fedfm.flower.client import make_client_app
     from fedfm.flower.codec import to_content
     from fedfm.flower.inprocess import FIRST_NODE_ID, InProcessGrid
-    from fedfm.messages import ClientTask, encode
+    from fedfm.transport.messages import ClientTask, encode
 
     monkeypatch.setenv("FEDFM_CACHE", str(tmp_path / "cache"))
     cfg = tiny_cfg()
@@ -121,7 +121,7 @@ def test_client_refuses_another_clients_task(tiny_cfg, tmp_path, monkeypatch):
 
 def test_world_cache_rebuilds_the_same_world(tiny_cfg, tmp_path, monkeypatch):
     from fedfm.flower.cache import WORLDS, cache_dir, cached_world
-    from fedfm.setup import build_world
+    from fedfm.sim.world import build_world
 
     monkeypatch.setenv("FEDFM_CACHE", str(tmp_path / "cache"))
     cfg = tiny_cfg()
@@ -166,8 +166,8 @@ def test_strategy_interface_matches_embedded(tmp_path, monkeypatch):
     from fedfm.flower.client import make_client_app
     from fedfm.flower.inprocess import InProcessGrid
     from fedfm.flower.strategy import FedfmStrategy, discover
-    from fedfm.setup import build_world
     from fedfm.sim.runner import EmbeddedRunner
+    from fedfm.sim.world import build_world
 
     monkeypatch.setenv("FEDFM_CACHE", str(tmp_path / "cache"))
     raw = parity_raw("fedavg", tmp_path / "emb")
@@ -195,8 +195,8 @@ def test_strategy_start_runs_fedfm_rounds(tmp_path, monkeypatch):
     from fedfm.flower.client import make_client_app
     from fedfm.flower.inprocess import InProcessGrid
     from fedfm.flower.strategy import FedfmStrategy, discover
-    from fedfm.setup import build_world
     from fedfm.sim.runner import EmbeddedRunner
+    from fedfm.sim.world import build_world
 
     monkeypatch.setenv("FEDFM_CACHE", str(tmp_path / "cache"))
     run(build_config(parity_raw("fedper", tmp_path / "emb")), quiet=True)

@@ -25,8 +25,8 @@ from fedfm.flower.client import make_client_app  # noqa: E402
 from fedfm.flower.codec import INFO, PAYLOAD, to_content  # noqa: E402
 from fedfm.flower.inprocess import FIRST_NODE_ID, InProcessGrid  # noqa: E402
 from fedfm.flower.strategy import FedfmStrategy, FlowerClients, discover  # noqa: E402
-from fedfm.messages import ClientTask, ClientUpdate, decode, encode  # noqa: E402
 from fedfm.run import run  # noqa: E402
+from fedfm.transport.messages import ClientTask, ClientUpdate, decode, encode  # noqa: E402
 from tests.conftest import tiny_raw  # noqa: E402
 
 
@@ -103,8 +103,8 @@ def test_crafted_uploads_are_rejected_and_rounds_finish(tmp_path, monkeypatch):
 def test_strategy_rejects_crafted_uploads(tmp_path, monkeypatch):
     """FedfmStrategy.aggregate_train (Flower's Strategy interface) never raises on a crafted
     reply: it counts it as rejected and aggregates the honest ones."""
-    from fedfm.setup import build_world
     from fedfm.sim.runner import EmbeddedRunner
+    from fedfm.sim.world import build_world
 
     monkeypatch.setenv("FEDFM_CACHE", str(tmp_path / "cache"))
     cfg = _cfg(tmp_path, "strategy", 1)
@@ -168,7 +168,7 @@ def test_offline_node_is_dropped_and_restarted_node_rejoins(tmp_path, monkeypatc
 
 
 def test_missing_node_stops_discovery_with_a_clear_message(tiny_cfg, tmp_path, monkeypatch):
-    from fedfm.errors import ConfigError
+    from fedfm.core.errors import ConfigError
 
     monkeypatch.setenv("FEDFM_CACHE", str(tmp_path / "cache"))
     grid = InProcessGrid(make_client_app(tiny_cfg()), 2)  # 2 SuperNodes for 3 clients

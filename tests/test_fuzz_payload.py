@@ -1,4 +1,4 @@
-"""Fuzzing fedfm.messages.decode: every mutation of a valid blob decodes to a valid message or
+"""Fuzzing fedfm.transport.messages.decode: every mutation of a valid blob decodes to a valid message or
 raises PayloadError, never anything else, and no allocation exceeds the declared, checked sizes.
 
 Mutations (seeded): truncation, bit flips, byte splices, header edits (a field replaced by a
@@ -18,10 +18,10 @@ import sys
 import pytest
 import torch
 
-import fedfm.messages as messages
-from fedfm.errors import PayloadError
-from fedfm.messages import ClientTask, ClientUpdate, decode, encode
-from fedfm.validation import schema_of, validate_update
+import fedfm.transport.messages as messages
+from fedfm.core.errors import PayloadError
+from fedfm.transport.messages import ClientTask, ClientUpdate, decode, encode
+from fedfm.transport.validation import schema_of, validate_update
 
 TENSORS = {"lora.A": torch.randn(4, 8), "lora.B": torch.zeros(8, 4), "head.bias": torch.randn(3),
            "idx": torch.arange(5)}
@@ -161,9 +161,9 @@ def test_a_schema_mismatch_is_refused_before_any_tensor_is_loaded(monkeypatch):
 PEAK_SCRIPT = """
 import json, resource, torch
 from safetensors.torch import save
-from fedfm.messages import ClientTask, decode
-from fedfm.validation import validate_update
-from fedfm.reliability import ValidationConfig
+from fedfm.transport.messages import ClientTask, decode
+from fedfm.transport.validation import validate_update
+from fedfm.core.reliability import ValidationConfig
 task = ClientTask(0, 0, {"w": torch.zeros(64, 64)})
 codec = {"dtype": "int8", "orig": {"float32": ["w"]}, "scales": {"w": 0.01}}
 meta = {"type": "update", "round": 0, "client_id": 0, "num_examples": 1, "codec": codec}
@@ -195,9 +195,9 @@ def test_fedmoe_rejects_uploads_whose_metrics_it_cannot_read(tmp_path):
     """Well-formed bytes, bad meaning: FedMoE reads `p` and the validation score, so an upload
     without them is rejected (a rejection, not a crash in aggregate_train)."""
     from fedfm.config import build_config
-    from fedfm.setup import build_world
     from fedfm.sim.availability import Inbox
-    from fedfm.validation import expected_schema
+    from fedfm.sim.world import build_world
+    from fedfm.transport.validation import expected_schema
     from tests.conftest import tiny_raw
 
     cfg = build_config(tiny_raw(algorithm="randommoe", out=str(tmp_path / "r"), **{
@@ -224,9 +224,9 @@ def test_embedded_runtime_rejects_crafted_bytes_and_finishes_the_round(tiny_cfg)
     rejection, the others are aggregated, and the run goes on."""
     from dataclasses import replace
 
-    from fedfm.setup import build_world
     from fedfm.sim.clients import LocalClients
     from fedfm.sim.runner import EmbeddedRunner
+    from fedfm.sim.world import build_world
 
     crafted = [join({"__metadata__": {"fedfm": "5"}}, b""),
                join(b"[" * 100_000 + b"]" * 100_000, b"")]

@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
+from fedfm.core.errors import DataError
 from fedfm.data.generation import IGNORE, PromptEncoder
 from fedfm.data.records import GenerationDataset, from_pairs
-from fedfm.errors import DataError
 from fedfm.models.causal_lm import CausalLM, evaluate_generation, exact_match, normalize_answer
 from tests.gen_helpers import tiny_lm, tiny_tokenizer, write_jsonl
 
@@ -160,10 +160,10 @@ def gen_raw(tmp_path, algorithm="fedavg", rounds=5, **over) -> dict:
 
 def test_fedavg_generate_learns_a_mapping(tmp_path):
     """EM of greedy answers rises well above the untrained model's on a colour -> fruit map."""
-    from fedfm import tasks
+    from fedfm.algorithms import tasks
     from fedfm.config import build_config
     from fedfm.run import run
-    from fedfm.setup import build_world
+    from fedfm.sim.world import build_world
 
     cfg = build_config(gen_raw(tmp_path))
     world = build_world(cfg)
@@ -185,7 +185,7 @@ def test_other_algorithms_run_generate(tmp_path, algorithm):
     summary = run(build_config(gen_raw(tmp_path, algorithm, rounds=1)), quiet=True)
     assert summary["acc_personal_mean"] is not None and summary["loss_personal_mean"] > 0
     if algorithm == "fedper":  # the last block's LoRA stays on the client
-        from fedfm.setup import build_world
+        from fedfm.sim.world import build_world
 
         world = build_world(build_config(gen_raw(tmp_path, algorithm, rounds=1)))
         world.algorithm.init_server(world.model)

@@ -14,7 +14,7 @@ from fedfm.algorithms.hetlora import norm_weights, tail_norm, zero_padded_mean
 from fedfm.algorithms.lowrank import rank_for
 from fedfm.cli import main
 from fedfm.config import build_config
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 from fedfm.run import run
 from tests.conftest import tiny_raw
 
@@ -102,14 +102,14 @@ def test_hetlora_self_pruning_lowers_the_rank_it_is_sent(tmp_path):
 
 
 def test_flora_global_model_is_base_plus_the_fold(tmp_path):
-    from fedfm.setup import build_world
+    from fedfm.sim.world import build_world
 
     raw = tiny_raw(algorithm="flora", out=str(tmp_path / "f"), rounds=1, **TIERS)
     world = build_world(build_config(raw))
     alg = world.algorithm
     alg.init_server(world.model)
     pairs = {n: _pairs([1, 4], *alg.shape[n]) for n in alg.layers()}
-    from fedfm.messages import ClientUpdate
+    from fedfm.transport.messages import ClientUpdate
     ups = [ClientUpdate(1, k, n_k, {**{f"{n}.lora_{x}": pairs[n][k][0 if x == "A" else 1]
                                        for n in alg.layers() for x in "AB"},
                                     "head.weight": alg.global_["head.weight"],
@@ -175,7 +175,7 @@ def test_runs_on_every_family(method, family, hf_folders, tmp_path):
 def test_folding_matches_the_adapter_on_conv1d(hf_folders, tmp_path):
     """GPT-2's Conv1D stores W as (in, out): W0 + ΔWᵀ must equal the active LoRA's output."""
     from fedfm.models.lora import lora_modules
-    from fedfm.setup import build_world
+    from fedfm.sim.world import build_world
 
     raw = tiny_raw(algorithm="flora", out=str(tmp_path / "f"), **{
         "model.name": "hf", "model.path": str(hf_folders("gpt2"))})

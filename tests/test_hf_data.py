@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from fedfm.config import DataConfig
+from fedfm.core.errors import DataError
 from fedfm.data import catalogue
 from fedfm.data.partition import partition
-from fedfm.errors import DataError
 
 datasets = pytest.importorskip("datasets")
 

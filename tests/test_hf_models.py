@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 from fedfm.models.classifier import last_token_pool
 from fedfm.models.hf.family import FAMILIES
 from fedfm.models.hf.loading import ensure_pad, load_hf_backbone, load_hf_tokenizer

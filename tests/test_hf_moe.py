@@ -91,7 +91,7 @@ def _raw(folder, algo, tmp_path, rounds=3, **over):
 
 def test_unheld_experts_bit_identical_after_aggregation(folders, tmp_path):
     from fedfm.algorithms.base import ClientContext, ClientMemory
-    from fedfm.setup import build_world
+    from fedfm.sim.world import build_world
 
     raw = _raw(folders["mixtral"], "randommoe", tmp_path,
                resources={"unit": "memory", "per_client": [0.5] * 4})
@@ -144,7 +144,7 @@ def test_every_family_runs(folders, tmp_path, fam, algo):
 
 
 def test_hf_moe_rejects_moefication_options(folders, tmp_path):
-    from fedfm.setup import build_world
+    from fedfm.sim.world import build_world
 
     raw = _raw(folders["olmoe"], "fedmoe", tmp_path, **{"fedmoe.build": "upcycle"})
     with pytest.raises(Exception, match="brings its own experts"):

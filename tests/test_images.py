@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedfm.core.errors import ConfigError, DataError
 from fedfm.data.federated import build_federated
 from fedfm.data.images import (
     FASHION_DIR,
@@ -15,7 +16,6 @@ from fedfm.data.images import (
     load_images,
     load_mnist_5k,
 )
-from fedfm.errors import ConfigError, DataError
 
 PIL = pytest.importorskip("PIL.Image")
 

@@ -9,10 +9,10 @@ import torch
 from fedfm.algorithms import registry
 from fedfm.algorithms.aggregation import masked_aggregate, robust_aggregate
 from fedfm.algorithms.capabilities import Capabilities
+from fedfm.algorithms.privacy import dp_mean
 from fedfm.config import build_config
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 from fedfm.models.elastic import coverage_mean
-from fedfm.privacy import dp_mean
 from tests.conftest import tiny_raw
 
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from fedfm.algorithms.training import weighted_mean
-from fedfm.errors import PayloadError
-from fedfm.messages import ClientTask, ClientUpdate, decode, encode
+from fedfm.core.errors import PayloadError
+from fedfm.transport.messages import ClientTask, ClientUpdate, decode, encode
 
 
 def test_roundtrip_exact():

@@ -11,8 +11,8 @@ import torch
 
 from fedfm.algorithms.training import weighted_mean
 from fedfm.config import build_config
-from fedfm.errors import ConfigError
-from fedfm.sim.seeds import sample_by_task
+from fedfm.core.errors import ConfigError
+from fedfm.core.seeds import sample_by_task
 from tests.conftest import tiny_raw
 
 WORDS = {"a": ["goal", "match", "team"], "b": ["market", "shares", "profit"],
@@ -66,7 +66,7 @@ def test_three_tasks_train_with_own_heads_and_report_acc_by_task(tmp_path, algor
 
 
 def test_world_has_one_head_per_task_and_clients_get_only_their_head(tmp_path):
-    from fedfm.setup import build_world
+    from fedfm.sim.world import build_world
 
     world = build_world(build_config(_raw(tmp_path)))
     heads = world.model.head.heads

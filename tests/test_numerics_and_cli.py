@@ -12,7 +12,7 @@ from fedfm.algorithms.fedavg import proximal_term
 from fedfm.algorithms.training import autocast, cross_entropy_loss
 from fedfm.cli import main
 from fedfm.run import run
-from fedfm.setup import build_world
+from fedfm.sim.world import build_world
 
 
 def test_fedprox_proximal_gradient_is_mu_times_the_distance():

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from fedfm.core.errors import DataError
 from fedfm.data.partition import partition
-from fedfm.errors import DataError
 
 LABELS = np.repeat(np.arange(5), 200)
 

@@ -34,7 +34,7 @@ def test_threads_are_explicit_and_logged(tiny_cfg):
 
 def test_set_threads_sets_one_interop_thread_in_a_fresh_process(tiny_cfg):
     code = ("import torch, sys; from fedfm.config import build_config; "
-            "from fedfm.setup import set_threads, thread_settings; "
+            "from fedfm.sim.world import set_threads, thread_settings; "
             "n = set_threads(build_config({'train': {'threads': 2}})); "
             "print(n, thread_settings())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

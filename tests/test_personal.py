@@ -13,10 +13,10 @@ import torch
 from fedfm.algorithms.base import ClientContext, ClientMemory
 from fedfm.algorithms.feddpa import instance_weights
 from fedfm.cli import main
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 from fedfm.models.classifier import get_tensors, set_tensors
 from fedfm.models.dual_lora import dual_forward
-from fedfm.setup import build_world
+from fedfm.sim.world import build_world
 
 
 def ctx(rnd=0, cid=0):

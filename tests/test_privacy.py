@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedfm.algorithms.privacy import clip_delta, dp_mean, epsilon
 from fedfm.config import build_config
-from fedfm.privacy import clip_delta, dp_mean, epsilon
 from fedfm.sim.attacks import run_attacked
 from tests.conftest import tiny_raw
 

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from fedfm.errors import ConfigError, PayloadError
+from fedfm.core.errors import ConfigError, PayloadError
 from fedfm.models.bert import Bert, EncoderSpec
 from fedfm.models.elastic import (
     Widths,
@@ -222,7 +222,7 @@ def test_bad_options_are_config_errors(tiny_cfg):
 def test_export_loads_in_transformers_and_matches(tiny_cfg, tmp_path):
     from transformers import AutoModel
 
-    from fedfm.export import export
+    from fedfm.export.budget import export
     from fedfm.run import run
 
     cfg = tiny_cfg(algorithm="raffm", rounds=1, **tiers())

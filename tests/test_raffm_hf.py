@@ -139,7 +139,7 @@ def test_raffm_run_and_half_export_loads_with_transformers(family, folders, tmp_
     puts the attention alone at 52% of the block, which a vanilla BertConfig cannot cut)."""
     from transformers import AutoModel
 
-    from fedfm.export import export
+    from fedfm.export.budget import export
 
     folder = bert4(folders) if family == "bert4" else folders(family)
     s = _run("raffm", folder, tmp_path / "run")
@@ -189,9 +189,9 @@ def test_raffm_lora_on_a_decoder_family(folders, tmp_path):
     """LoRA on each client's subnetwork (q/v roles): only A, B and the head go up; the server
     merges W[prefix] + s·B·A; the global model learns."""
     from fedfm.config import build_config
-    from fedfm.errors import ConfigError
+    from fedfm.core.errors import ConfigError
     from fedfm.run import run
-    from fedfm.setup import build_world
+    from fedfm.sim.world import build_world
     from tests.conftest import tiny_raw
 
     tiers = {"resources.tiers": {"small": 0.3, "large": 1.0}}

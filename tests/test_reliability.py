@@ -11,12 +11,12 @@ import torch
 
 from fedfm.algorithms.training import weighted_mean
 from fedfm.config import build_config
-from fedfm.errors import ConfigError
-from fedfm.reliability import AvailabilityConfig
-from fedfm.setup import build_world
+from fedfm.core.errors import ConfigError
+from fedfm.core.reliability import AvailabilityConfig
 from fedfm.sim.attacks import Byzantine, run_attacked
 from fedfm.sim.availability import Availability
 from fedfm.sim.runner import EmbeddedRunner
+from fedfm.sim.world import build_world
 from tests.conftest import tiny_raw
 
 

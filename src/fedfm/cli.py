@@ -7,16 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
-from fedfm.errors import FedfmError
+from fedfm.core.errors import FedfmError
+from fedfm.core.offline import set_offline_env
 
-# Offline by design: never reach a model hub; silence Flower/Ray network calls if they start.
-for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "FLWR_TELEMETRY_ENABLED": "0",
-               "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_USAGE_STATS_ENABLED": "0",
-               "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}.items():
-    os.environ.setdefault(_k, _v)
+set_offline_env()  # before anything imports transformers, flwr or ray
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -34,7 +30,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from fedfm.sim.checkpoint import resume_run
+    from fedfm.run import resume_run
 
     summary = resume_run(args.run_dir, args.overrides, quiet=args.quiet)
     keys = ("algorithm", "rounds", "acc_global", "acc_personal_mean", "bytes_up", "bytes_down")
@@ -45,13 +41,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     if args.format in ("peft", "merged"):  # the final global LoRA in HF formats
-        from fedfm.export_peft import export_hf
+        from fedfm.export.peft import export_hf
 
         report = export_hf(args.run_dir, args.out, args.format, overwrite=args.overwrite)
         print(json.dumps(report))
         print(f"export folder: {args.out}", file=sys.stderr)
         return 0
-    from fedfm.export import export
+    from fedfm.export.budget import export
 
     if args.budget is None:
         raise FedfmError("fedfm export --format budget needs --budget B (fraction of block "
@@ -67,11 +63,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     from fedfm.algorithms import registry
     from fedfm.data.catalogue import describe
     from fedfm.data.partition import PARTITIONS
-    from fedfm.models.loading import MODELS
+    from fedfm.models.registry import describe as models
 
     sections = [
         ("algorithms", {n: registry.get(n).description for n in registry.names()}),
-        ("models", MODELS), ("data sets", describe()), ("partitioners", PARTITIONS),
+        ("models", models()), ("data sets", describe()), ("partitioners", PARTITIONS),
     ]
     for title, items in sections:
         print(f"{title}:")
@@ -89,7 +85,7 @@ def cmd_data_install(args: argparse.Namespace) -> int:
 def cmd_upcycle(args) -> int:
     from pathlib import Path
 
-    from fedfm.errors import ConfigError
+    from fedfm.core.errors import ConfigError
     from fedfm.models.hf.upcycle import upcycle_folder
     from fedfm.models.loading import hf_folder
 

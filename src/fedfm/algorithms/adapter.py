@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from fedfm.models.classifier import HEAD, HEAD_TENSORS, is_head  # noqa: F401  (re-exported)
-from fedfm.validation import schema_of
+from fedfm.transport.validation import schema_of
 
 Tensors = dict[str, torch.Tensor]
 Schema = dict[str, tuple[tuple[int, ...], torch.dtype]]

@@ -16,7 +16,7 @@ truncated SVD (Eckart–Young best rank-r approximation): E*_p ≈ U_r S_r V_r�
 A = c · V_rᵀ with c = mean_k ||A_k||_F / √r, so A keeps the clients' scale and training continues.
 
 `aggregate_updates(cfg, rnd, updates, reference)` is what an algorithm calls: robust rule or
-mean, plus DP-FedAvg when `[dp] enabled` (fedfm.privacy).
+mean, plus DP-FedAvg when `[dp] enabled` (fedfm.algorithms.privacy).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from typing import Any
 import torch
 
 from fedfm.algorithms.training import weighted_mean
-from fedfm.errors import PayloadError
+from fedfm.core.errors import PayloadError
+from fedfm.core.reliability import AggregationConfig
 from fedfm.models.elastic import coverage_mean, prefix_index
-from fedfm.reliability import AggregationConfig
 
 log = logging.getLogger("fedfm")
 
@@ -164,7 +164,7 @@ def masked_aggregate(cfg, rnd: int, sets: Sequence[Tensors], weights: Sequence[f
       robust rule         applied per coverage region R = {e : holders(e) = H}: median /
                           trimmed mean per entry over H; Krum / multi-Krum choose among H on all
                           regions sharing H (LoRA pairs compared as B·A, see `robust_aggregate`)
-      dp                  DP-FedAvg over each client's whole upload (fedfm.privacy.dp_masked_mean)
+      dp                  DP-FedAvg over each client's whole upload (fedfm.algorithms.privacy.dp_masked_mean)
     Returns (tensors for every uploaded key, full shape, entries nobody held = reference;
     metrics). Uploads are assumed validated (schema checked against the task).
     """
@@ -172,7 +172,7 @@ def masked_aggregate(cfg, rnd: int, sets: Sequence[Tensors], weights: Sequence[f
     if not sets:
         return {}, {}
     if cfg.dp.enabled:
-        from fedfm.privacy import dp_masked_mean
+        from fedfm.algorithms.privacy import dp_masked_mean
 
         return dp_masked_mean(cfg, rnd, sets, reference, denominator)
     held = {k: tuple(j for j, s in enumerate(sets) if k in s)

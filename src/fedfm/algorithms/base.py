@@ -30,10 +30,10 @@ from typing import Any, Protocol
 
 import torch
 
-from fedfm.config import RunConfig
+from fedfm.core.schema import RunConfig
 from fedfm.data.federated import ClientData, Split
-from fedfm.messages import ClientTask, ClientUpdate
 from fedfm.models.classifier import Classifier
+from fedfm.transport.messages import ClientTask, ClientUpdate
 
 
 @dataclass

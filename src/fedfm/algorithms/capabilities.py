@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedfm.errors import ConfigError, choices
-from fedfm.reliability import AGGREGATORS
+from fedfm.core.errors import ConfigError, choices
+from fedfm.core.reliability import AGGREGATORS
 
 FINETUNE_MODES = ("lora", "full", "head")
 

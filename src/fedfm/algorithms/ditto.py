@@ -21,11 +21,11 @@ from fedfm.algorithms.base import ClientContext, ClientMemory
 from fedfm.algorithms.capabilities import AVERAGING
 from fedfm.algorithms.env import Env
 from fedfm.algorithms.fedavg import FedAvg, evaluate_metrics, train_on
+from fedfm.core.errors import ConfigError
+from fedfm.core.seeds import derive_seed
 from fedfm.data.federated import ClientData
-from fedfm.errors import ConfigError
-from fedfm.messages import ClientTask, ClientUpdate, fields_of
 from fedfm.models.classifier import Classifier, get_tensors, set_tensors
-from fedfm.sim.seeds import derive_seed
+from fedfm.transport.messages import ClientTask, ClientUpdate, fields_of
 
 
 @dataclass(frozen=True)

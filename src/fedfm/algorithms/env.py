@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from fedfm.config import ModelConfig, SamplingConfig, TrainConfig
-from fedfm.messages import EvalResult
-from fedfm.reliability import AggregationConfig, DPConfig
-from fedfm.resources import ClientProfile, ResourcesConfig, client_profiles
+from fedfm.core.reliability import AggregationConfig, DPConfig
+from fedfm.core.resources import ClientProfile, ResourcesConfig, client_profiles
+from fedfm.core.schema import ModelConfig, SamplingConfig, TrainConfig
+from fedfm.transport.messages import EvalResult
 
 Tensors = dict[str, torch.Tensor]
 

@@ -26,8 +26,8 @@ from fedfm.algorithms.env import Env, from_config
 from fedfm.algorithms.server import ServerState
 from fedfm.algorithms.training import param_groups, train_local
 from fedfm.data.federated import ClientData, Split
-from fedfm.messages import ClientTask, ClientUpdate, EvalResult, TrainReport, fields_of
 from fedfm.models.classifier import Classifier, get_tensors, set_tensors, trainable_names
+from fedfm.transport.messages import ClientTask, ClientUpdate, EvalResult, TrainReport, fields_of
 
 # (model holding the global tensors, client data, ctx) -> extra metrics; may change the model
 Personalise = Callable[[Classifier, ClientData, ClientContext], dict[str, Any]]

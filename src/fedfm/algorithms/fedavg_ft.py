@@ -27,10 +27,10 @@ from fedfm.algorithms.capabilities import AVERAGING
 from fedfm.algorithms.env import Env
 from fedfm.algorithms.fedavg import FedAvg
 from fedfm.algorithms.training import cross_entropy_loss, param_groups, train_local
+from fedfm.core.errors import ConfigError
 from fedfm.data.federated import ClientData
-from fedfm.errors import ConfigError
-from fedfm.messages import fields_of
 from fedfm.models.classifier import Classifier
+from fedfm.transport.messages import fields_of
 
 
 @dataclass(frozen=True)

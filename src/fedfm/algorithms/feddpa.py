@@ -42,12 +42,12 @@ from fedfm.algorithms.capabilities import AVERAGING
 from fedfm.algorithms.env import Env
 from fedfm.algorithms.fedavg import FedAvg, train_on
 from fedfm.algorithms.training import autocast, train_local
+from fedfm.core.errors import ConfigError
+from fedfm.core.seeds import derive_seed
 from fedfm.data.federated import ClientData, Split
-from fedfm.errors import ConfigError
-from fedfm.messages import ClientTask, ClientUpdate, EvalResult, fields_of
 from fedfm.models.classifier import Classifier, get_tensors, set_tensors
 from fedfm.models.dual_lora import dual_forward
-from fedfm.sim.seeds import derive_seed
+from fedfm.transport.messages import ClientTask, ClientUpdate, EvalResult, fields_of
 
 Tensors = dict[str, torch.Tensor]
 

@@ -47,13 +47,13 @@ from fedfm.algorithms.training import (
     param_groups,
     train_local,
 )
-from fedfm.config import RunConfig
+from fedfm.core.errors import ConfigError
+from fedfm.core.resources import client_profiles
+from fedfm.core.schema import RunConfig
 from fedfm.data.federated import ClientData, Split
-from fedfm.errors import ConfigError
-from fedfm.messages import ClientTask, ClientUpdate, payload_bytes
 from fedfm.models.classifier import Classifier, get_tensors
 from fedfm.models.moe import BUILDS
-from fedfm.resources import client_profiles
+from fedfm.transport.messages import ClientTask, ClientUpdate, payload_bytes
 
 MiB = 2**20
 

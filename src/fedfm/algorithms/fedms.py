@@ -37,10 +37,11 @@ from fedfm.algorithms.base import ClientContext, ClientMemory
 from fedfm.algorithms.capabilities import AVERAGING
 from fedfm.algorithms.fedavg import prepare
 from fedfm.algorithms.training import autocast, train_local
-from fedfm.config import RunConfig
+from fedfm.core.errors import ConfigError
+from fedfm.core.resources import client_profiles
+from fedfm.core.schema import RunConfig
+from fedfm.core.seeds import derive_seed
 from fedfm.data.federated import ClientData, Split
-from fedfm.errors import ConfigError
-from fedfm.messages import ClientTask, ClientUpdate
 from fedfm.models.classifier import Classifier, get_tensors
 from fedfm.models.gate_net import GateNetwork
 from fedfm.models.lora import block_of, lora_param_names, set_active_blocks
@@ -54,8 +55,7 @@ from fedfm.models.sal import (
     cached_source,
     lowest,
 )
-from fedfm.resources import client_profiles
-from fedfm.sim.seeds import derive_seed
+from fedfm.transport.messages import ClientTask, ClientUpdate
 
 Tensors = dict[str, torch.Tensor]
 

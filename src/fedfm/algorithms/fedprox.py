@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from fedfm.algorithms import registry
 from fedfm.algorithms.capabilities import AVERAGING
 from fedfm.algorithms.fedavg import FedAvg
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from fedfm.algorithms.adapter import Adapter, is_head
 from fedfm.algorithms.capabilities import AVERAGING
 from fedfm.algorithms.env import Env
 from fedfm.algorithms.fedavg import FedAvg
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import torch
 from fedfm.algorithms import registry
 from fedfm.algorithms.env import Env
 from fedfm.algorithms.lowrank import HETRANK, HetRankLoRA, Tensors
-from fedfm.messages import ClientUpdate
+from fedfm.transport.messages import ClientUpdate
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,8 @@ from fedfm.algorithms import registry
 from fedfm.algorithms.base import ClientContext
 from fedfm.algorithms.env import Env
 from fedfm.algorithms.lowrank import HETRANK, HetRankLoRA, Tensors
-from fedfm.errors import PayloadError
-from fedfm.messages import ClientTask, ClientUpdate
+from fedfm.core.errors import PayloadError
+from fedfm.transport.messages import ClientTask, ClientUpdate
 
 
 @dataclass(frozen=True)

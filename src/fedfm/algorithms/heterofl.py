@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from fedfm.algorithms import registry
 from fedfm.algorithms.env import Env
 from fedfm.algorithms.raffm import AGGREGATION, RaFFM, RaFFMOptions, elastic_capabilities
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,9 @@ from fedfm.algorithms import registry
 from fedfm.algorithms.base import ClientMemory
 from fedfm.algorithms.env import Env
 from fedfm.algorithms.lowrank import HETRANK, HetRankLoRA, Tensors
-from fedfm.errors import ConfigError, PayloadError
-from fedfm.messages import ClientUpdate
+from fedfm.core.errors import ConfigError, PayloadError
 from fedfm.models.lora import lora_modules
+from fedfm.transport.messages import ClientUpdate
 
 
 @dataclass(frozen=True)

@@ -41,9 +41,11 @@ from fedfm.algorithms.training import (
     train_local,
     weighted_mean,
 )
+from fedfm.core.errors import PayloadError
 from fedfm.data.federated import ClientData, Split
-from fedfm.errors import PayloadError
-from fedfm.messages import (
+from fedfm.models.classifier import Classifier, set_tensors
+from fedfm.models.lora import lora_modules
+from fedfm.transport.messages import (
     ClientTask,
     ClientUpdate,
     EvalResult,
@@ -51,8 +53,6 @@ from fedfm.messages import (
     payload_bytes,
     read_payload,
 )
-from fedfm.models.classifier import Classifier, set_tensors
-from fedfm.models.lora import lora_modules
 
 Tensors = dict[str, torch.Tensor]
 HEAD = HEAD_TENSORS

@@ -14,7 +14,7 @@ measured), client_model(model, held) (what a client trains/evaluates), aux(model
 from __future__ import annotations
 
 from fedfm.algorithms.submoe import MemoryModel, build_submoe, submodel_memory
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 from fedfm.models.classifier import freeze
 from fedfm.models.lora import inject_lora
 

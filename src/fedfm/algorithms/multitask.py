@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from fedfm.errors import ConfigError
-from fedfm.messages import ClientTask
+from fedfm.core.errors import ConfigError
 from fedfm.models.multihead import MultiHead, head_prefix
+from fedfm.transport.messages import ClientTask
 
 
 def check_multitask(cfg) -> None:

@@ -36,9 +36,9 @@ from fedfm.algorithms.training import (
     param_groups,
     train_local,
 )
+from fedfm.core.errors import ConfigError, PayloadError
+from fedfm.core.seeds import derive_seed
 from fedfm.data.federated import ClientData, Split
-from fedfm.errors import ConfigError, PayloadError
-from fedfm.messages import ClientTask, ClientUpdate, EvalResult, fields_of, payload_bytes
 from fedfm.models import hf_elastic, hf_raffm
 from fedfm.models.classifier import Classifier, set_tensors
 from fedfm.models.elastic import (
@@ -50,7 +50,7 @@ from fedfm.models.elastic import (
 )
 from fedfm.models.lora import block_of, inject_lora, lora_modules, target_suffixes
 from fedfm.models.sizing import CostModel, choose_widths, embedding_params
-from fedfm.sim.seeds import derive_seed
+from fedfm.transport.messages import ClientTask, ClientUpdate, EvalResult, fields_of, payload_bytes
 
 SIZING = ("largest", "sample")
 AGGREGATION = ("coverage", "all_clients")

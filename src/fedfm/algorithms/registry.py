@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedfm.algorithms import capabilities
-from fedfm.config import RunConfig, from_dict
-from fedfm.errors import ConfigError, choices
+from fedfm.core.errors import ConfigError, choices
+from fedfm.core.schema import RunConfig, from_dict
 
 MODULES = ["fedavg", "fedprox", "local", "fedper", "fedms", "raffm", "heterofl", "fedmoe", "randommoe",
            "hetlora", "flexlora", "flora"]
@@ -35,7 +35,7 @@ class Entry:
     options: type | None
     description: str
     capabilities: Any = None  # Capabilities | (options -> Capabilities); see capabilities.py
-    tasks: tuple[str, ...] = ("classify",)  # `task` values it runs (fedfm.tasks)
+    tasks: tuple[str, ...] = ("classify",)  # `task` values it runs (fedfm.algorithms.tasks)
     multitask: bool = False  # runs a multi-task federation ([[data.tasks]], fedfm.algorithms.multitask)
     stateless: bool = False  # clients keep no private memory (a Flower deployment can --resume)
 

@@ -7,14 +7,14 @@ MoE balance loss, ...). Optimiser: AdamW over the given parameter groups, fresh 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from fedfm.config import TrainConfig
+from fedfm.core.device import autocast  # noqa: F401 (re-exported: training.autocast)
+from fedfm.core.schema import TrainConfig
 from fedfm.data.federated import Split
 from fedfm.models.classifier import is_head
 
@@ -27,15 +27,6 @@ class TrainStats:
     loss: float
     steps: int
     examples: int
-
-
-def autocast(precision: str):
-    """bf16 autocast on the current device (fedfm.device: cpu, or cuda for `train.device`)."""
-    if precision == "bf16":
-        from fedfm.device import current
-
-        return torch.autocast(current().device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def cross_entropy_loss(forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> LossFn:

@@ -12,7 +12,7 @@ def _names(text: str | None) -> list[str] | None:
 
 
 def _seeds(text: str | None) -> list[int] | None:
-    from fedfm.errors import ConfigError
+    from fedfm.core.errors import ConfigError
 
     try:
         return [int(x) for x in _names(text)] if text else None

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedfm.errors import DataError
+from fedfm.core.errors import DataError
 
 ADHOC_SETTING = "runs"
 IGNORED = ("seed", "out", "overwrite")

@@ -31,8 +31,8 @@ from rich.progress import (
 )
 
 from fedfm.bench.suite import Cell, Suite
-from fedfm.config import RunConfig
-from fedfm.ui import console
+from fedfm.core.schema import RunConfig
+from fedfm.report.ui import console
 
 BENCH_FILE = "bench.json"  # (suite, setting, label, seed) of a run made by `fedfm bench`
 

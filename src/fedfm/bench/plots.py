@@ -1,22 +1,14 @@
-"""Report plots (matplotlib imported here only, Agg backend): small PNGs for markdown reports."""
+"""Report plots (the `plot` extra, via fedfm.report.plots.pyplot): small PNGs for markdown reports."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from fedfm.bench.collect import Group, curve
+from fedfm.report.plots import pyplot
 
 PANELS = (("acc_personal_mean", "personalised accuracy (mean over clients)"),
           ("acc_global", "global accuracy (pooled test set)"))
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _draw(groups: list[Group], out: Path, title: str, x_bytes: bool) -> Path | None:
@@ -24,7 +16,7 @@ def _draw(groups: list[Group], out: Path, title: str, x_bytes: bool) -> Path | N
     curves = {k: [(g.label, curve(g, k)) for g in groups] for k, _ in PANELS}
     if not any(pts for k in curves for _, pts in curves[k]):
         return None
-    plt = _pyplot()
+    plt = pyplot()
     cmap = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
     colors = {g.label: cmap(i % cmap.N) for i, g in enumerate(groups)}  # same colour in both panels
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), dpi=90, sharey=True)

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from fedfm.config import RUN_FIELDS, RunConfig, apply_overrides, build_config, read_toml
-from fedfm.errors import ConfigError, choices
+from fedfm.core.errors import ConfigError, choices
 
 SUITE_KEYS = {"name", "out", "report", "seeds", "algorithms", "base", "settings", "cells",
               "tensorboard", "isolate"}

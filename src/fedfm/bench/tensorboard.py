@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedfm.bench.collect import RunRecord
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 
 
 def _writer_class():

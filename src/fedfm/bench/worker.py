@@ -11,11 +11,13 @@ import json
 import sys
 import traceback
 
-from fedfm.errors import FedfmError
+from fedfm.core.errors import FedfmError
 
 
 def main(argv: list[str]) -> int:
-    import fedfm.cli  # noqa: F401  (sets the offline environment variables)
+    from fedfm.core.offline import set_offline_env
+
+    set_offline_env()
     from fedfm.config import build_config
     from fedfm.run import run
 

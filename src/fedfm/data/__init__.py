@@ -1,1 +1,1 @@
-"""Data sets (`datasets`), partitioners named by scheme (`partition`), per-client splits (`federated`)."""
+"""Data sets (the registry: `catalogue`), partitioners named by scheme (`partition`), federations of per-client splits (`federated`)."""

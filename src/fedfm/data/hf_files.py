@@ -18,9 +18,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fedfm.core.errors import DataError
 from fedfm.data.datasets import TextDataset
 from fedfm.data.records import GenerationDataset, from_pairs
-from fedfm.errors import DataError
 
 BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "json", ".json": "json",
             ".csv": "csv"}

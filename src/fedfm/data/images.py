@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedfm.errors import ConfigError, DataError
+from fedfm.core.errors import ConfigError, DataError
 
 IMAGE_DATASETS = {
     "imagefolder": "your image folder: data.path/<class>/<image>, optional train/ and test/ splits",

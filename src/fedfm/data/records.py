@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedfm.errors import DataError
+from fedfm.core.errors import DataError
 
 
 @dataclass(frozen=True)

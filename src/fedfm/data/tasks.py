@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from fedfm.config import DataConfig, RunConfig, TaskConfig
+from fedfm.core.schema import DataConfig, RunConfig, TaskConfig
 from fedfm.data import catalogue
 from fedfm.data.federated import ClientData, FederatedData, Split, build_federated
 

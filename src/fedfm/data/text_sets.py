@@ -22,9 +22,9 @@ import csv
 import io
 from pathlib import Path
 
+from fedfm.core.errors import DataError
 from fedfm.data.datasets import TextDataset
 from fedfm.data.packaged import package_path, read_jsonl
-from fedfm.errors import DataError
 
 Pairs = list[tuple[str, str]]
 

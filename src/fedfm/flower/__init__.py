@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 
 # Flower and Ray stay offline: no telemetry, no update checks, no dependency installs.
 QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",

@@ -15,7 +15,7 @@ import logging
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 from fedfm.flower import quiet_env
 from fedfm.flower.client import CONFIG_KEY, make_client_app, parse_config
 from fedfm.flower.strategy import FlowerClients, discover
@@ -45,12 +45,12 @@ def check_resumable(algorithm: str) -> None:
 
 
 def make_server_app() -> ServerApp:
-    """fedfm's run loop (fedfm.run.run) with the federation's SuperNodes as its clients."""
+    """fedfm's run loop (fedfm.sim.run.run) with the federation's SuperNodes as its clients."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        from fedfm.run import run
+        from fedfm.sim.run import run
 
         cfg = parse_config(context.run_config.get(CONFIG_KEY), "Flower run config")
         resume = context.run_config.get(RESUME_KEY) is True

@@ -27,12 +27,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from fedfm.config import RunConfig
+from fedfm.core.schema import RunConfig
 from fedfm.data.federated import ClientData, FederatedData, Split
-from fedfm.messages import read_header
 from fedfm.models.bert import Bert, EncoderSpec
 from fedfm.models.loading import load_model, uses_legacy_bert
-from fedfm.setup import World, assemble_world, build_data
+from fedfm.sim.world import World, assemble_world, build_data
+from fedfm.transport.messages import read_header
 
 log = logging.getLogger("fedfm")
 FORMAT = 1

@@ -27,7 +27,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from fedfm.config import RunConfig, build_config
-from fedfm.errors import PayloadError
+from fedfm.core.errors import PayloadError
 from fedfm.flower.cache import cached_world
 from fedfm.flower.codec import (
     MEMORY,
@@ -38,9 +38,9 @@ from fedfm.flower.codec import (
     save_memory,
     to_content,
 )
-from fedfm.messages import ClientTask, decode, encode
-from fedfm.setup import set_threads
 from fedfm.sim.clients import EVALUATE, TRAIN, run_client
+from fedfm.sim.world import set_threads
+from fedfm.transport.messages import ClientTask, decode, encode
 
 log = logging.getLogger("fedfm")
 CONFIG_KEY = "fedfm-config"

@@ -3,7 +3,7 @@
 A fedfm message on Flower is the very blob the embedded runtime sends (messages.encode:
 safetensors + JSON, compressed per comm.dtype), carried as one byte Array so that Flower chunks
 large payloads. bytes_up/bytes_down are therefore identical on both runtimes, and the receiver
-validates the same bytes (fedfm.validation) before decoding anything.
+validates the same bytes (fedfm.transport.validation) before decoding anything.
 
   RecordDict { "fedfm": ArrayRecord { "blob": Array(uint8, (n,), stype="fedfm/safetensors") },
                "fedfm.info": ConfigRecord { "compute_s": float, ... } }
@@ -22,8 +22,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from fedfm.algorithms.base import ClientMemory
-from fedfm.errors import PayloadError
-from fedfm.messages import read_header
+from fedfm.core.errors import PayloadError
+from fedfm.transport.messages import read_header
 
 STYPE = "fedfm/safetensors"
 PAYLOAD, INFO, BLOB = "fedfm", "fedfm.info", "blob"
@@ -53,7 +53,7 @@ def to_content(blob: bytes, info: dict[str, Any] | None = None) -> RecordDict:
 
 
 def blob_of(content: RecordDict) -> bytes:
-    """Message content -> the fedfm wire blob (decode/validate it with fedfm.messages)."""
+    """Message content -> the fedfm wire blob (decode/validate it with fedfm.transport.messages)."""
     return _bytes_of(content, PAYLOAD, "message")
 
 

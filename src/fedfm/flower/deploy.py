@@ -28,7 +28,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 from fedfm.flower import require_flwr
 from fedfm.flower.procs import free_port, supervise
 

@@ -21,12 +21,12 @@ import time
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedfm.errors import ConfigError, PayloadError
+from fedfm.core.errors import ConfigError, PayloadError
 from fedfm.flower.codec import blob_of, info_of, partition_of
 
 log = logging.getLogger("fedfm")
 WAIT_LOG_EVERY_S = 10.0
-# what a crafted payload may raise from a decoder (fedfm.messages.decode should raise only
+# what a crafted payload may raise from a decoder (fedfm.transport.messages.decode should raise only
 # PayloadError; the Flower server boundary does not rely on it)
 MALFORMED = (PayloadError, ValueError, TypeError, KeyError, IndexError, RecursionError,
              OverflowError, MemoryError)

@@ -1,7 +1,7 @@
 """`fedfm run CONFIG runtime=flower`: the run on Flower's simulation engine.
 
 One virtual SuperNode per fedfm client (node config partition-id = client id); the ServerApp
-runs fedfm's own run loop (`fedfm.run.run`) with `FlowerClients` as the transport, so the run
+runs fedfm's own run loop (`fedfm.sim.run.run`) with `FlowerClients` as the transport, so the run
 folder, metrics rows and summary.json are the embedded ones (plus runtime = "flower"). Client
 halves run in Ray actors (`flower.client_cpus` CPUs each), private memory in `context.state`.
 """
@@ -13,10 +13,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from fedfm.config import RunConfig
-from fedfm.errors import ConfigError, FedfmError
+from fedfm.core.errors import ConfigError, FedfmError
+from fedfm.core.schema import RunConfig
 from fedfm.flower import require_flwr
-from fedfm.setup import available_cores
+from fedfm.sim.world import available_cores
 
 
 def backend_config(cfg: RunConfig) -> dict[str, Any]:
@@ -54,7 +54,7 @@ def run_many(cfgs: list[RunConfig], quiet: bool = True) -> list[dict[str, Any]]:
 
     from fedfm.flower.client import make_client_app
     from fedfm.flower.strategy import FlowerClients, discover
-    from fedfm.run import run
+    from fedfm.sim.run import run
 
     n, first, many = sizes.pop(), cfgs[0], len(cfgs) > 1
     out: list[dict[str, Any]] = []

@@ -26,6 +26,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from fedfm.config import RunConfig
+from fedfm.core.seeds import sample_clients
 from fedfm.flower.client import CONFIG_KEY
 from fedfm.flower.codec import blob_of, to_content
 from fedfm.flower.nodes import (  # noqa: F401  (discover: re-exported)
@@ -35,12 +36,11 @@ from fedfm.flower.nodes import (  # noqa: F401  (discover: re-exported)
     discover,
     reply_blob,
 )
-from fedfm.messages import ClientTask, EvalResult, decode, encode
 from fedfm.sim.clients import EVALUATE, TRAIN, Exchange
 from fedfm.sim.personal import personal_metrics
 from fedfm.sim.runner import EmbeddedRunner, eval_reply
-from fedfm.sim.seeds import sample_clients
-from fedfm.validation import expected_schema, validate_update
+from fedfm.transport.messages import ClientTask, EvalResult, decode, encode
+from fedfm.transport.validation import expected_schema, validate_update
 
 log = logging.getLogger("fedfm")
 MESSAGE_TYPE = {TRAIN: "train", EVALUATE: "evaluate"}

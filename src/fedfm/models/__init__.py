@@ -1,2 +1,1 @@
-"""Models: the BERT backbone (`bert`), loading (`loading`), LoRA (`lora`), the classifier
-(`classifier`), fine-tuning modes (`finetune`)."""
+"""Models: named models (the registry: `registry`), Hugging Face families (`hf/`), LoRA, SAL, elastic subnetworks, MoE, the classifier."""

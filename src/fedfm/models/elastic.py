@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from fedfm.errors import PayloadError
+from fedfm.core.errors import PayloadError
 from fedfm.models.bert import Bert, EncoderSpec
 
 Tensors = Mapping[str, torch.Tensor]

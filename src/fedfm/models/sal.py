@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedfm.algorithms.training import autocast
+from fedfm.core.device import autocast
+from fedfm.core.seeds import derive_seed
 from fedfm.data.federated import Split
 from fedfm.models.lora import block_of
-from fedfm.sim.seeds import derive_seed
 
 Tensors = dict[str, torch.Tensor]
 ORDERS = ("top-down", "bottom-up", "random")

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 from fedfm.models.bert import EncoderSpec
 from fedfm.models.elastic import Widths
 

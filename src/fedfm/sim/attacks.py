@@ -15,7 +15,7 @@ from dataclasses import replace
 import torch
 
 from fedfm.algorithms.base import ClientContext, ClientMemory
-from fedfm.messages import ClientTask, ClientUpdate
+from fedfm.transport.messages import ClientTask, ClientUpdate
 
 ATTACKS = ("scale", "random", "nan")
 
@@ -56,8 +56,8 @@ def run_attacked(cfg, attackers: set[int] = frozenset(), kind: str = "scale",
                  **attack_kw) -> tuple[list[dict], dict[str, torch.Tensor]]:
     """Run `cfg` in memory (no run folder) with `attackers` poisoning their uploads; returns
     (metric rows, final global tensors)."""
-    from fedfm.setup import build_world, set_threads
     from fedfm.sim.runner import EmbeddedRunner
+    from fedfm.sim.world import build_world, set_threads
 
     set_threads(cfg)
     world = build_world(cfg)

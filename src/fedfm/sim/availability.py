@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from fedfm.messages import ClientTask, ClientUpdate, decode, encode
-from fedfm.reliability import AvailabilityConfig, ValidationConfig
-from fedfm.resources import _tier_counts
-from fedfm.sim.seeds import derive_seed
-from fedfm.validation import Rejection, expected_schema, validate_update
+from fedfm.core.reliability import AvailabilityConfig, ValidationConfig
+from fedfm.core.resources import _tier_counts
+from fedfm.core.seeds import derive_seed
+from fedfm.transport.messages import ClientTask, ClientUpdate, decode, encode
+from fedfm.transport.validation import Rejection, expected_schema, validate_update
 
 log = logging.getLogger("fedfm")
 DROP_STREAM, LATENCY_STREAM, TIER_STREAM = 0xD0, 0x1A7, 0x71E

@@ -30,8 +30,8 @@ from safetensors.torch import save as st_save
 
 from fedfm.algorithms.base import ClientMemory
 from fedfm.config import RunConfig
-from fedfm.errors import ConfigError, PayloadError
-from fedfm.messages import read_header
+from fedfm.core.errors import ConfigError, PayloadError
+from fedfm.transport.messages import read_header
 
 VERSION = 1
 
@@ -197,24 +197,3 @@ def parse(blob: bytes, path: Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("version") != VERSION:
         raise PayloadError(f"Checkpoint '{path}' has an unknown format version.")
     return {"meta": meta, "tensors": tensors}
-
-
-def resume_run(run_dir: str | Path, overrides: list[str] | None = None,
-               quiet: bool = False) -> dict[str, Any]:
-    """`fedfm resume RUN_DIR [k=v ...]`: rebuild the run's config, refuse if it differs from
-    the checkpoint's, continue from the last checkpointed round to `rounds`."""
-    from fedfm.config import apply_overrides, build_config
-    from fedfm.run import run
-
-    path = Path(run_dir)
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise ConfigError(f"'{path}' is not a run folder (no config.json).")
-    try:
-        raw = json.loads(cfg_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ConfigError(f"'{cfg_file}' is not valid JSON.") from None
-    raw = apply_overrides(raw, list(overrides or []))
-    raw["out"], raw["overwrite"] = str(path), False
-    cfg = build_config(raw)
-    return run(cfg, quiet=quiet, resume=True)

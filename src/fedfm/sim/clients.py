@@ -2,7 +2,7 @@
 
 A runner (the embedded loop in sim/runner.py) only sees exchanges: the task as the client
 decoded it, the reply's raw bytes as they reached the server (validate them before decoding:
-fedfm.validation.validate_update), the exact bytes each way and the client's compute time. Where the client half runs is the transport's business:
+fedfm.transport.validation.validate_update), the exact bytes each way and the client's compute time. Where the client half runs is the transport's business:
 
   LocalClients    in this process, sequentially, memory in a ClientStore (the embedded runtime)
   FlowerClients   on Flower SuperNodes, one message per client (fedfm.flower.server)
@@ -20,10 +20,10 @@ from functools import cached_property
 from typing import Any, Protocol
 
 from fedfm.algorithms.base import ClientContext, ClientMemory
-from fedfm.errors import PayloadError
-from fedfm.messages import ClientTask, ClientUpdate, decode, encode
-from fedfm.sim.seeds import derive_seed
+from fedfm.core.errors import PayloadError
+from fedfm.core.seeds import derive_seed
 from fedfm.sim.store import ClientStore
+from fedfm.transport.messages import ClientTask, ClientUpdate, decode, encode
 
 TRAIN, EVALUATE = 1, 2  # the phase part of a client's seed: derive_seed(seed, round, client, phase)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 
 KEYS = ("acc_personal_mean", "acc_personal_weighted", "acc_personal_p10")
 

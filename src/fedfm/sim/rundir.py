@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from fedfm.config import RunConfig
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
+from fedfm.core.schema import RunConfig
 
 
 class RunDir:

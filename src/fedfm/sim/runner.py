@@ -19,10 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from fedfm.algorithms.base import ClientContext
-from fedfm.errors import PayloadError
-from fedfm.messages import EvalResult, TrainReport, fields_of
-from fedfm.probe import peak_rss_mb
-from fedfm.setup import World
+from fedfm.core.errors import PayloadError
+from fedfm.core.seeds import sample_by_task, sample_clients
 from fedfm.sim.availability import Inbox
 from fedfm.sim.clients import (
     EVALUATE,
@@ -34,8 +32,10 @@ from fedfm.sim.clients import (
 )
 from fedfm.sim.personal import KEYS as PERSONAL_KEYS
 from fedfm.sim.personal import eligible_clients, personal_metrics
-from fedfm.sim.seeds import sample_by_task, sample_clients
+from fedfm.sim.probe import peak_rss_mb
 from fedfm.sim.store import ClientStore
+from fedfm.sim.world import World
+from fedfm.transport.messages import EvalResult, TrainReport, fields_of
 
 log = logging.getLogger("fedfm")
 
@@ -76,7 +76,7 @@ class EmbeddedRunner:
         for i, ex in enumerate(self.clients.exchange(live, rnd, TRAIN)):
             compute += ex.compute_s
             down, up = down + ex.bytes_down, up + ex.bytes_up
-            # raw bytes: the size cap is checked before anything is decoded (fedfm.validation)
+            # raw bytes: the size cap is checked before anything is decoded (fedfm.transport.validation)
             update = self.inbox.receive(rnd, ex.task, ex.reply_blob, ex.bytes_up)
             if update is not None:
                 updates.append(update)

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from fedfm.algorithms.base import ClientMemory
-from fedfm.errors import PayloadError
+from fedfm.core.errors import PayloadError
 
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
            "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
@@ -57,7 +57,7 @@ def pack(tensors: dict[str, torch.Tensor], align: int = 64) -> dict[str, torch.T
     One allocation per client instead of one per tensor: many small tensors allocated between a
     training step's temporaries fragment the heap (measured: 1.25x the private bytes per added
     client unpacked, see bench/reports/performance.md)."""
-    from fedfm.device import current
+    from fedfm.core.device import current
 
     layout, total, out = [], 0, {}
     for name, t in tensors.items():

@@ -57,8 +57,8 @@ def backbone_spec(config, family: FamilySpec, num_layers: int) -> BackboneSpec:
     ffn = family.config_value(config, family.ffn) or getattr(config, "intermediate_size", None)
     if family.ffn == "mlp_ratio":  # DINOv2: FFN width = int(hidden * mlp_ratio)
         ffn = int(hidden * config.mlp_ratio)
-    if ffn is None and family.name == "gpt2":
-        ffn = 4 * hidden
+    if ffn is None and family.ffn_unset_ratio:  # GPT-2: n_inner = None means 4 * n_embd
+        ffn = family.ffn_unset_ratio * hidden
     return BackboneSpec(hidden, num_layers, heads, int(kv), int(hd), ffn, family.name,
                         family.pooling, family.padding_side, family.decoder)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import nn
 
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,7 @@ class FamilySpec:
     fixups: dict[str, Any] = field(default_factory=dict)  # per-block attrs to fix after slicing
     moe: Any = None  # MoESpec (FedMoE on real MoE checkpoints, a later issue)
     inputs: str = "text"  # text | pixels (vision families)
+    ffn_unset_ratio: int | None = None  # config leaves `ffn` unset (None): FFN = hidden * this
     registered: bool = True  # False for auto-detected families
 
     @property
@@ -136,7 +137,7 @@ register_family(FamilySpec(
     attn=AttnSpec(None, None, None, "attn.c_proj", qkv="attn.c_attn", conv1d=True),
     mlp=MLPSpec("mlp.c_fc", "mlp.c_proj", conv1d=True), num_heads="n_head", num_kv_heads=None,
     head_dim=None, hidden="n_embd", ffn="n_inner", num_layers="n_layer", rope=False,
-    lora_targets=("qkv",), fixups={"attn.split_size": "q_rows"}))
+    lora_targets=("qkv",), fixups={"attn.split_size": "q_rows"}, ffn_unset_ratio=4))
 
 # Vision transformers (issue #17): pixel_values in, [CLS] (+ DeiT's distillation token) +
 # patch tokens out; absolute positions (within-head q/k permutation is function-preserving).

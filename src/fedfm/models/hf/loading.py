@@ -7,19 +7,15 @@ transformers and no pickle is ever read.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 from fedfm.models.hf.attention import use_fedfm_sdpa
 from fedfm.models.hf.backbone import HFBackbone
 from fedfm.models.hf.family import get_path
-
-# Named models that resolve to a local HF folder (e.g. "smollm2-135m", registered by its module).
-MODEL_FOLDERS: dict[str, Callable[[], Path]] = {}
 
 
 def check_folder(folder: Path) -> None:

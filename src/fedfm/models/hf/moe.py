@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 from fedfm.models.hf.family import AttnSpec, FamilySpec, get_path, register_family
 
 IMPL = "fedfm_lora"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 
 _COPY = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
          "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_act",

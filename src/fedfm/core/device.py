@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -92,3 +92,10 @@ def module_device(module: torch.nn.Module) -> torch.device:
     for p in module.parameters():
         return p.device
     return torch.device("cpu")
+
+
+def autocast(precision: str):
+    """bf16 autocast on the current device (`train.device`: cpu, or cuda); fp32: no-op."""
+    if precision == "bf16":
+        return torch.autocast(current().device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

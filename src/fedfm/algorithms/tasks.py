@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 
 TASKS = {
     "classify": "sequence classification: a head on the pooled output, accuracy",

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 
 UNITS = ("params", "memory", "flops")
 

@@ -12,17 +12,17 @@ from dataclasses import dataclass
 import torch
 
 from fedfm.algorithms.base import Algorithm, build_algorithm
-from fedfm.config import RunConfig
+from fedfm.core.errors import ConfigError
+from fedfm.core.schema import RunConfig
 from fedfm.data import catalogue
 from fedfm.data.federated import FederatedData, build_federated
 from fedfm.data.images import check_modality
-from fedfm.errors import ConfigError
 from fedfm.models.classifier import Classifier, freeze
 from fedfm.models.loading import load_model
 
 
 def current_device() -> torch.device:
-    from fedfm.device import current
+    from fedfm.core.device import current
 
     return current().device
 
@@ -84,8 +84,8 @@ def build_data(cfg: RunConfig, tokenizer) -> FederatedData:
 def build_world(cfg: RunConfig) -> World:
     """Load the backbone (frozen), tokenise and partition the data, build the algorithm."""
     backbone, tokenizer = load_model(cfg)
-    if getattr(cfg, "task", "classify") == "generate":  # prompt/response records (fedfm.tasks)
-        from fedfm import tasks
+    if getattr(cfg, "task", "classify") == "generate":  # prompt/response records (fedfm.algorithms.tasks)
+        from fedfm.algorithms import tasks
 
         data = tasks.build_generate_data(cfg, tokenizer)
         return assemble_world(cfg, backbone, data, tokenizer)
@@ -100,7 +100,7 @@ def assemble_world(cfg: RunConfig, backbone, data: FederatedData, tokenizer=None
     check_position_limit(cfg, backbone)
     freeze(backbone)
     if getattr(cfg, "task", "classify") == "generate":  # LM head, no classification head
-        from fedfm import tasks
+        from fedfm.algorithms import tasks
 
         model = tasks.build_generate_model(cfg, backbone, tokenizer)
     else:

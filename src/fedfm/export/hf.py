@@ -27,7 +27,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
+from fedfm.export.measure import accuracy_of, latencies
 from fedfm.models.classifier import pool, set_tensors
 from fedfm.models.elastic import Widths
 from fedfm.models.hf_elastic import Geometry, extract, fuse, split_fused, spp, subnetwork
@@ -71,8 +72,6 @@ def standard_config(config, family, geo: Geometry, w: Widths) -> dict[str, Any]:
         d["mlp_ratio"] = f // d[family.hidden]
     else:
         d[family.ffn if family.ffn in d else "intermediate_size"] = f
-    if family.name == "gpt2":
-        d["n_inner"] = f
     d.pop("_name_or_path", None)
     return d
 
@@ -230,8 +229,6 @@ def copy_tokenizer(cfg, out: Path) -> None:
 def measure_hf(predict, sub, full, world, cfg, repeats: int, batch: int, shape: str) -> dict[str, Any]:
     """Accuracy (global test) of the export as loaded and of the full model; latency per
     example of both, timed interleaved (same transformers implementation)."""
-    from fedfm.export import accuracy_of, latencies
-
     test = world.data.global_test
     ids = test.input_ids[:batch]
     mask = torch.ones_like(ids)  # full-length sequences: latency at seq = model.max_length
@@ -243,7 +240,7 @@ def measure_hf(predict, sub, full, world, cfg, repeats: int, batch: int, shape: 
         gap = float((predict(*probe) - sub(*probe)).abs().max())
     return {
         "loaded_with": "transformers.AutoModel" if shape != "elastic" else
-                       "fedfm.export_hf.load_elastic",
+                       "fedfm.export.hf.load_elastic",
         "timed_with": "transformers modules (both)",
         "max_abs_diff_vs_fedfm": gap,
         "acc_export": accuracy_of(predict, test, cfg), "acc_full": accuracy_of(full, test, cfg),

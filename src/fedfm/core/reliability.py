@@ -1,7 +1,7 @@
 """Config sections for reliability and security (issue #7). Each is a frozen dataclass field of
 RunConfig; every option is off (or permissive) by default, so a plain run is unchanged.
 
-[validation]    checks on every client update before aggregation (fedfm.validation)
+[validation]    checks on every client update before aggregation (fedfm.transport.validation)
     max_update_bytes = 0        # byte cap checked before decoding; 0 = auto (expected bytes + slack)
     norm_bound = 0.0            # L2 bound on ||θ_k - θ_task||; 0 = off
     norm_action = "reject"      # reject | clip
@@ -17,7 +17,7 @@ RunConfig; every option is off (or permissive) by default, so a plain run is unc
     trim_fraction = 0.1         # trimmed_mean: fraction dropped at each end, per coordinate
     byzantine = 1               # krum / multi_krum: assumed number of attackers f
     multi_krum_m = 0            # multi_krum: clients kept; 0 = n - f
-[dp]            DP-FedAvg: clip each client's delta to `clip`, add N(0, (σ·clip)²) (fedfm.privacy)
+[dp]            DP-FedAvg: clip each client's delta to `clip`, add N(0, (σ·clip)²) (fedfm.algorithms.privacy)
     enabled = false, clip = 1.0, noise_multiplier = 1.0, delta = 1e-5
 [checkpoint]    atomic checkpoint after every `every` rounds; `fedfm resume RUN_DIR` (sim.checkpoint)
     enabled = true (on by default; false opts out), every = 1, keep = 1 (the latest)
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fedfm.errors import ConfigError, choices
+from fedfm.core.errors import ConfigError, choices
 
 NORM_ACTIONS = ("reject", "clip")
 AGGREGATORS = ("mean", "median", "trimmed_mean", "krum", "multi_krum")

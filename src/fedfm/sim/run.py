@@ -1,21 +1,26 @@
-"""Run a config end to end on the embedded runtime and write the run folder."""
+"""The run loop on the embedded runtime: build the world, run the rounds, write the run folder.
+
+`fedfm.run.run` picks the runtime; the Flower ServerApp drives this same loop with SuperNodes as
+its clients (`transport`).
+"""
 
 from __future__ import annotations
 
 import platform
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-from fedfm.config import RunConfig
+from fedfm.core.schema import RunConfig
 from fedfm.models.classifier import count_params
-from fedfm.probe import matmul_gflops, peak_rss_mb
-from fedfm.setup import World, build_world, set_threads, thread_settings
+from fedfm.report.ui import Progress, round_line
 from fedfm.sim.checkpoint import Checkpointer
 from fedfm.sim.clients import Clients
+from fedfm.sim.probe import matmul_gflops, peak_rss_mb
 from fedfm.sim.rundir import RunDir
 from fedfm.sim.runner import EmbeddedRunner
-from fedfm.ui import Progress, round_line
+from fedfm.sim.world import World, build_world, set_threads, thread_settings
 
 SUMMED = ("bytes_up", "bytes_down", "bytes_eval", "round_wall_s", "client_compute_s",
           "eval_wall_s", "client_eval_s")
@@ -65,14 +70,10 @@ def summarise(cfg: RunConfig, rows: list[dict[str, Any]], runner: EmbeddedRunner
 
 def run(cfg: RunConfig, quiet: bool = False, resume: bool = False,
         transport: Callable[[World], Clients] | None = None) -> dict[str, Any]:
-    """Train `cfg` on the embedded runtime; returns summary.json's content.
+    """Train `cfg` with this process as the server; returns summary.json's content.
     resume: continue the run in `cfg.out` from its last checkpoint (fedfm.sim.checkpoint).
     transport: where client halves run (default: in this process); `runtime = "flower"` runs
     this same loop inside a Flower ServerApp with SuperNodes as clients (fedfm.flower)."""
-    if cfg.runtime == "flower" and transport is None:
-        from fedfm.flower.simulation import run_flower
-
-        return run_flower(cfg, quiet=quiet, resume=resume)
     threads = set_threads(cfg)
     run_dir = RunDir(cfg.out) if resume else RunDir.create(cfg)
     gflops = matmul_gflops()
@@ -105,7 +106,10 @@ def run(cfg: RunConfig, quiet: bool = False, resume: bool = False,
         "num_clients": world.data.num_clients, "num_labels": world.data.num_labels,
     })
     run_dir.write_summary(summary)
-    from fedfm.plots import plot_accuracy
+    from fedfm.report.plots import INSTALL, have_matplotlib, plot_accuracy
 
-    plot_accuracy(rows, run_dir.path / "accuracy.png", f"{cfg.algorithm} ({cfg.data.name})")
+    if have_matplotlib():
+        plot_accuracy(rows, run_dir.path / "accuracy.png", f"{cfg.algorithm} ({cfg.data.name})")
+    else:  # a side product, not an option: say why it is missing, keep the run
+        print(f"fedfm: accuracy.png not written (matplotlib missing: {INSTALL})", file=sys.stderr)
     return summary

@@ -22,9 +22,9 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from fedfm import wire
-from fedfm.comm import compress, decompress
-from fedfm.errors import PayloadError
+from fedfm.core.errors import PayloadError
+from fedfm.transport import wire
+from fedfm.transport.compress import compress, decompress
 
 Tensors = Mapping[str, torch.Tensor]
 Schema = Mapping[str, tuple[tuple[int, ...], torch.dtype]]
@@ -160,7 +160,7 @@ def encode(msg: ClientTask | ClientUpdate, dtype: str = "fp32") -> bytes:
 
 def read_header(blob: bytes) -> dict[str, Any]:
     """Parse a safetensors header without touching tensor data (local files: checkpoints,
-    caches). Peer payloads go through `decode`, which checks the whole layout (fedfm.wire)."""
+    caches). Peer payloads go through `decode`, which checks the whole layout (fedfm.transport.wire)."""
     if len(blob) < 8:
         raise PayloadError(f"payload of {len(blob)} bytes is too short to be safetensors")
     (n,) = struct.unpack("<Q", blob[:8])
@@ -176,7 +176,7 @@ def decode(blob: bytes, max_bytes: int | None = None,
            expected: Schema | None = None) -> ClientTask | ClientUpdate:
     """Bytes -> message, or PayloadError naming the reason (never another exception).
 
-    Order: size cap; header layout and fedfm metadata types (fedfm.wire.parse_blob); codec
+    Order: size cap; header layout and fedfm metadata types (fedfm.transport.wire.parse_blob); codec
     tables; if `expected` ({key: (shape, dtype)}) is given, keys/shapes/dtypes against it; the
     decoded size; only then are tensors materialised and expanded (bf16/int8 -> fp32), so every
     allocation is bounded by shapes that were declared and checked first.
@@ -216,7 +216,7 @@ def _int_field(meta: dict[str, Any], key: str, lo: int, hi: int) -> int:
 
 
 def _metric_ok(v: Any) -> bool:
-    """A JSON scalar, or a (nested) list of numbers (depth is bounded by fedfm.wire)."""
+    """A JSON scalar, or a (nested) list of numbers (depth is bounded by fedfm.transport.wire)."""
     if v is None or isinstance(v, (bool, str, float)):
         return True
     if isinstance(v, int):

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from fedfm.errors import PayloadError
+from fedfm.core.errors import PayloadError
 
 MAX_HEADER_BYTES = 100_000_000
 MAX_RANK = 8

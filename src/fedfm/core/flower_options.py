@@ -1,11 +1,11 @@
 """`[flower]`: options of the Flower runtime (`runtime = "flower"`). No flwr import here, so
-config.py can hold this section whether or not Flower is installed."""
+the config schema can hold this section whether or not Flower is installed."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

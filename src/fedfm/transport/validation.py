@@ -24,10 +24,10 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from fedfm.errors import PayloadError
-from fedfm.messages import ClientTask, ClientUpdate, decode, finite_metrics
-from fedfm.reliability import ValidationConfig
-from fedfm.wire import SchemaMismatch, schema_mismatch
+from fedfm.core.errors import PayloadError
+from fedfm.core.reliability import ValidationConfig
+from fedfm.transport.messages import ClientTask, ClientUpdate, decode, finite_metrics
+from fedfm.transport.wire import SchemaMismatch, schema_mismatch
 
 Schema = dict[str, tuple[tuple[int, ...], torch.dtype]]
 AUTO_SLACK = 1 << 20  # bytes allowed beyond the raw tensor data: safetensors header + JSON metrics

@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
+from fedfm.core.seeds import derive_seed
 from fedfm.models.elastic import prefix_index
-from fedfm.sim.seeds import derive_seed
 
 Tensors = dict[str, torch.Tensor]
 RDP_ORDERS = tuple(range(2, 65)) + (80, 96, 128, 192, 256)  # integer orders: fast, exact

@@ -32,11 +32,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fedfm.config import RunConfig, build_config
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
 from fedfm.models.lora import LoRAConv1D, LoRALinear
 
 FORMATS = ("peft", "merged")
-LEGACY = ("raffm", "heterofl", "fedmoe", "randommoe")  # the budget export (fedfm.export) is theirs
+LEGACY = ("raffm", "heterofl", "fedmoe", "randommoe")  # the budget export (fedfm.export.budget) is theirs
 
 
 def load_run(run_dir: Path) -> tuple[RunConfig, dict[str, torch.Tensor]]:
@@ -163,10 +163,11 @@ def export_hf(run_dir: str | Path, out: str | Path, fmt: str = "peft",
               overwrite: bool = False) -> dict[str, Any]:
     """Write the run's final global model as a PEFT adapter or a merged HF folder; returns the
     report (also written to DIR/fedfm_export.json)."""
+    from fedfm.algorithms.tasks import task_of
     from fedfm.models.classifier import set_tensors
     from fedfm.models.loading import hf_folder
-    from fedfm.setup import build_world
-    from fedfm.tasks import task_of
+    from fedfm.models.registry import get as get_model
+    from fedfm.sim.world import build_world
 
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of budget, {', '.join(FORMATS)}, not '{fmt}'.")
@@ -178,7 +179,7 @@ def export_hf(run_dir: str | Path, out: str | Path, fmt: str = "peft",
     if fmt == "peft" and m.num_layers is not None:
         raise ConfigError(f"the run kept only the first {m.num_layers} blocks of its model; a "
                           "PEFT adapter attaches to the full base model. Use --format merged.")
-    base = str(hf_folder(m.name, m.path)) if m.name != "tiny-bert" else None
+    base = None if get_model(m.name).build else str(hf_folder(m.name, m.path))
     if fmt == "peft" and base is None:
         raise ConfigError("model.name = 'tiny-bert' is random, with no base folder for an "
                           "adapter to attach to; use --format merged.")

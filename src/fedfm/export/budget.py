@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +35,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fedfm.config import RunConfig, build_config
-from fedfm.errors import ConfigError
+from fedfm.core.errors import ConfigError
+from fedfm.export.measure import accuracy_of, latencies
 from fedfm.models.bert import Bert, EncoderSpec
 from fedfm.models.classifier import Classifier, mean_pool, set_tensors
 from fedfm.models.elastic import Widths, backbone_tensors, build_subnetwork, extract, spp
@@ -131,21 +130,6 @@ def write_folder(out: Path, sub: Classifier, config: dict, meta: dict, cfg: RunC
     (out / "fedfm_export.json").write_text(json.dumps(meta, indent=2))
 
 
-@torch.inference_mode()
-def latencies(forwards: dict[str, Any], ids: torch.Tensor, mask: torch.Tensor,
-              repeats: int) -> dict[str, float]:
-    """Median seconds per example of each forward, timed interleaved (same load for all)."""
-    times: dict[str, list[float]] = {k: [] for k in forwards}
-    for f in forwards.values():
-        f(ids, mask)  # warm-up
-    for _ in range(repeats):
-        for name, f in forwards.items():
-            t0 = time.perf_counter()
-            f(ids, mask)
-            times[name].append((time.perf_counter() - t0) / ids.shape[0])
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def hf_full(full: Classifier):
     """The full model loaded exactly as the export is (AutoModel from a saved folder)."""
     import tempfile
@@ -174,13 +158,6 @@ def hf_classifier(folder: Path, head: torch.nn.Linear):
     return predict
 
 
-def accuracy_of(predict, split, cfg: RunConfig) -> float:
-    from fedfm.algorithms.training import count_correct
-
-    c, n = count_correct(predict, split, cfg.eval.batch_size, "fp32")
-    return c / max(n, 1)
-
-
 def cut(full: Classifier, tensors: dict[str, torch.Tensor], w: Widths,
         spp_first: bool = True) -> Classifier:
     """The subnetwork of widths `w` (after SPP) as a Classifier sharing `full`'s embeddings."""
@@ -203,7 +180,7 @@ def export(run_dir: str | Path, budget: float, out: str | Path, shape: str = "be
     threads: intra-op threads for the timing (default: the run's train.threads). On a loaded
     machine 1 thread gives steadier ratios (multi-thread barriers stall when cores are shared).
     """
-    from fedfm.setup import build_world, set_threads
+    from fedfm.sim.world import build_world, set_threads
 
     run_dir, out = Path(run_dir), Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -269,7 +246,7 @@ def measure(out: Path, sub: Classifier, full: Classifier, world, cfg: RunConfig,
 
 def _export_hf(cfg, tensors, world, run_dir: Path, out: Path, budget: float, shape: str,
                overwrite: bool, repeats: int, batch: int) -> dict[str, Any]:
-    from fedfm.export_hf import export_hf, measure_hf
+    from fedfm.export.hf import export_hf, measure_hf
 
     if shape not in SHAPES:
         raise ConfigError(f"--shape must be one of {', '.join(SHAPES)}, not '{shape}'.")

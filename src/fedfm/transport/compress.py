@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from fedfm.errors import PayloadError, choices
+from fedfm.core.errors import PayloadError, choices
 
 DTYPES = ("fp32", "bf16", "int8")
 INT8_MAX = 127

@@ -1,0 +1,1 @@
+"""What a person reads: terminal progress, plots (the `plot` extra), the generated architecture page."""
