@@ -287,7 +287,8 @@ class RaFFM(ServerState):
         stats = train_local(param_groups(named, self.env.train.lr, self.env.train.head_lr),
                             data.train, cross_entropy_loss(clf), self.env.train, ctx.generator())
         step_s = (time.perf_counter() - t0) / max(stats.steps, 1)
-        out = self._sent(clf)
+        trained = self._sent(clf)
+        out = {k: trained[k] for k in self.upload_schema(task)}  # what travels, declared once
         sent, received = payload_bytes(out), payload_bytes(task.tensors)
         tally(memory, sent, received, step_s)
         report = SubnetReport(stats.loss, stats.steps, sent, self._params_fraction(widths))
