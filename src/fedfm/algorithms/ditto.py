@@ -20,7 +20,7 @@ from fedfm.algorithms import registry
 from fedfm.algorithms.base import ClientContext, ClientMemory
 from fedfm.algorithms.capabilities import AVERAGING
 from fedfm.algorithms.env import Env
-from fedfm.algorithms.fedavg import FedAvg, evaluate_metrics, train_on
+from fedfm.algorithms.fedavg import FedAvg, train_on
 from fedfm.core.errors import ConfigError
 from fedfm.core.seeds import derive_seed
 from fedfm.data.federated import ClientData
@@ -66,7 +66,7 @@ def ditto_evaluate(env: Env):
     def evaluate(task: ClientTask, model: Classifier, data: ClientData, memory: ClientMemory,
                  ctx: ClientContext) -> ClientUpdate:
         set_tensors(model, {**dict(task.tensors), **memory.tensors})
-        r = evaluate_metrics(model, data.test, env)
+        r = env.task.evaluate(model, data.test)
         return ClientUpdate(task.round, task.client_id, r.total, {}, fields_of(r))
 
     return evaluate

@@ -25,7 +25,7 @@ import torch
 from fedfm.core.reliability import AggregationConfig, DPConfig
 from fedfm.core.resources import ClientProfile, ResourcesConfig, client_profiles
 from fedfm.core.schema import ModelConfig, SamplingConfig, TrainConfig
-from fedfm.transport.messages import EvalResult
+from fedfm.transport.messages import EvalResult, read_payload
 
 Tensors = dict[str, torch.Tensor]
 
@@ -63,25 +63,20 @@ class TaskSpec:
 
     def loss_fn(self, model):
         """(ids, mask, labels) -> loss for the shared local-training loop."""
-        if self.kind == "generate":
-            from fedfm.models.causal_lm import response_loss_fn
+        from fedfm.algorithms.tasks import loss_for
 
-            return response_loss_fn(model)
-        from fedfm.algorithms.training import cross_entropy_loss
+        return loss_for(model, self.kind)
 
-        return cross_entropy_loss(model)
+    def metrics(self, model, split) -> dict[str, Any]:
+        """The evaluation's wire form: EvalResult's fields (+ generation scores)."""
+        from fedfm.algorithms.tasks import evaluate_as
+
+        return evaluate_as(model, split, self.kind, self.eval_batch_size, self.max_new_tokens,
+                           self.precision)
 
     def evaluate(self, model, split) -> EvalResult:
         """Correct of total (+ the mean response-token loss, for generate)."""
-        from fedfm.algorithms.training import autocast, count_correct
-
-        if self.kind == "generate":
-            from fedfm.models.causal_lm import evaluate_generation
-
-            m = evaluate_generation(model, split, self.eval_batch_size, self.max_new_tokens,
-                                    lambda: autocast(self.precision))
-            return EvalResult(m["correct"], m["total"], m["loss"])
-        return EvalResult(*count_correct(model, split, self.eval_batch_size, self.precision))
+        return read_payload(EvalResult, self.metrics(model, split), "evaluation")
 
 
 @dataclass(frozen=True)

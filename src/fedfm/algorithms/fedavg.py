@@ -24,10 +24,18 @@ from fedfm.algorithms.base import ClientContext, ClientMemory
 from fedfm.algorithms.capabilities import AVERAGING
 from fedfm.algorithms.env import Env, from_config
 from fedfm.algorithms.server import ServerState
+from fedfm.algorithms.tasks import global_result
 from fedfm.algorithms.training import param_groups, train_local
 from fedfm.data.federated import ClientData, Split
 from fedfm.models.classifier import Classifier, get_tensors, set_tensors, trainable_names
-from fedfm.transport.messages import ClientTask, ClientUpdate, EvalResult, TrainReport, fields_of
+from fedfm.transport.messages import (
+    ClientTask,
+    ClientUpdate,
+    EvalResult,
+    TrainReport,
+    fields_of,
+    read_payload,
+)
 
 # (model holding the global tensors, client data, ctx) -> extra metrics; may change the model
 Personalise = Callable[[Classifier, ClientData, ClientContext], dict[str, Any]]
@@ -60,16 +68,9 @@ def train_on(model: Classifier, data: ClientData, env: Env, ctx: ClientContext,
     return stats.loss
 
 
-def evaluate_metrics(model: Classifier, split: Split, env: Env) -> EvalResult:
-    """Correct of total (+ the mean response-token loss, for task = generate)."""
-    return env.task.evaluate(model, split)
-
-
-def global_result(r: EvalResult) -> float | dict[str, Any]:
-    """What `evaluate_global` returns: the accuracy, or a dict with the loss for generate."""
-    if r.loss is not None:
-        return {"acc_global": r.accuracy, "loss_global": r.loss}
-    return r.accuracy
+def evaluate_metrics(model: Classifier, split: Split, env: Env) -> dict[str, Any]:
+    """The evaluation's wire form: EvalResult's fields (+ generation scores)."""
+    return env.task.metrics(model, split)
 
 
 class FedAvg(ServerState):
@@ -139,8 +140,9 @@ class FedAvg(ServerState):
             return self._evaluate(task, model, data, memory, ctx)
         self.load(task, model, memory)
         extra = self.personalise(model, data, ctx) if self.personalise else {}
-        r = evaluate_metrics(model, data.test, self.env)
-        return ClientUpdate(task.round, task.client_id, r.total, {}, fields_of(r, **extra))
+        m = evaluate_metrics(model, data.test, self.env)
+        total = read_payload(EvalResult, m).total
+        return ClientUpdate(task.round, task.client_id, total, {}, {**m, **extra})
 
     def evaluate_global(self, model: Classifier, split: Split) -> float | dict | None:
         """Accuracy on the pooled test set ({"acc_global", "loss_global"} for generate);

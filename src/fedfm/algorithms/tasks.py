@@ -63,7 +63,12 @@ def max_new_tokens(cfg) -> int:
 
 def loss_fn(model, cfg):
     """(ids, mask, labels) -> loss for the shared local-training loop."""
-    if task_of(cfg) == "generate":
+    return loss_for(model, task_of(cfg))
+
+
+def loss_for(model, kind: str):
+    """The loss of task `kind` (classify | generate); fedfm.algorithms.env.TaskSpec calls it."""
+    if kind == "generate":
         from fedfm.models.causal_lm import response_loss_fn
 
         return response_loss_fn(model)
@@ -74,16 +79,24 @@ def loss_fn(model, cfg):
 
 def evaluate(model, split, cfg) -> dict[str, Any]:
     """{"correct", "total"} (+ "loss" for generate) of `model` on `split`."""
-    if task_of(cfg) == "generate":
+    return evaluate_as(model, split, task_of(cfg), cfg.eval.batch_size, max_new_tokens(cfg),
+                       cfg.train.precision)
+
+
+def evaluate_as(model, split, kind: str, batch_size: int, new_tokens: int,
+                precision: str) -> dict[str, Any]:
+    """The evaluation of task `kind` (the metrics' wire form; its typed view is
+    fedfm.transport.messages.EvalResult). fedfm.algorithms.env.TaskSpec calls it."""
+    if kind == "generate":
         from fedfm.algorithms.training import autocast
         from fedfm.models.causal_lm import evaluate_generation
 
-        m = evaluate_generation(model, split, cfg.eval.batch_size, max_new_tokens(cfg),
-                                lambda: autocast(cfg.train.precision))
+        m = evaluate_generation(model, split, batch_size, new_tokens,
+                                lambda: autocast(precision))
         return {"correct": m["correct"], "total": m["total"], "loss": m["loss"]}
     from fedfm.algorithms.training import count_correct
 
-    correct, total = count_correct(model, split, cfg.eval.batch_size, cfg.train.precision)
+    correct, total = count_correct(model, split, batch_size, precision)
     return {"correct": correct, "total": total}
 
 
