@@ -8,6 +8,7 @@ algorithm never sees a config (its factory's signature is `(options, env)`).
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,6 +42,21 @@ def tiny_world(algo: str):
     data = _DATA[key]
     freeze(backbone)
     return Classifier(backbone, data.num_labels, "auto", 0), data
+
+
+def test_no_algorithm_module_reads_the_run_config():
+    """The registered modules (and the helpers they share) never see a RunConfig: only the
+    builder (env.from_config) and the registry read it."""
+    import fedfm.algorithms as pkg
+
+    folder = Path(pkg.__file__).parent
+    shared = ["lowrank", "moe_backend", "moe_validate", "training", "adapter", "server"]
+    for mod in registry.MODULES + shared:
+        path = folder / f"{mod}.py"
+        if not path.exists():
+            continue
+        src = path.read_text()
+        assert "RunConfig" not in src and "self.cfg" not in src and "alg.cfg" not in src, mod
 
 
 def test_factories_take_options_and_env_only():
