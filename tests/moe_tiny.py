@@ -44,3 +44,26 @@ def moe_folder(root: Path, family: str, seed: int = 0) -> Path:
     for name in TOKENIZER_FILES:
         shutil.copy(minilm_path() / name, folder / name)
     return folder
+
+
+def save_tiny_moe_lm(folder: Path, family: str = "mixtral", seed: int = 0) -> Path:
+    """A tiny random *ForCausalLM of an MoE family + the word-level chat tokenizer of the
+    generation tests (tests/gen_helpers.py), as a local HF folder."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.gen_helpers import COLOURS, FRUITS, SPECIAL, WORDS, tiny_tokenizer
+
+    if (folder / "config.json").is_file():
+        return folder
+    cfg = moe_config(family)
+    cfg.vocab_size = len(SPECIAL + WORDS + COLOURS + FRUITS)
+    cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = 2, 3, 0
+    cfg.tie_word_embeddings = True
+    torch.manual_seed(seed)
+    lm = AutoModelForCausalLM.from_config(cfg)
+    with torch.no_grad():  # as tests/gen_helpers.tiny_lm: a sharp but trainable tied head
+        lm.get_input_embeddings().weight.normal_(0.0, 0.3)
+    folder.mkdir(parents=True, exist_ok=True)
+    lm.save_pretrained(str(folder))
+    tiny_tokenizer(True).save_pretrained(str(folder))
+    return folder
