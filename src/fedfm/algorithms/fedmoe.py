@@ -71,6 +71,7 @@ class FedMoEOptions:
     budget_of: str = "experts"  # the budget fraction b_k scales: experts | model (see docs)
     score: str = "loss"  # validation score for recommendation: loss (-CE) | accuracy
     checkpoint: str | None = None  # a fedfm MoE folder (models.moe.save_moe_folder) to start from
+    profile_all_large: bool = False  # stage 1 trains every large client, sampled or not
 
     def check(self) -> None:
         rules = [
@@ -119,6 +120,12 @@ class FedMoE:
         self.plans: dict[int, Plan] = {}
         self.measured: dict[int, int] = {}
         self.rec: dict[int, RecState] = {}
+        self.p_source: dict[int, str] = {}
+
+    def set_client_tasks(self, tasks: list[str]) -> None:
+        """The server knows each client's task (multi-task federations): stage 1 estimates the
+        p of a client that did not profile from reporters of ITS task (submoe.estimate_shares)."""
+        self.task_of.update(enumerate(tasks))
 
     # ---------------------------------------------------------------- model
     def prepare_model(self, model: Classifier) -> None:
@@ -163,12 +170,21 @@ class FedMoE:
             if self.planner == "random":
                 plan = self._random_plan(cid)
             else:
-                p = self.reports[cid][0] if cid in self.reports else estimate_shares(
-                    self.reports, self.task_of.get(cid, "main"), self.shape)
+                p, self.p_source[cid] = self._p_of(cid)
                 self.latest_p[cid] = p
                 plan = search_threshold(p, self.mem, self.limit(cid, self.opts.alpha),
                                         self.opts.min_experts)
             self._set_plan(cid, plan)
+
+    def _p_of(self, cid: int) -> tuple[torch.Tensor, str]:
+        """Stage-1 p of a client and where it came from: "own" report, "task" (mean of its
+        task's reporters), "all" (no reporter of its task: mean of all reporters) or "uniform"."""
+        if cid in self.reports:
+            return self.reports[cid][0], "own"
+        task = self.task_of.get(cid, "main")
+        tasks = {t for _, _, t in self.reports.values()}
+        source = "task" if task in tasks else ("all" if tasks else "uniform")
+        return estimate_shares(self.reports, task, self.shape), source
 
     def _set_plan(self, cid: int, plan: Plan) -> None:
         measured = submodel_memory(self.backend.build(self.model, plan.held))
@@ -205,11 +221,13 @@ class FedMoE:
             held = self.backend.all_held(self.model)  # stage 1 evaluation: the full MoE, for reference only
         plan = self.plans.get(cid)
         cfg = {"phase": f"stage{self.stage(rnd)}", "held": held,
-               "theta": plan.theta if plan else None,
+               "theta": plan.theta if plan else None, "p_source": self.p_source.get(cid),
                "memory": self.measured.get(cid, self.mem.cost(held))}
         return ClientTask(rnd, cid, self._payload(cid, held), cfg, kind)
 
     def configure_train(self, rnd: int, clients: list[int]) -> list[ClientTask]:
+        if self.stage(rnd) == 1 and self.opts.profile_all_large:  # every large client profiles
+            clients = sorted(set(clients) | {c for c, b in enumerate(self.budgets) if b >= 1.0})
         return [self._task(rnd, c, "train") for c in clients]
 
     def configure_evaluate(self, rnd: int, clients: list[int]) -> list[ClientTask]:
@@ -259,6 +277,7 @@ class FedMoE:
             "experts_per_layer": [len(h) for h in held], "experts": sum(map(len, held)),
             "experts_held": held,
             "memory_mb": round(task.config["memory"] / MiB, 3), "theta": task.config["theta"],
+            "p_source": task.config.get("p_source"),
             "bytes_sent": memory.state.get("bytes_sent", 0)})
 
     # ---------------------------------------------------------------- server: aggregation
@@ -347,6 +366,7 @@ class FedMoE:
             "plans": {str(c): {"theta": p.theta, "held": p.held, "fits": p.fits}
                       for c, p in self.plans.items()},
             "rec": {str(c): asdict(r) for c, r in self.rec.items()},
+            "p_source": {str(c): s for c, s in self.p_source.items()},
         }
         return dict(self.flat), state
 
@@ -361,6 +381,7 @@ class FedMoE:
         for c, p in state.get("plans", {}).items():
             self._set_plan(int(c), Plan(p["theta"], p["held"], self.mem.cost(p["held"]), p["fits"]))
         self.rec = {int(c): RecState(**r) for c, r in state.get("rec", {}).items()}
+        self.p_source = {int(c): s for c, s in state.get("p_source", {}).items()}
 
 
 MOE_CAPABILITIES = replace(AVERAGING, finetune=("lora",),
