@@ -136,6 +136,8 @@ class FedMoE:
         flat = to_flat(get_tensors(model))
         self.init_head = {k: v for k, v in flat.items() if k.startswith("head.")}
         held = self.backend.all_held(model)
+        layer_ids = getattr(self.backend, "layer_ids", None)  # dense blocks between MoE ones
+        self.layers = layer_ids(model) if layer_ids else None
         counts = {len(h) for h in held}
         if len(counts) != 1:
             raise ConfigError(f"{self.name} needs the same expert count in every block, got {counts}.")
@@ -208,7 +210,7 @@ class FedMoE:
     # ---------------------------------------------------------------- server: tasks
     def _payload(self, cid: int, held) -> dict[str, torch.Tensor]:
         task = self.task_of.get(cid, "main")
-        out = {k: self.flat[k] for k in select_keys(self.flat, held) if not k.startswith("task[")}
+        out = {k: self.flat[k] for k in select_keys(self.flat, held, self.layers) if not k.startswith("task[")}
         for k, v in self.init_head.items():
             out[k] = self.flat.get(_head_key(task, k), v)
         return out
