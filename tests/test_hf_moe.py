@@ -136,7 +136,7 @@ def test_unheld_experts_bit_identical_after_aggregation(folders, tmp_path, fam):
 def _learns(s, out):
     rows = [json.loads(x) for x in open(f"{out}/metrics.jsonl")]
     accs = [r["acc_personal_mean"] for r in rows if r.get("acc_personal_mean") is not None]
-    assert accs[-1] > max(accs[0], 0.4), accs  # 4 classes: chance 0.25
+    assert accs[-1] > 0.5, accs  # 4 classes: chance 0.25
     assert s["experts_total"] == 8 and 0 < s["experts_held_mean"] <= 8
     for c in s["clients"]:
         assert len(c["experts_held"]) == 2 and c["experts"] == sum(map(len, c["experts_held"]))
