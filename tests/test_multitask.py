@@ -102,7 +102,7 @@ def test_enforced_sampling_covers_every_task_and_is_seeded():
 
 
 @pytest.mark.parametrize("over,match", [
-    ({"algorithm": "fedms"}, "Algorithms that can: fedavg, fedper, fedprox, local"),
+    ({"algorithm": "fedms"}, "Algorithms that can: fedavg, fedmoe, fedper, fedprox, local, randommoe"),
     ({"data.num_clients": 10}, "data.num_clients = 7"),
     ({"aggregation.method": "median"}, "robust aggregation"),
 ])

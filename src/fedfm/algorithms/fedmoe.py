@@ -25,11 +25,13 @@ import numpy as np
 import torch
 
 from fedfm.algorithms import registry
-from fedfm.algorithms.aggregation import masked_aggregate
+from fedfm.algorithms.adapter import schema_of
 from fedfm.algorithms.base import ClientContext, ClientMemory
 from fedfm.algorithms.capabilities import AVERAGING
+from fedfm.algorithms.env import Env
 from fedfm.algorithms.expert_rec import RecState, check_upload_metrics, observe, propose
 from fedfm.algorithms.moe_backend import backend_for
+from fedfm.algorithms.moe_validate import split_val, validate, validate_generate
 from fedfm.algorithms.submoe import (
     Plan,
     estimate_shares,
@@ -40,20 +42,19 @@ from fedfm.algorithms.submoe import (
     to_flat,
     write_flat,
 )
-from fedfm.algorithms.training import (
-    autocast,
-    count_correct,
-    cross_entropy_loss,
-    param_groups,
-    train_local,
-)
-from fedfm.core.errors import ConfigError
-from fedfm.core.resources import client_profiles
-from fedfm.core.schema import RunConfig
+from fedfm.algorithms.training import param_groups, train_local
+from fedfm.core.errors import ConfigError, PayloadError
 from fedfm.data.federated import ClientData, Split
-from fedfm.models.classifier import Classifier, get_tensors
+from fedfm.models.classifier import Classifier, get_tensors, is_head
 from fedfm.models.moe import BUILDS
-from fedfm.transport.messages import ClientTask, ClientUpdate, payload_bytes
+from fedfm.transport.messages import (
+    ClientTask,
+    ClientUpdate,
+    EvalResult,
+    fields_of,
+    payload_bytes,
+    read_payload,
+)
 
 MiB = 2**20
 
@@ -75,6 +76,7 @@ class FedMoEOptions:
     budget_of: str = "experts"  # the budget fraction b_k scales: experts | model (see docs)
     score: str = "loss"  # validation score for recommendation: loss (-CE) | accuracy
     checkpoint: str | None = None  # a fedfm MoE folder (models.moe.save_moe_folder) to start from
+    profile_all_large: bool = False  # stage 1 trains every large client, sampled or not
 
     def check(self) -> None:
         rules = [
@@ -97,34 +99,66 @@ class FedMoEOptions:
                 raise ConfigError(f"[fedmoe/randommoe] {msg}.")
 
 
-@torch.inference_mode()
-def validate(model: Classifier, split: Split, batch_size: int,
-             precision: str, loads) -> tuple[float, float, torch.Tensor]:
-    """One pass over `split`: accuracy, mean cross-entropy, and p[i, j] = share of the
-    token->expert assignments of block i that went to expert j (rows sum to 1);
-    `loads(model)` = (L, E) assignments of the last forward (moe_backend)."""
-    counts, correct, loss = 0, 0, 0.0
-    for ids, mask, y in split.batches(batch_size):
-        with autocast(precision):
-            logits = model(ids, mask).float()  # (B, C)
-        correct += int((logits.argmax(-1) == y).sum())
-        loss += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
-        counts = counts + loads(model)
-    n = max(len(split), 1)
-    if not torch.is_tensor(counts):  # empty split
-        counts = loads(model) * 0
-    return correct / n, loss / n, counts / counts.sum(1, keepdim=True).clamp_min(1.0)
+IDLE = "idle"  # the phase of a stage-1 task for a client that cannot hold the full MoE
 
 
-def split_val(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
-    """(train', val): a fixed `fraction` of the client's train split, seeded per client.
-    Clients with fewer than 5 examples validate on their training data."""
-    n = len(train)
-    n_val = int(round(fraction * n))
-    if n < 5 or n_val < 1:
-        return train, train
-    perm = np.random.default_rng(seed).permutation(n)
-    return train.subset(np.sort(perm[n_val:])), train.subset(np.sort(perm[:n_val]))
+@dataclass(frozen=True)
+class Phase:
+    phase: str  # stage1 | stage2 | idle
+
+
+@dataclass(frozen=True)
+class MoETask:
+    """What a task tells client k: its experts per MoE block, the threshold θ_k and where its
+    p came from (stage 2 plans), and the measured memory of its sub-MoE."""
+
+    phase: str
+    held: list[list[int]]
+    theta: float | None
+    p_source: str | None
+    memory: int
+
+
+@dataclass(frozen=True)
+class MoEReport:
+    """What the server reads of a training reply: validation scores and the expert shares p
+    (blocks x experts) for stage-1 profiles and recommendation."""
+
+    loss: float
+    val_acc: float | None
+    val_loss: float
+    task: Any
+    p: list[list[float]]
+    phase: str
+
+
+@dataclass(frozen=True)
+class Shares:
+    """What aggregation reads of a training reply: the expert shares p (blocks x experts)."""
+
+    p: list[list[float]]
+
+
+@dataclass(frozen=True)
+class Scores:
+    """What expert recommendation reads: the validation score (loss, or accuracy)."""
+
+    val_loss: float | None = None
+    val_acc: float | None = None
+
+
+@dataclass(frozen=True)
+class ExpertsReport:
+    """What a client's evaluation reports besides its EvalResult: its sub-MoE."""
+
+    task: Any
+    experts_per_layer: list[int]
+    experts: int
+    experts_held: list[list[int]]
+    memory_mb: float
+    theta: float | None
+    p_source: str | None
+    bytes_sent: int
 
 
 def _head_key(task: str, key: str) -> str:
@@ -136,15 +170,15 @@ class FedMoE:
 
     has_global_model = False
 
-    def __init__(self, cfg: RunConfig, opts: FedMoEOptions, num_clients: int,
-                 name: str = "fedmoe", planner: str = "profile"):
-        if cfg.model.finetune != "lora":
+    def __init__(self, opts: FedMoEOptions, env: Env, name: str = "fedmoe",
+                 planner: str = "profile"):
+        if env.finetune.mode != "lora":
             raise ConfigError(f"{name} trains LoRA adapters: set model.finetune = \"lora\".")
-        res = cfg.resources
+        res = env.resources
         if (res.tiers or res.per_client) and res.unit != "memory":
             raise ConfigError(f"{name} reads memory budgets: set resources.unit = \"memory\".")
-        self.cfg, self.opts, self.name, self.planner = cfg, opts, name, planner
-        self.budgets = [p.budget for p in client_profiles(res, num_clients, cfg.seed)]
+        self.env, self.opts, self.name, self.planner = env, opts, name, planner
+        self.budgets = [p.budget for p in env.profiles()]
         self.flat: dict[str, torch.Tensor] = {}
         self.init_head: dict[str, torch.Tensor] = {}
         self.task_of: dict[int, str] = {}
@@ -153,6 +187,12 @@ class FedMoE:
         self.plans: dict[int, Plan] = {}
         self.measured: dict[int, int] = {}
         self.rec: dict[int, RecState] = {}
+        self.p_source: dict[int, str] = {}
+
+    def set_client_tasks(self, tasks: list[str]) -> None:
+        """The server knows each client's task (multi-task federations): stage 1 estimates the
+        p of a client that did not profile from reporters of ITS task (submoe.estimate_shares)."""
+        self.task_of.update(enumerate(tasks))
 
     # ---------------------------------------------------------------- model
     def prepare_model(self, model: Classifier) -> None:
@@ -161,8 +201,10 @@ class FedMoE:
         self.mem = self.backend.memory(model)
         self.model = model
         flat = to_flat(get_tensors(model))
-        self.init_head = {k: v for k, v in flat.items() if k.startswith("head.")}
+        self.init_head = {k: v for k, v in flat.items() if is_head(k)}
         held = self.backend.all_held(model)
+        layer_ids = getattr(self.backend, "layer_ids", None)  # dense blocks between MoE ones
+        self.layers = layer_ids(model) if layer_ids else None
         counts = {len(h) for h in held}
         if len(counts) != 1:
             raise ConfigError(f"{self.name} needs the same expert count in every block, got {counts}.")
@@ -197,12 +239,21 @@ class FedMoE:
             if self.planner == "random":
                 plan = self._random_plan(cid)
             else:
-                p = self.reports[cid][0] if cid in self.reports else estimate_shares(
-                    self.reports, self.task_of.get(cid, "main"), self.shape)
+                p, self.p_source[cid] = self._p_of(cid)
                 self.latest_p[cid] = p
                 plan = search_threshold(p, self.mem, self.limit(cid, self.opts.alpha),
                                         self.opts.min_experts)
             self._set_plan(cid, plan)
+
+    def _p_of(self, cid: int) -> tuple[torch.Tensor, str]:
+        """Stage-1 p of a client and where it came from: "own" report, "task" (mean of its
+        task's reporters), "all" (no reporter of its task: mean of all reporters) or "uniform"."""
+        if cid in self.reports:
+            return self.reports[cid][0], "own"
+        task = self.task_of.get(cid, "main")
+        tasks = {t for _, _, t in self.reports.values()}
+        source = "task" if task in tasks else ("all" if tasks else "uniform")
+        return estimate_shares(self.reports, task, self.shape), source
 
     def _set_plan(self, cid: int, plan: Plan) -> None:
         measured = submodel_memory(self.backend.build(self.model, plan.held))
@@ -212,7 +263,7 @@ class FedMoE:
 
     def _random_plan(self, cid: int) -> Plan:
         """Random experts, spread evenly over blocks, as many as fit alpha · M_k."""
-        rng = np.random.default_rng([self.cfg.seed, cid, 0x4A3])
+        rng = np.random.default_rng([self.env.seed, cid, 0x4A3])
         blocks, e = self.shape
         orders = [rng.permutation(e).tolist() for _ in range(blocks)]
         limit = self.limit(cid, self.opts.alpha)
@@ -226,7 +277,7 @@ class FedMoE:
     # ---------------------------------------------------------------- server: tasks
     def _payload(self, cid: int, held) -> dict[str, torch.Tensor]:
         task = self.task_of.get(cid, "main")
-        out = {k: self.flat[k] for k in select_keys(self.flat, held) if not k.startswith("task[")}
+        out = {k: self.flat[k] for k in select_keys(self.flat, held, self.layers) if not k.startswith("task[")}
         for k, v in self.init_head.items():
             out[k] = self.flat.get(_head_key(task, k), v)
         return out
@@ -235,65 +286,79 @@ class FedMoE:
         held = self.held_of(cid, rnd)
         if held is None:
             if kind == "train":
-                return ClientTask(rnd, cid, {}, {"phase": "idle"})
+                return ClientTask(rnd, cid, {}, fields_of(Phase(IDLE)))
             held = self.backend.all_held(self.model)  # stage 1 evaluation: the full MoE, for reference only
         plan = self.plans.get(cid)
-        cfg = {"phase": f"stage{self.stage(rnd)}", "held": held,
-               "theta": plan.theta if plan else None,
-               "memory": self.measured.get(cid, self.mem.cost(held))}
-        return ClientTask(rnd, cid, self._payload(cid, held), cfg, kind)
+        spec = MoETask(f"stage{self.stage(rnd)}", held, plan.theta if plan else None,
+                       self.p_source.get(cid), self.measured.get(cid, self.mem.cost(held)))
+        return ClientTask(rnd, cid, self._payload(cid, held), fields_of(spec), kind)
 
     def configure_train(self, rnd: int, clients: list[int]) -> list[ClientTask]:
+        if self.stage(rnd) == 1 and self.opts.profile_all_large:  # every large client profiles
+            clients = sorted(set(clients) | {c for c, b in enumerate(self.budgets) if b >= 1.0})
         return [self._task(rnd, c, "train") for c in clients]
 
     def configure_evaluate(self, rnd: int, clients: list[int]) -> list[ClientTask]:
         return [self._task(rnd, c, "evaluate") for c in clients]
 
+    def upload_schema(self, task: ClientTask) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """What travels: exactly the tensors the task carried (dense part, the client's held
+        experts with their router rows, its task's head), trained; nothing for an idle task."""
+        return schema_of(task.tensors)
+
     # ---------------------------------------------------------------- client half
     def _load(self, task: ClientTask, model: Classifier) -> Classifier:
         """The model the client trains: the shared one masked (legacy) or a cut copy (HF)."""
-        model = self.backend.client_model(model, task.config["held"])
+        model = self.backend.client_model(model, task.read(MoETask).held)
         write_flat(model, dict(task.tensors))
         return model
 
     def client_update(self, task: ClientTask, model: Classifier, data: ClientData,
                       memory: ClientMemory, ctx: ClientContext) -> ClientUpdate:
         n = len(data.train)
-        if task.config.get("phase") == "idle":
+        if task.read(Phase).phase == IDLE:
             return ClientUpdate(task.round, task.client_id, n, {}, {"task": data.task})
         model = self._load(task, model)
         train, val = split_val(data.train, self.opts.val_fraction,
-                               self.cfg.seed * 7919 + task.client_id)
+                               self.env.seed * 7919 + task.client_id)
         named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
         coef = self.opts.balance_coef
         extra = (lambda: coef * self.backend.aux(model)) if coef else None
-        stats = train_local(param_groups(named, self.cfg.train.lr, self.cfg.train.head_lr), train,
-                            cross_entropy_loss(model), self.cfg.train, ctx.generator(), extra)
-        val_acc, val_loss, p = validate(model, val, self.cfg.eval.batch_size,
-                                        self.cfg.train.precision, self.backend.loads)
+        t = self.env.train
+        stats = train_local(param_groups(named, t.lr, t.head_lr), train,
+                            self.env.task.loss_fn(model), t, ctx.generator(), extra)
+        if self.env.task.kind == "generate":
+            val_acc, val_loss, p = validate_generate(model, val, self.env.task, self.backend.loads,
+                                                     self.opts.score == "accuracy")
+        else:
+            val_acc, val_loss, p = validate(model, val, self.env.eval_batch_size,
+                                            self.env.precision, self.backend.loads)
         out = read_flat(model, list(task.tensors))
         memory.state["bytes_sent"] = memory.state.get("bytes_sent", 0) + payload_bytes(out)
-        metrics = {"loss": stats.loss, "val_acc": val_acc, "val_loss": val_loss,
-                   "task": data.task,
-                   "p": p.tolist(), "phase": task.config["phase"]}
+        metrics = fields_of(MoEReport(stats.loss, val_acc, val_loss, data.task, p.tolist(),
+                                      task.read(Phase).phase))
         return ClientUpdate(task.round, task.client_id, n, out, metrics)
 
     def client_evaluate(self, task: ClientTask, model: Classifier, data: ClientData,
                         memory: ClientMemory, ctx: ClientContext) -> ClientUpdate:
         model = self._load(task, model)
-        correct, total = count_correct(model, data.test, self.cfg.eval.batch_size,
-                                       self.cfg.train.precision)
-        held = task.config["held"]
-        return ClientUpdate(task.round, task.client_id, total, {}, {
-            "correct": correct, "total": total, "task": data.task,
-            "experts_per_layer": [len(h) for h in held], "experts": sum(map(len, held)),
-            "experts_held": held,
-            "memory_mb": round(task.config["memory"] / MiB, 3), "theta": task.config["theta"],
-            "bytes_sent": memory.state.get("bytes_sent", 0)})
+        m = self.env.task.metrics(model, data.test)  # + loss, f1, rougeL for generate
+        spec = task.read(MoETask)
+        held = spec.held
+        return ClientUpdate(task.round, task.client_id, read_payload(EvalResult, m).total, {}, {
+            **m, **fields_of(ExpertsReport(
+                data.task, [len(h) for h in held], sum(map(len, held)), held,
+                round(spec.memory / MiB, 3), spec.theta, spec.p_source,
+                memory.state.get("bytes_sent", 0)))})
 
     # ---------------------------------------------------------------- server: aggregation
     def check_metrics(self, task: ClientTask, update: ClientUpdate) -> str | None:
         """Upload metrics the server reads, checked before aggregation (expert_rec)."""
+        if update.tensors:  # aggregate_train reads it typed
+            try:
+                update.read(Shares), update.read(Scores)
+            except PayloadError as e:
+                return str(e)
         return check_upload_metrics(update, self.shape, self.opts.score)
 
     def aggregate_train(self, rnd: int, updates: list[ClientUpdate]) -> dict[str, Any]:
@@ -303,17 +368,17 @@ class FedMoE:
             if not u.tensors:
                 continue
             task = self.task_of[u.client_id]
-            tensors = {(_head_key(task, k) if k.startswith("head.") else k): v
+            tensors = {(_head_key(task, k) if is_head(k) else k): v
                        for k, v in u.tensors.items()}
             trained.append((tensors, float(u.num_examples), u.client_id))
-            p = torch.tensor(u.metrics["p"], dtype=torch.float64)
+            p = torch.tensor(u.read(Shares).p, dtype=torch.float64)
             if self.stage(rnd) == 1:
                 self.reports[u.client_id] = (p, u.num_examples, task)
             self.latest_p[u.client_id] = p
         # per expert (its holders) and the dense part (everyone), with [aggregation] / [dp]
-        agg, extra = masked_aggregate(self.cfg, rnd, [t for t, _, _ in trained],
-                                      [w for _, w, _ in trained], self.flat,
-                                      client_ids=[c for _, _, c in trained])
+        agg, extra = self.env.averaging.masked(rnd, [t for t, _, _ in trained],
+                                               [w for _, w, _ in trained], self.flat,
+                                               client_ids=[c for _, _, c in trained])
         self.flat = {**self.flat, **agg}
         out: dict[str, Any] = {"stage": self.stage(rnd), "trained_clients": len(trained),
                                **extra}
@@ -327,8 +392,8 @@ class FedMoE:
             if not u.tensors:
                 continue
             cid, st = u.client_id, self.rec.setdefault(u.client_id, RecState())
-            score = (-float(u.metrics["val_loss"]) if self.opts.score == "loss"
-                     else float(u.metrics["val_acc"]))
+            rep = u.read(Scores)
+            score = -float(rep.val_loss) if self.opts.score == "loss" else float(rep.val_acc)
             action = observe(st, score, self.opts.patience)
             if action == "revert":
                 self._set_plan(cid, self._plan_for(st.trial_prev))
@@ -377,6 +442,7 @@ class FedMoE:
             "plans": {str(c): {"theta": p.theta, "held": p.held, "fits": p.fits}
                       for c, p in self.plans.items()},
             "rec": {str(c): asdict(r) for c, r in self.rec.items()},
+            "p_source": {str(c): s for c, s in self.p_source.items()},
         }
         return dict(self.flat), state
 
@@ -391,13 +457,14 @@ class FedMoE:
         for c, p in state.get("plans", {}).items():
             self._set_plan(int(c), Plan(p["theta"], p["held"], self.mem.cost(p["held"]), p["fits"]))
         self.rec = {int(c): RecState(**r) for c, r in state.get("rec", {}).items()}
+        self.p_source = {int(c): s for c, s in state.get("p_source", {}).items()}
 
 
 MOE_CAPABILITIES = replace(AVERAGING, finetune=("lora",),
                            why="its experts and dense part are LoRA adapters")
 
 registry.register(
-    "fedmoe", lambda cfg, opts, nl, nc: FedMoE(cfg, opts, nc), FedMoEOptions,
+    "fedmoe", lambda opts, env: FedMoE(opts, env), FedMoEOptions,
     "FedMoE: MoE backbone, activation-profiled sub-MoE per client, modular aggregation",
-    capabilities=MOE_CAPABILITIES,
+    capabilities=MOE_CAPABILITIES, tasks=("classify", "generate"), multitask=True,
 )

@@ -25,7 +25,7 @@ class LegacyMoE:
     def prepare(self, alg, model) -> None:
         from fedfm.models.moe import load_moe_folder, to_moe
 
-        o, m = alg.opts, alg.cfg.model
+        o, m = alg.opts, alg.env.finetune
         if o.checkpoint:
             try:
                 load_moe_folder(model.backbone, o.checkpoint)
@@ -34,11 +34,11 @@ class LegacyMoE:
             for blk in model.backbone.layers:
                 blk.moe.router.top_k = o.top_k
         else:
-            to_moe(model.backbone, o.num_experts, o.top_k, o.build, alg.cfg.seed)
+            to_moe(model.backbone, o.num_experts, o.top_k, o.build, alg.env.seed)
         _attention_lora(alg, model)
-        scale = m.lora_alpha / m.lora_rank
+        scale = m.scale
         inject_lora(model.backbone, ("dense_in", "dense_out"), o.expert_lora_rank,
-                    scale * o.expert_lora_rank, alg.cfg.seed + 1)
+                    scale * o.expert_lora_rank, alg.env.seed + 1)
         for blk in model.backbone.layers:
             blk.moe.router.weight.requires_grad_(True)
 
@@ -78,7 +78,7 @@ class HFMoE:
     def prepare(self, alg, model) -> None:
         from fedfm.models.hf import moe as M
 
-        o, m, bb = alg.opts, alg.cfg.model, model.backbone
+        o, m, bb = alg.opts, alg.env.finetune, model.backbone
         if o.checkpoint or o.build != "moefy":
             raise ConfigError(f"{alg.name}: checkpoint/build apply to the MiniLM MoE only; a "
                               "Hugging Face MoE (model.name = \"hf\") brings its own experts.")
@@ -89,18 +89,29 @@ class HFMoE:
                               "experts per block (leave num_experts unset for HF MoE models).")
         if o.top_k > e:
             raise ConfigError(f"{alg.name}.top_k = {o.top_k} > {e} experts.")
+        top1 = bb.family.moe.storage == "moduledict"  # switch: top-1 routers
+        if top1 and o.top_k != 1:
+            raise ConfigError(f"{alg.name}.top_k = {o.top_k}, but Switch Transformers route "
+                              f"each token to one expert: set {alg.name}.top_k = 1.")
         for _, rt in M.moe_layers(bb):
             rt.top_k = o.top_k
         _attention_lora(alg, model)
-        scale = m.lora_alpha / m.lora_rank
-        M.add_expert_lora(bb, o.expert_lora_rank, scale * o.expert_lora_rank, alg.cfg.seed + 1)
+        scale = m.scale
+        M.add_expert_lora(bb, o.expert_lora_rank, scale * o.expert_lora_rank, alg.env.seed + 1)
+        M.add_shared_lora(bb, o.expert_lora_rank, scale * o.expert_lora_rank, alg.env.seed + 2)
         for _, rt in M.moe_layers(bb):
-            rt.weight.requires_grad_(True)
+            M.router_weight(rt).requires_grad_(True)
 
     def all_held(self, model):
         from fedfm.models.hf.moe import moe_layers
 
         return [list(rt.fedfm_ids) for _, rt in moe_layers(model)]
+
+    def layer_ids(self, model) -> list[int]:
+        """Block index of each MoE block (dense blocks skipped)."""
+        from fedfm.models.hf.moe import moe_layer_ids
+
+        return moe_layer_ids(model)
 
     def build(self, model, held):
         from fedfm.models.hf.moe import cut
@@ -128,12 +139,12 @@ class HFMoE:
 
 
 def _attention_lora(alg, model) -> None:
-    m = alg.cfg.model
+    m = alg.env.finetune
     freeze(model.backbone)
     try:
-        inject_lora(model.backbone, m.lora_targets, m.lora_rank, m.lora_alpha, alg.cfg.seed)
+        inject_lora(model.backbone, m.targets, m.rank, m.alpha, alg.env.seed)
     except ValueError:
-        raise ConfigError(f"model.lora_targets {list(m.lora_targets)} match no attention "
+        raise ConfigError(f"model.lora_targets {list(m.targets)} match no attention "
                           "layer of the MoE model (e.g. query, value).") from None
 
 
@@ -145,6 +156,6 @@ def backend_for(model):
     if getattr(fam, "moe", None) is None:
         raise ConfigError(
             f"fedmoe/randommoe on a Hugging Face model need an MoE family (mixtral, qwen2_moe, "
-            f"qwen3_moe, olmoe); '{fam.name}' is dense. Upcycle it first (`fedfm upcycle`) or "
+            f"qwen3_moe, olmoe, deepseek_v2, deepseek_v3); '{fam.name}' is dense. Upcycle it first (`fedfm upcycle`) or "
             "use model.name = \"minilm-l6\" (MoEfication).")
     return HFMoE()

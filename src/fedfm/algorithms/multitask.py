@@ -68,6 +68,8 @@ class MultiTask:
         self.inner, self.client_tasks = inner, list(client_tasks)
         self.name, self.has_global_model = inner.name, inner.has_global_model
         self.task_names = list(dict.fromkeys(self.client_tasks))
+        if hasattr(inner, "set_client_tasks"):  # e.g. FedMoE's same-task estimate of p
+            inner.set_client_tasks(self.client_tasks)
 
     def __getattr__(self, name: str) -> Any:  # server_state, global_tensors, ...
         inner = self.__dict__.get("inner")

@@ -6,40 +6,45 @@ profiling stage and no expert recommendation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, field, fields, make_dataclass
 
 from fedfm.algorithms import registry
+from fedfm.algorithms.env import Env
 from fedfm.algorithms.fedmoe import MOE_CAPABILITIES, FedMoE, FedMoEOptions
 
+# FedMoE's options but what belongs to its profiling stage and recommendation (randomMoE has
+# neither): the one list of fields, derived, never re-declared
+PROFILE_ONLY = ("profile_rounds", "references", "patience", "recommend", "score",
+                "profile_all_large")
 
-@dataclass(frozen=True)
-class RandomMoEOptions:
-    num_experts: int = 8
-    top_k: int = 2
-    build: str = "moefy"
-    expert_lora_rank: int = 8
-    balance_coef: float = 0.01
-    alpha: float = 0.9
-    val_fraction: float = 0.2
-    min_experts: int = 1
-    budget_of: str = "experts"
-    checkpoint: str | None = None
 
-    def to_fedmoe(self) -> FedMoEOptions:
-        return FedMoEOptions(
-            num_experts=self.num_experts, top_k=self.top_k, build=self.build,
-            expert_lora_rank=self.expert_lora_rank, balance_coef=self.balance_coef,
-            profile_rounds=0, alpha=self.alpha, recommend=False, val_fraction=self.val_fraction,
-            min_experts=self.min_experts, budget_of=self.budget_of, checkpoint=self.checkpoint)
+def _to_fedmoe(self) -> FedMoEOptions:
+    """The FedMoE options randomMoE runs with: no profiling stage, no recommendation."""
+    return FedMoEOptions(**asdict(self), profile_rounds=0, recommend=False)
 
-    def check(self) -> None:
-        self.to_fedmoe().check()
+
+def _check(self) -> None:
+    self.to_fedmoe().check()
+
+
+RandomMoEOptions = make_dataclass(
+    "RandomMoEOptions",
+    [(f.name, f.type, field(default=f.default)) for f in fields(FedMoEOptions)
+     if f.name not in PROFILE_ONLY],
+    frozen=True, namespace={"to_fedmoe": _to_fedmoe, "check": _check,
+                            "__doc__": "[randommoe]: FedMoE's options minus PROFILE_ONLY."},
+)
+RandomMoEOptions.__module__ = __name__
+
+
+def build(opts, env: Env) -> FedMoE:
+    """FedMoE's machinery with a random plan (`planner = "random"`)."""
+    return FedMoE((opts or RandomMoEOptions()).to_fedmoe(), env, name="randommoe",
+                  planner="random")
 
 
 registry.register(
-    "randommoe",
-    lambda cfg, opts, nl, nc: FedMoE(cfg, (opts or RandomMoEOptions()).to_fedmoe(), nc,
-                                     name="randommoe", planner="random"),
-    RandomMoEOptions, "randomMoE: random expert subsets of FedMoE's memory budget (baseline)",
-    capabilities=MOE_CAPABILITIES,
+    "randommoe", build, RandomMoEOptions,
+    "randomMoE: random expert subsets of FedMoE's memory budget (baseline)",
+    capabilities=MOE_CAPABILITIES, tasks=("classify", "generate"), multitask=True,
 )
