@@ -195,7 +195,7 @@ def test_other_algorithms_run_generate(tmp_path, algorithm):
 
 
 @pytest.mark.parametrize("over, match", [
-    ({"algorithm": "fedms"}, "fedms"), ({"algorithm": "raffm"}, "fedavg, fedper, fedprox, local"),
+    ({"algorithm": "fedms"}, "fedms"), ({"algorithm": "raffm"}, "support generation: fedavg,"),
     ({"model": {"name": "hf", "finetune": "head"}}, "finetune"),
     ({"runtime": "flower"}, "embedded"),
 ])

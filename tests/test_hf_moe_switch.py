@@ -73,9 +73,8 @@ def _seq2seq_raw(tmp_path):
 def test_switch_seq2seq_unheld_experts_bit_identical(tmp_path):
     """task = generate as sequence-to-sequence: encoder and decoder MoE blocks are profiled,
     cut and aggregated per expert (decoder blocks are MoE block ids 1000 + i)."""
-    from fedfm.setup import build_world
-
     from fedfm.algorithms.base import ClientContext, ClientMemory
+    from fedfm.sim.world import build_world
 
     world = build_world(build_config(_seq2seq_raw(tmp_path)))
     algo = world.algorithm

@@ -34,7 +34,7 @@ def build_config(raw: Mapping[str, Any]) -> RunConfig:
     """Validate a raw mapping (parsed TOML + overrides) into a RunConfig."""
     cfg = build_schema(raw, registry.names())
     check_names(cfg)
-    tasks.check(cfg)  # what task = generate supports (algorithms, finetune, runtime)
+    tasks.check(cfg, registry.supporting("generate"))  # algorithms, finetune, runtime
     registry.validate(cfg)
     if cfg.data.tasks:
         from fedfm.algorithms.multitask import check_multitask

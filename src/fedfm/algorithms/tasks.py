@@ -34,20 +34,19 @@ def task_of(cfg) -> str:
     return getattr(cfg, "task", "classify")
 
 
-def check(cfg) -> None:
-    """Refuse what task = generate cannot honour (exit 2 through ConfigError)."""
+def check(cfg, generating: list[str] | tuple[str, ...] = ()) -> None:
+    """Refuse what task = generate cannot honour (exit 2 through ConfigError). `generating`:
+    the algorithms whose registry rows declare task = generate (registry.supporting)."""
     task = task_of(cfg)
     if task not in TASKS:
         raise ConfigError(f"task must be one of {', '.join(TASKS)}, not '{task}'.")
     if task != "generate":
         return
-    from fedfm.algorithms import registry
-
-    if "generate" not in registry.get(cfg.algorithm).tasks:
+    if cfg.algorithm not in generating:
         why = REFUSED.get(cfg.algorithm, f"'{cfg.algorithm}' is built for classification only")
         raise ConfigError(
             f"task = 'generate' does not run with algorithm = '{cfg.algorithm}': {why}. "
-            f"Algorithms that support generation: {', '.join(registry.supporting('generate'))}."
+            f"Algorithms that support generation: {', '.join(generating)}."
         )
     if cfg.model.finetune == "head":
         raise ConfigError("task = 'generate' has no classification head to train: use "

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import math
-from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -37,7 +36,7 @@ from fedfm.models.hf.family import AttnSpec, FamilySpec, get_path, register_fami
 from fedfm.models.hf.moe_groups import KINDS, attach_groups, cut_router
 
 IMPL = "fedfm_lora"
-_REAL: ContextVar[torch.Tensor | None] = ContextVar("fedfm_moe_real_tokens", default=None)
+_REAL = S.REAL  # the real-token mask of the current forward (defined with moe_switch's)
 
 
 @dataclass(frozen=True)
@@ -186,9 +185,7 @@ class RouterState:
         self.load = torch.zeros(len(ids), dtype=torch.float64)  # last forward, local ids
 
 
-def _real_mask(n: int) -> torch.Tensor | None:
-    m = _REAL.get()
-    return m.reshape(-1).bool() if m is not None and m.numel() == n else None
+_real_mask = S.real_mask
 
 
 def _router_hook(mod, inputs, out):

@@ -30,6 +30,13 @@ from fedfm.models.hf.family import AttnSpec, FamilySpec, register_family
 
 DECODER = 1000
 REAL_DEC: ContextVar[torch.Tensor | None] = ContextVar("fedfm_switch_real_dec", default=None)
+# the real-token (attention) mask of the current forward, set by fedfm.models.hf.moe's hook
+REAL: ContextVar[torch.Tensor | None] = ContextVar("fedfm_moe_real_tokens", default=None)
+
+
+def real_mask(n: int) -> torch.Tensor | None:
+    m = REAL.get()
+    return m.reshape(-1).bool() if m is not None and m.numel() == n else None
 
 _T5_ATTN = AttnSpec("layer.0.SelfAttention.q", "layer.0.SelfAttention.k",
                     "layer.0.SelfAttention.v", "layer.0.SelfAttention.o")
@@ -76,8 +83,6 @@ def _held_logits(mod, inputs, logits):
 
 def router_hook(mod, inputs, out):
     """Counts over real tokens; keeps (logits, top-1 index, real) for the balance loss."""
-    from fedfm.models.hf.moe import _real_mask
-
     dispatch, _, logits = out
     st = mod.fedfm_state
     d = dispatch.reshape(-1, dispatch.shape[-1])  # (N, E)
@@ -85,7 +90,7 @@ def router_hook(mod, inputs, out):
         m = REAL_DEC.get()
         real = m.reshape(-1).bool() if m is not None and m.numel() == d.shape[0] else None
     else:
-        real = _real_mask(d.shape[0])
+        real = real_mask(d.shape[0])
     sel = d if real is None else d[real.to(d.device)]
     st.load = sel.sum(0).double().cpu()
     idx = logits.reshape(-1, logits.shape[-1]).argmax(-1, keepdim=True)  # (N, 1)
