@@ -154,3 +154,19 @@ def test_stage2_average_of_two_gates_is_the_weighted_mean(world):
     algo.aggregate_train(stage2, [ClientUpdate(stage2, 0, 30, a, {}),
                                   ClientUpdate(stage2, 1, 10, b, {})])
     assert all(torch.allclose(algo.gate_[k], torch.full_like(a[k], 1.75)) for k in keys)
+
+
+@pytest.mark.parametrize("opts", [
+    {"gate_type": "network", "stage2_average": "adapter", "gate_input": "global"},
+    {"inactive": "frozen", "order": "bottom-up", "k0": 1, "global_in_stage2": True,
+     "local_ce_weight": 0.5, "cache": False},
+], ids=["gate-network-adapter-global", "sal-frozen-bottom-up-global-in-stage2"])
+def test_option_combinations_run_generate(tmp_path, opts):
+    from fedfm.config import build_config
+    from fedfm.run import run
+
+    raw = gen_raw(tmp_path, "fedms", rounds=2)
+    raw["fedms"] = opts
+    raw["train"].update(local_epochs=1)
+    s = run(build_config(raw), quiet=True)
+    assert 0 <= s["acc_personal_mean"] <= 1 and s["loss_personal_mean"] > 0

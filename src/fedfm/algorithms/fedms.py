@@ -21,6 +21,10 @@ LoRA already trained but inactive this round is skipped (`inactive = "skip"`, th
 
 Efficiency: all experts and the gate read one frozen prefix per client (cached across rounds);
 the frozen global expert's log-probabilities and the gate's input are cached per client.
+
+task = "generate": the same server half; `make_fedms` builds `fedms_lm.FedMSLM`, whose client
+half trains the experts' LoRA on the LM's response loss and mixes them per token,
+p(v|x_≤t) = g_t,G · p_G(v|x_≤t) + g_t,L · p_L(v|x_≤t), decoded greedily (`models/mofm_lm.py`).
 """
 
 from __future__ import annotations
