@@ -170,3 +170,13 @@ def test_option_combinations_run_generate(tmp_path, opts):
     raw["train"].update(local_epochs=1)
     s = run(build_config(raw), quiet=True)
     assert 0 <= s["acc_personal_mean"] <= 1 and s["loss_personal_mean"] > 0
+
+
+def test_encoder_decoder_models_are_refused(world):
+    from types import SimpleNamespace
+
+    from fedfm.errors import ConfigError
+
+    config = SimpleNamespace(is_encoder_decoder=True, model_type="switch_transformers")
+    with pytest.raises(ConfigError, match="decoder-only"):
+        world.algorithm.prepare_model(SimpleNamespace(backbone=SimpleNamespace(config=config)))

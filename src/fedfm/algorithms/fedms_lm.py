@@ -23,7 +23,8 @@ per-example one (`models/mofm_lm.py`):
   gate reads it): EM as `correct`, the mixture's response-token NLL as `loss`, and each
   expert's own response loss (`loss_global_expert`, `loss_local_expert`).
 
-There is no classification head: `fedms.k0 = 0` ("head only") is refused for generate.
+There is no classification head: `fedms.k0 = 0` ("head only") is refused for generate, and so
+are encoder-decoder models (the mixture is built on one decoder stack).
 """
 
 from __future__ import annotations
@@ -63,6 +64,13 @@ class FedMSLM(FedMS):
         super().__init__(cfg, opts, num_clients)
 
     def prepare_model(self, model) -> None:
+        if getattr(model.backbone.config, "is_encoder_decoder", False):
+            raise ConfigError(
+                "algorithm = 'fedms' with task = 'generate' runs on decoder-only causal LMs: its "
+                "per-token mixture, SAL prefix and per-expert KV caches are built on one decoder "
+                "stack, and an encoder-decoder model (here "
+                f"'{model.backbone.config.model_type}') has an encoder whose LoRA would have to "
+                "be mixed too. Use a *ForCausalLM model, or fedavg/fedprox/local on this one.")
         super().prepare_model(model)
         self.model = model
         self.tail = LMTail(model.backbone, model.lm_head)
