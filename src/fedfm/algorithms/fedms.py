@@ -21,6 +21,10 @@ LoRA already trained but inactive this round is skipped (`inactive = "skip"`, th
 
 Efficiency: all experts and the gate read one frozen prefix per client (cached across rounds);
 the frozen global expert's log-probabilities and the gate's input are cached per client.
+
+task = "generate": the same server half; `make_fedms` builds `fedms_lm.FedMSLM`, whose client
+half trains the experts' LoRA on the LM's response loss and mixes them per token,
+p(v|x_≤t) = g_t,G · p_G(v|x_≤t) + g_t,L · p_L(v|x_≤t), decoded greedily (`models/mofm_lm.py`).
 """
 
 from __future__ import annotations
@@ -32,17 +36,14 @@ import torch
 import torch.nn.functional as F
 
 from fedfm.algorithms import registry
-from fedfm.algorithms.aggregation import masked_aggregate
 from fedfm.algorithms.base import ClientContext, ClientMemory
 from fedfm.algorithms.capabilities import AVERAGING
-from fedfm.algorithms.fedavg import prepare
+from fedfm.algorithms.env import Env
 from fedfm.algorithms.training import autocast, train_local
-from fedfm.core.errors import ConfigError
-from fedfm.core.resources import client_profiles
-from fedfm.core.schema import RunConfig
+from fedfm.core.errors import ConfigError, PayloadError
 from fedfm.core.seeds import derive_seed
 from fedfm.data.federated import ClientData, Split
-from fedfm.models.classifier import Classifier, get_tensors
+from fedfm.models.classifier import HEAD_TENSORS, Classifier, get_tensors, is_head
 from fedfm.models.gate_net import GateNetwork
 from fedfm.models.lora import block_of, lora_param_names, set_active_blocks
 from fedfm.models.mofm import Gate, Tail, expert_forward, mixture_log_probs
@@ -55,7 +56,7 @@ from fedfm.models.sal import (
     cached_source,
     lowest,
 )
-from fedfm.transport.messages import ClientTask, ClientUpdate
+from fedfm.transport.messages import ClientTask, ClientUpdate, EvalResult, fields_of
 
 Tensors = dict[str, torch.Tensor]
 
@@ -107,16 +108,52 @@ class FedMSOptions:
                 raise ConfigError(message + ".")
 
 
+@dataclass(frozen=True)
+class SALTask:
+    """A training task: the stage, the SAL-active blocks of this client this round, the blocks
+    the global expert has trained so far, and the global expert's version (cache key)."""
+
+    stage: int
+    active: list[int]
+    trained: list[int]
+    version: int
+
+
+@dataclass(frozen=True)
+class SALEvalTask:
+    """An evaluation task: the stage, the global expert's trained blocks and version."""
+
+    stage: int
+    trained: list[int]
+    version: int
+
+
+@dataclass(frozen=True)
+class SALReport:
+    """What the server reads of a training reply (for the round row)."""
+
+    active_blocks: int | None = None
+    gate_local: float | None = None
+    prefix_cached: float | None = None
+
+
+def sal_report(update: ClientUpdate) -> SALReport:
+    try:
+        return update.read(SALReport)
+    except PayloadError:  # validated upstream; a malformed report only loses its row means
+        return SALReport()
+
+
 class FedMS:
     has_global_model = True
 
-    def __init__(self, cfg: RunConfig, opts: FedMSOptions, num_clients: int):
-        self.cfg, self.opts, self.name = cfg, opts, "fedms"
-        s1 = cfg.rounds // 2 if opts.stage1_rounds is None else opts.stage1_rounds
-        if s1 > cfg.rounds:
-            raise ConfigError(f"fedms.stage1_rounds = {s1} exceeds rounds = {cfg.rounds}.")
+    def __init__(self, opts: FedMSOptions, env: Env):
+        self.env, self.opts, self.name = env, opts, "fedms"
+        s1 = env.rounds // 2 if opts.stage1_rounds is None else opts.stage1_rounds
+        if s1 > env.rounds:
+            raise ConfigError(f"fedms.stage1_rounds = {s1} exceeds rounds = {env.rounds}.")
         self.stage1_rounds = s1
-        profiles = client_profiles(cfg.resources, num_clients, cfg.seed)
+        profiles = env.profiles()
         self.budgets = [p.budget if opts.budget_k else 1.0 for p in profiles]
         self.global_: Tensors = {}
         self.gate_: Tensors = {}
@@ -127,18 +164,20 @@ class FedMS:
 
     def prepare_model(self, model: Classifier) -> None:
         """LoRA in every block (deterministic from the seed); a gate; the SAL schedule."""
-        prepare(model, self.cfg)
+        self.env.finetune.apply(model)
         L = model.backbone.spec.num_layers
         if self.opts.k0 > L:
             raise ConfigError(f"fedms.k0 = {self.opts.k0} exceeds the model's {L} blocks.")
         ramp = self.opts.ramp_rounds or max(self.stage1_rounds, 1)
         self.schedule = SALSchedule(L, self.opts.k0, self.opts.step, self.opts.growth, ramp,
-                                    self.opts.order, self.cfg.seed)
-        self.init = get_tensors(model, lora_param_names(model) + ["head.weight", "head.bias"])
+                                    self.opts.order, self.env.seed)
+        params = dict(model.named_parameters())  # task = generate: no head (frozen LM head)
+        self.head_names = [n for n in HEAD_TENSORS if n in params]
+        self.init = get_tensors(model, lora_param_names(model) + self.head_names)
         make = GateNetwork if self.opts.gate_type == "network" else Gate
         self.gate = make(model.backbone.spec.hidden, self.opts.gate_rank, self.opts.tau,
-                         derive_seed(self.cfg.seed, 0x6A7E))
-        self.tail = Tail(model.backbone, model.head, model.pooling)
+                         derive_seed(self.env.seed, 0x6A7E))
+        self.tail = Tail(model.backbone, model.head, getattr(model, "pooling", "last"))
         self.num_layers = L
 
     def stage(self, rnd: int) -> int:
@@ -153,7 +192,7 @@ class FedMS:
     def _global_part(self, blocks: set[int]) -> Tensors:
         """The global expert's head + the LoRA of `blocks` (what a client needs of it)."""
         return {k: v for k, v in self.global_.items()
-                if k.startswith("head.") or block_of(k) in blocks}
+                if is_head(k) or block_of(k) in blocks}
 
     def configure_train(self, rnd: int, clients: list[int]) -> list[ClientTask]:
         stage, tasks = self.stage(rnd), []
@@ -163,21 +202,22 @@ class FedMS:
                 active = set(range(self.num_layers))
             send = self.trained | active
             tensors = {**self._global_part(send), **(self.gate_ if stage == 2 else {})}
-            config = {"stage": stage, "active": sorted(active), "trained": sorted(self.trained),
-                      "version": self.version}
+            config = fields_of(SALTask(stage, sorted(active), sorted(self.trained),
+                                       self.version))
             tasks.append(ClientTask(rnd, c, tensors, config))
         return tasks
 
-    def expected_update(self, task: ClientTask) -> dict[str, tuple[tuple[int, ...], Any]]:
+    def upload_schema(self, task: ClientTask) -> dict[str, tuple[tuple[int, ...], Any]]:
         """Upload schema (validation): the active LoRA + head in stage 1, the gate in stage 2
         (plus the active global LoRA + head with `global_in_stage2`). Nothing else."""
         names: list[str] = []
-        if task.config["stage"] == 1 or self.opts.global_in_stage2:
-            active = set(task.config["active"])
+        spec = task.read(SALTask)
+        if spec.stage == 1 or self.opts.global_in_stage2:
+            active = set(spec.active)
             names = [f"backbone.{n}" for n in lora_param_names(self.tail.backbone, active)]
-            names += ["head.weight", "head.bias"]
-        ref = {**self.init, **(self._gate_tensors() if task.config["stage"] == 2 else {})}
-        if task.config["stage"] == 2:
+            names += self.head_names
+        ref = {**self.init, **(self._gate_tensors() if spec.stage == 2 else {})}
+        if spec.stage == 2:
             names += [k for k in ref if k.startswith("gate.") and self._shared_gate(k)]
         return {n: (tuple(ref[n].shape), ref[n].dtype) for n in names}
 
@@ -190,18 +230,18 @@ class FedMS:
         return self.opts.stage2_average == "gate" or not key.startswith("gate.head.")
 
     def aggregate_train(self, rnd: int, updates: list[ClientUpdate]) -> dict[str, Any]:
-        stage = self.stage(rnd)
+        stage, reports = self.stage(rnd), [sal_report(u) for u in updates]
         metrics: dict[str, Any] = {
             "stage": stage, "active_blocks": self.schedule.k(rnd),
-            "active_blocks_mean": _mean([u.metrics.get("active_blocks") for u in updates]),
-            "gate_local_mean": _mean([u.metrics.get("gate_local") for u in updates]),
-            "prefix_cached": _mean([u.metrics.get("prefix_cached") for u in updates]),
+            "active_blocks_mean": _mean([r.active_blocks for r in reports]),
+            "gate_local_mean": _mean([r.gate_local for r in reports]),
+            "prefix_cached": _mean([r.prefix_cached for r in reports]),
         }
         if not updates:
             return metrics
         # one masked mean over expert + gate: [aggregation] / [dp] see each client's whole upload
-        agg, extra = masked_aggregate(
-            self.cfg, rnd, [dict(u.tensors) for u in updates],
+        agg, extra = self.env.averaging.masked(
+            rnd, [dict(u.tensors) for u in updates],
             [float(u.num_examples) for u in updates], {**self.global_, **self.gate_},
             client_ids=[u.client_id for u in updates])
         expert = {k: v for k, v in agg.items() if not k.startswith("gate.")}
@@ -215,13 +255,13 @@ class FedMS:
     def configure_evaluate(self, rnd: int, clients: list[int]) -> list[ClientTask]:
         stage = self.stage(rnd)
         tensors = {**self._global_part(self.trained), **(self.gate_ if stage == 2 else {})}
-        config = {"stage": stage, "trained": sorted(self.trained), "version": self.version}
+        config = fields_of(SALEvalTask(stage, sorted(self.trained), self.version))
         return [ClientTask(rnd, c, tensors, config, kind="evaluate") for c in clients]
 
     def evaluate_global(self, model: Classifier, split: Split) -> float | None:
         """The global expert (every trained LoRA block) on the pooled test set."""
         start = lowest(self.trained, self.num_layers)
-        src = PrefixSource(model.backbone, split, start, self.cfg.train.precision)
+        src = PrefixSource(model.backbone, split, start, self.env.precision)
         logp, _ = self._expert_view(src, self.global_, self.trained)
         return float((logp.argmax(-1) == split.labels).float().mean()) if len(split) else 0.0
 
@@ -240,7 +280,7 @@ class FedMS:
 
     def _source(self, data: ClientData, which: str, start: int, memory: ClientMemory):
         split = data.train if which == "train" else data.test
-        bert, prec = self.tail.backbone, self.cfg.train.precision
+        bert, prec = self.tail.backbone, self.env.precision
         if not self.opts.cache:
             return PrefixSource(bert, split, start, prec)
         return cached_source(bert, split, start, prec, memory.tensors, memory.state, which,
@@ -250,8 +290,8 @@ class FedMS:
         """(log-probs (N, C), pooled features (N, H)) of one expert over a source, no grad."""
         logps, feats = [], []
         set_active_blocks(self.tail.backbone, applied)
-        with torch.no_grad(), autocast(self.cfg.train.precision):
-            for rows, mask, _ in src.batches(self.cfg.eval.batch_size):
+        with torch.no_grad(), autocast(self.env.precision):
+            for rows, mask, _ in src.batches(self.env.eval_batch_size):
                 f, z = expert_forward(self.tail, tensors, src.hidden(rows, mask.shape[1]), mask,
                                       src.start)
                 logps.append(F.log_softmax(z.float(), -1))
@@ -264,23 +304,26 @@ class FedMS:
                       applied: set[int], ctx: ClientContext) -> tuple[Tensors, float]:
         """Stage-1 step loop: CE of one expert; trains the head + the LoRA of `active` only."""
         names = lora_param_names(self.tail.backbone, active)
-        names = [f"backbone.{n}" for n in names] + ["head.weight", "head.bias"]
+        names = [f"backbone.{n}" for n in names] + self.head_names
         leaves = {n: tensors[n].clone().requires_grad_(True) for n in names}
         weights = {**tensors, **leaves}
         set_active_blocks(self.tail.backbone, applied)
+        stats = train_local(self._groups(leaves), src, self._expert_loss_fn(src, weights),
+                            self.env.train, ctx.generator())
+        return {n: t.detach().clone() for n, t in leaves.items()}, stats.loss
 
+    def _expert_loss_fn(self, src: PrefixSource, weights: Tensors):
+        """(rows, mask, y) -> CE of one expert (`weights`: its LoRA + head) from the prefix."""
         def loss_fn(rows, mask, y):
             _, z = expert_forward(self.tail, weights, src.hidden(rows, mask.shape[1]), mask,
                                   src.start)
             return F.cross_entropy(z.float(), y)
-
-        stats = train_local(self._groups(leaves), src, loss_fn, self.cfg.train, ctx.generator())
-        return {n: t.detach().clone() for n, t in leaves.items()}, stats.loss
+        return loss_fn
 
     def _groups(self, leaves: Tensors, gate: torch.nn.Module | None = None) -> list[dict]:
-        t = self.cfg.train
-        body = [p for n, p in leaves.items() if not n.startswith("head.")]
-        heads = [p for n, p in leaves.items() if n.startswith("head.")]
+        t = self.env.train
+        body = [p for n, p in leaves.items() if not is_head(n)]
+        heads = [p for n, p in leaves.items() if is_head(n)]
         groups = [{"params": body, "lr": t.lr}, {"params": heads, "lr": t.head_lr or t.lr}]
         if gate is not None:
             groups.append({"params": list(gate.parameters()),
@@ -292,18 +335,18 @@ class FedMS:
 
     def client_update(self, task: ClientTask, model: Classifier, data: ClientData,
                       memory: ClientMemory, ctx: ClientContext) -> ClientUpdate:
-        cfg = task.config
-        active, trained = set(cfg["active"]), set(cfg["trained"])
+        spec = task.read(SALTask)
+        active, trained = set(spec.active), set(spec.trained)
         glob = {**self.init, **{k: v for k, v in task.tensors.items()
                                 if not k.startswith("gate.")}}
         metrics: dict[str, Any] = {"active_blocks": len(active)}
-        if cfg["stage"] == 1 or self.opts.global_in_stage2:
+        if spec.stage == 1 or self.opts.global_in_stage2:
             applied = self._applied(active, trained)
             src = self._source(data, "train", lowest(applied, self.num_layers), memory)
             out, metrics["loss"] = self._train_expert(src, glob, active, applied, ctx)
             metrics["prefix_cached"] = float(src.cache is not None)
             glob.update(out)
-            if cfg["stage"] == 1:
+            if spec.stage == 1:
                 return ClientUpdate(task.round, task.client_id, len(data.train), out, metrics)
             trained = trained | active
         else:
@@ -317,12 +360,16 @@ class FedMS:
 
     def _local(self, memory: ClientMemory, glob: Tensors, trained: set[int]):
         """The client's local expert (a copy of the global one on first use) and its blocks."""
-        if "local.head.weight" not in memory.tensors:
+        if not self._has_local(memory):
             for k, v in glob.items():
                 memory.tensors[f"local.{k}"] = v.detach().clone()
             memory.state["local_blocks"] = sorted(trained)
         local = {k[6:]: v for k, v in memory.tensors.items() if k.startswith("local.")}
         return local, set(memory.state["local_blocks"])
+
+    @staticmethod
+    def _has_local(memory: ClientMemory) -> bool:
+        return "local_blocks" in memory.state
 
     def _views(self, which: str, src: PrefixSource, glob: Tensors, g_blocks: set[int],
                memory: ClientMemory, version: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -359,24 +406,14 @@ class FedMS:
         applied = self._applied(active, l_blocks)
         start = min(lowest(applied, self.num_layers), lowest(g_blocks, self.num_layers))
         src = self._source(data, "train", start, memory)
-        version = task.round if self.opts.global_in_stage2 else task.config["version"]
+        version = task.round if self.opts.global_in_stage2 else task.read(SALTask).version
         logp_g, feat = self._views("train", src, glob, g_blocks, memory, version)
         names = [f"backbone.{n}" for n in lora_param_names(self.tail.backbone, active)]
-        leaves = {n: local[n].clone().requires_grad_(True) for n in names + ["head.weight",
-                                                                            "head.bias"]}
+        leaves = {n: local[n].clone().requires_grad_(True) for n in names + self.head_names}
         weights, gate, g_sum = {**local, **leaves}, self._gate(task.tensors, memory), []
         set_active_blocks(self.tail.backbone, applied)
-
-        def loss_fn(rows, mask, y):
-            _, z = expert_forward(self.tail, weights, src.hidden(rows, mask.shape[1]), mask, start)
-            g = gate(feat[rows])
-            g_sum.append(g.weights[:, 1].detach())
-            loss = F.nll_loss(mixture_log_probs(g.log_weights, [logp_g[rows], z]), y)
-            if self.opts.local_ce_weight:
-                loss = loss + self.opts.local_ce_weight * F.cross_entropy(z.float(), y)
-            return loss
-
-        stats = train_local(self._groups(leaves, gate), src, loss_fn, self.cfg.train,
+        loss_fn = self._mixture_loss_fn(src, weights, gate, logp_g, feat, g_sum)
+        stats = train_local(self._groups(leaves, gate), src, loss_fn, self.env.train,
                             ctx.generator())
         for n, t in leaves.items():
             memory.tensors[f"local.{n}"] = t.detach().clone()
@@ -387,31 +424,47 @@ class FedMS:
         return gate_out, {"loss": stats.loss, "prefix_cached": float(src.cache is not None),
                           "gate_local": float(torch.cat(g_sum).mean()) if g_sum else None}
 
+    def _mixture_loss_fn(self, src: PrefixSource, weights: Tensors, gate, logp_g: torch.Tensor,
+                         feat: torch.Tensor, g_sum: list):
+        """(rows, mask, y) -> CE of the mixture (global log-probs cached, local expert live)."""
+        def loss_fn(rows, mask, y):
+            _, z = expert_forward(self.tail, weights, src.hidden(rows, mask.shape[1]), mask,
+                                  src.start)
+            g = gate(feat[rows])
+            g_sum.append(g.weights[:, 1].detach())
+            loss = F.nll_loss(mixture_log_probs(g.log_weights, [logp_g[rows], z]), y)
+            if self.opts.local_ce_weight:
+                loss = loss + self.opts.local_ce_weight * F.cross_entropy(z.float(), y)
+            return loss
+        return loss_fn
+
     def client_evaluate(self, task: ClientTask, model: Classifier, data: ClientData,
                         memory: ClientMemory, ctx: ClientContext) -> ClientUpdate:
         """Personalised accuracy on the client's own test split (+ per-expert accuracies)."""
-        g_blocks = set(task.config["trained"])
+        spec = task.read(SALEvalTask)
+        g_blocks = set(spec.trained)
         glob = {**self.init, **{k: v for k, v in task.tensors.items()
                                 if not k.startswith("gate.")}}
         y, n = data.test.labels, len(data.test)
-        if task.config["stage"] == 1:
+        if spec.stage == 1:
             src = self._source(data, "test", lowest(g_blocks, self.num_layers), memory)
             logp, _ = self._expert_view(src, glob, g_blocks)
             correct = int((logp.argmax(-1) == y).sum())
-            return ClientUpdate(task.round, task.client_id, n, {}, {"correct": correct, "total": n})
-        has_local = "local.head.weight" in memory.tensors
+            return ClientUpdate(task.round, task.client_id, n, {},
+                                fields_of(EvalResult(correct, n)))
+        has_local = self._has_local(memory)
         local, l_blocks = (self._local(memory, glob, g_blocks) if has_local
                            else (glob, g_blocks))
         start = min(lowest(l_blocks, self.num_layers), lowest(g_blocks, self.num_layers))
         src = self._source(data, "test", start, memory)
-        logp_g, feat = self._views("test", src, glob, g_blocks, memory, task.config["version"])
+        logp_g, feat = self._views("test", src, glob, g_blocks, memory, spec.version)
         logp_l, _ = self._expert_view(src, local, l_blocks)
         with torch.no_grad():
             g = self._gate(task.tensors, memory)(feat)
             mix = mixture_log_probs(g.log_weights, [logp_g, logp_l])
         acc = lambda lp: int((lp.argmax(-1) == y).sum())  # noqa: E731
         return ClientUpdate(task.round, task.client_id, n, {}, {
-            "correct": acc(mix), "total": n, "acc_global_expert": acc(logp_g) / max(n, 1),
+            **fields_of(EvalResult(acc(mix), n)), "acc_global_expert": acc(logp_g) / max(n, 1),
             "acc_local_expert": acc(logp_l) / max(n, 1),
             "gate_local": float(g.weights[:, 1].mean()) if n else None})
 
@@ -421,9 +474,19 @@ def _mean(values) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+def make_fedms(opts: FedMSOptions, env: Env) -> FedMS:
+    """FedMS for the run's task: the client half of task = generate lives in `fedms_lm`."""
+    if env.task.kind == "generate":
+        from fedfm.algorithms.fedms_lm import FedMSLM
+
+        return FedMSLM(opts, env)
+    return FedMS(opts, env)
+
+
 registry.register(
-    "fedms", lambda cfg, opts, nl, nc: FedMS(cfg, opts, nc), FedMSOptions,
+    "fedms", lambda opts, env: make_fedms(opts, env), FedMSOptions,
     "FedMS: SAL LoRA global expert (stage 1) + private local expert mixed by a FedAvg-ed gate",
     capabilities=replace(AVERAGING, finetune=("lora",),
                          why="its experts are LoRA adapters + head, trained block by block"),
+    tasks=("classify", "generate"),
 )

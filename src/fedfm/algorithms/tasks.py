@@ -21,12 +21,9 @@ TASKS = {
 }
 
 # Which algorithms run task = "generate" is declared in each one's registry row
-# (`tasks=("classify", "generate")`; FedPer: the personal part is the last block's LoRA).
-REFUSED = {
-    "fedms": "FedMS's MoFM gate mixes the experts' class logits per example; for generation it "
-             "would have to mix per-token vocabulary distributions of two LoRA experts inside "
-             "greedy decoding (a KV cache per expert), which fedfm does not implement yet",
-}
+# (`tasks=("classify", "generate")`; FedPer: the personal part is the last block's LoRA; FedMS:
+# a per-token mixture of two LoRA experts of the LM, see fedfm.algorithms.fedms_lm).
+REFUSED: dict[str, str] = {}
 DEFAULT_MAX_NEW_TOKENS = 32
 
 
@@ -48,6 +45,9 @@ def check(cfg, generating: list[str] | tuple[str, ...] = ()) -> None:
             f"task = 'generate' does not run with algorithm = '{cfg.algorithm}': {why}. "
             f"Algorithms that support generation: {', '.join(generating)}."
         )
+    if cfg.algorithm == "fedms" and int(cfg.algorithm_options("fedms").get("k0", 1)) == 0:
+        raise ConfigError("fedms.k0 = 0 trains only the classification head, and task = "
+                          "'generate' has none (the LM head stays frozen): use fedms.k0 >= 1.")
     if cfg.model.finetune == "head":
         raise ConfigError("task = 'generate' has no classification head to train: use "
                           "model.finetune = 'lora' or 'full' (the LM head stays frozen).")
