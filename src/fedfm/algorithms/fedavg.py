@@ -22,7 +22,7 @@ from fedfm.algorithms import registry
 from fedfm.algorithms.adapter import SHARE_ALL, Adapter
 from fedfm.algorithms.base import ClientContext, ClientMemory
 from fedfm.algorithms.capabilities import AVERAGING
-from fedfm.algorithms.env import Env, from_config
+from fedfm.algorithms.env import Env
 from fedfm.algorithms.server import ServerState
 from fedfm.algorithms.tasks import global_result
 from fedfm.algorithms.training import param_groups, train_local
@@ -41,12 +41,6 @@ from fedfm.transport.messages import (
 Personalise = Callable[[Classifier, ClientData, ClientContext], dict[str, Any]]
 ClientHalf = Callable[[ClientTask, Classifier, ClientData, ClientMemory, ClientContext],
                       ClientUpdate]
-
-
-def prepare(model: Classifier, cfg) -> None:
-    """Inject LoRA / unfreeze per `model.finetune` from a RunConfig (algorithms not yet built
-    from an Env; the others call `env.finetune.apply`)."""
-    from_config(cfg, 0, 1).finetune.apply(model)
 
 
 def proximal_term(model: Classifier, anchor: dict[str, torch.Tensor], mu: float):

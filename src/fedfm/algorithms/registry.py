@@ -14,7 +14,6 @@ multi-task check find it here. Its row is the one declaration of what it can do:
 from __future__ import annotations
 
 import importlib
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -117,6 +116,4 @@ def build(cfg: RunConfig, num_labels: int, num_clients: int) -> Any:
     from fedfm.algorithms.env import from_config
 
     entry = get(cfg.algorithm)
-    if len(inspect.signature(entry.factory).parameters) == 4:  # not yet flat: (cfg, opts, nl, nc)
-        return entry.factory(cfg, options_for(cfg), num_labels, num_clients)
     return entry.factory(options_for(cfg), from_config(cfg, num_labels, num_clients))
