@@ -24,7 +24,7 @@ from fedfm.algorithms.submoe import (
 from fedfm.config import build_config
 from fedfm.errors import ConfigError
 from fedfm.models.classifier import Classifier
-from fedfm.models.loading import load_backbone
+from fedfm.models.loading import tiny_hf_bert
 from fedfm.models.moe import (
     MoEOutput,
     activation_shares,
@@ -41,7 +41,7 @@ MOE_RES = {"unit": "memory", "tiers": {"small": 0.5, "large": 1.0},
 
 
 def _bert():
-    return load_backbone("tiny-bert", None, None, 0)[0]
+    return tiny_hf_bert(0)  # transformers' BertModel, wrapped
 
 
 def _batch():
@@ -72,7 +72,7 @@ def test_moe_with_all_experts_on_equals_dense(build):
 
 def test_moefy_splits_neurons_into_equal_groups_keeping_weights():
     dense = _bert()
-    w1 = dense.layers[0].intermediate.dense.weight.clone()
+    w1 = dense.blocks[0].intermediate.dense.weight.clone()
     to_moe(dense, 4, 2, "moefy", 0)
     experts = moe_blocks(dense)[0].moe.experts
     rows = torch.cat([ex.dense_in.weight for ex in experts])

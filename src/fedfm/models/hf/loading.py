@@ -74,6 +74,7 @@ def load_hf_backbone(folder: Path, num_layers: int | None = None, dropout: float
     """The base model of `folder` (no LM head) wrapped as an HFBackbone. `task="generate"`
     loads the causal LM and keeps it as `backbone.lm` (a plain attribute). `sdpa_fp32`: SDPA
     models use `fedfm_sdpa` (attention in fp32 on the CPU under bf16 autocast, see attention.py)."""
+    from safetensors import SafetensorError
     from transformers import AutoModel, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -83,7 +84,7 @@ def load_hf_backbone(folder: Path, num_layers: int | None = None, dropout: float
     try:
         model = cls.from_pretrained(str(folder), config=config, use_safetensors=True,
                                     local_files_only=True, dtype=dtype or torch.float32)
-    except (ValueError, OSError, KeyError) as e:
+    except (ValueError, OSError, KeyError, SafetensorError) as e:  # corrupt weights included
         raise ConfigError(f"'{folder}': transformers could not load the model "
                           f"({str(e).splitlines()[0][:200]}).") from None
     if sdpa_fp32:
