@@ -27,6 +27,12 @@ class MoEfiedBert:
         from fedfm.models.moe import load_moe_folder, moe_blocks, to_moe
 
         o, m = alg.opts, alg.cfg.model
+        if model.backbone.device.type != "cpu":
+            raise ConfigError(
+                f"{alg.name}: the MoEfied / upcycled BERT (MiniLM) runs on the CPU only (its "
+                "expert loop and k-means are CPU code, as with the former hand-written BERT); "
+                "use train.device = \"cpu\". Hugging Face MoE models (model.name = \"hf\") "
+                "bring their own experts.")
         if o.checkpoint:
             try:
                 load_moe_folder(model.backbone, o.checkpoint)
