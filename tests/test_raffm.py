@@ -9,9 +9,10 @@ import json
 import pytest
 import torch
 
+from fedfm.algorithms.aggregation import masked_mean
 from fedfm.errors import ConfigError, PayloadError
 from fedfm.models.classifier import Classifier, set_tensors
-from fedfm.models.elastic import Widths, coverage_mean
+from fedfm.models.elastic import Widths
 from fedfm.models.hf_elastic import extract, fuse, spp
 from fedfm.models.hf_raffm import HFCost, frozen_params, geometry_of, server_tensors, sub_classifier
 from fedfm.models.loading import tiny_hf_bert
@@ -101,12 +102,12 @@ def test_extract_then_scatter_is_identity_and_touches_only_the_prefix():
     full = spp(server_tensors(clf, geo), geo)
     w = Widths((2, 1), (10, 25))
     sub = extract(full, geo, w)
-    back = coverage_mean(full, [sub], [1.0])  # scatter = the mean of one holder
+    back = masked_mean([sub], [1.0], full)  # scatter = the mean of one holder
     assert all(torch.equal(back[k], full[k]) for k in full)
     q = Q.format(0)
     assert sub[q].shape == (2 * HD, 32)
     assert sub["backbone.encoder.layer.1.output.dense.weight"].shape == (32, 25)
-    changed = coverage_mean(full, [{q: sub[q] + 1}], [1.0])
+    changed = masked_mean([{q: sub[q] + 1}], [1.0], full)
     assert torch.equal(changed[q][: 2 * HD], full[q][: 2 * HD] + 1)
     assert torch.equal(changed[q][2 * HD:], full[q][2 * HD:])
 
@@ -149,19 +150,19 @@ def test_rejection_sampling_fits_and_is_seeded():
         largest_uniform(cm, 0.001)
 
 
-def test_coverage_mean_matches_hand_computation():
+def test_masked_mean_of_prefix_slices_matches_hand_computation():
     base = {"encoder.layer.0.output.dense.weight": torch.full((3, 3), 9.0)}
     key = "encoder.layer.0.output.dense.weight"
     a = {key: torch.full((1, 2), 1.0)}  # holds entries (0,0), (0,1); 1 example
     b = {key: torch.full((2, 3), 4.0)}  # holds rows 0-1; 3 examples
-    got = coverage_mean(base, [a, b], [1, 3])[key]
+    got = masked_mean([a, b], [1, 3], base)[key]
     want = torch.tensor([[3.25, 3.25, 4.0], [4.0, 4.0, 4.0], [9.0, 9.0, 9.0]])
     assert torch.allclose(got, want)
-    got = coverage_mean(base, [a, b], [1, 3], rule="all_clients")[key]
+    got = masked_mean([a, b], [1, 3], base, "all_clients")[key]
     want = torch.tensor([[3.25, 3.25, 3.0], [3.0, 3.0, 3.0], [9.0, 9.0, 9.0]])
     assert torch.allclose(got, want)
     with pytest.raises(PayloadError, match="does not fit"):
-        coverage_mean(base, [{key: torch.zeros(4, 3)}], [1])
+        masked_mean([{key: torch.zeros(4, 3)}], [1], base)
 
 
 def test_unchanged_subnetworks_aggregate_to_the_same_model():
@@ -169,7 +170,7 @@ def test_unchanged_subnetworks_aggregate_to_the_same_model():
     full = server_tensors(clf, geo)
     subs = [extract(full, geo, w) for w in
             (Widths((1, 2), (5, 64)), Widths((4, 4), (64, 64)), Widths((2, 2), (20, 3)))]
-    merged = coverage_mean(full, subs, [5, 1, 2])
+    merged = masked_mean(subs, [5, 1, 2], full)
     assert all(torch.allclose(merged[k], full[k], atol=1e-6) for k in full)
 
 
