@@ -94,7 +94,7 @@ def frozen_prefix(bert: nn.Module, ids: torch.Tensor, mask: torch.Tensor, end: i
     """Hidden states entering block `end`: blocks [start, end) over h (default: embed(ids)).
 
     `bert` is any backbone with the prefix interface (HFBackbone: hooks on the model's own
-    forward; the legacy Bert: its blocks run one by one). The caller guarantees that no LoRA
+    forward). The caller guarantees that no LoRA
     is applied in these blocks (they are below `s`).
     """
     return bert.prefix(ids, mask, end, h, start)  # (B, T, H)

@@ -34,7 +34,7 @@ def check_folder(folder: Path) -> None:
 
 def set_dropout(config, p: float) -> None:
     """fedfm's `model.dropout` governs every dropout of the backbone (default 0: deterministic
-    and equal to the legacy Bert; HF checkpoints often say 0.1)."""
+    and equal to fedfm's former hand-written BERT; HF checkpoints often say 0.1)."""
     for k, v in list(vars(config).items()):
         if isinstance(v, float) and ("dropout" in k or k.endswith("pdrop")) and "classifier" not in k:
             setattr(config, k, p)
