@@ -21,7 +21,7 @@ TASKS = {
 }
 
 # Algorithms that run task = "generate" (FedPer: the personal part is the last block's LoRA).
-GENERATE_ALGORITHMS = ("fedavg", "fedprox", "fedper", "local")
+GENERATE_ALGORITHMS = ("fedavg", "fedprox", "fedper", "local", "fedmoe", "randommoe")
 REFUSED = {
     "fedms": "FedMS's MoFM gate mixes the experts' class logits per example; for generation it "
              "would have to mix per-token vocabulary distributions of two LoRA experts inside "
@@ -129,6 +129,10 @@ def build_generate_data(cfg, tokenizer):
 def build_generate_model(cfg, backbone, tokenizer):
     from fedfm.models.causal_lm import CausalLM
 
+    if getattr(backbone.config, "is_encoder_decoder", False):  # prompt -> encoder, response -> decoder
+        from fedfm.models.seq2seq_lm import Seq2SeqLM
+
+        return Seq2SeqLM(backbone, getattr(tokenizer, "inner", tokenizer))
     if getattr(backbone, "lm", None) is None:
         raise ConfigError(f"model '{cfg.model.name}' has no language-model head: task = "
                           "'generate' needs a decoder with a *ForCausalLM class.")
