@@ -15,7 +15,7 @@ in·out) + attention 4·B·heads·T²·d_head; backward w.r.t. activations = for
 LoRA weight gradients), the same number for every variant, so a variant that moves attention
 from a fused kernel to bmm's is not credited with more FLOPs.
 
-    python bench/p3_ceiling.py [--variants hf,hf-bf16attn] [--batch 16] [--seq 128]
+    python bench/p3_ceiling.py [--variants hf-nocast,hf] [--batch 16] [--seq 128]
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--variants", default="hf")
+    p.add_argument("--variants", default="hf-nocast,hf")
     p.add_argument("--out", default=str(ROOT / "bench" / "reports" / "p3_ceiling.json"))
     args = p.parse_args()
     torch.set_num_threads(1)

@@ -286,7 +286,7 @@ def test_loopback_deployment_with_tls_and_auth(tmp_path):
         for i in range(2):
             dep.fedfm("supernode", "--partition", str(i), "--num-partitions", "2", "--port",
                       str(_free_port()), *tls, "--key", str(tmp_path / f"keys/n{i}"),
-                      "--poll-s", "1", log=f"supernode{i}.log")  # Flower: 3 s
+                      log=f"supernode{i}.log")
         intruder = dep.fedfm("supernode", "--partition", "0", "--num-partitions", "2", "--port",
                              str(_free_port()), *tls, "--key", str(tmp_path / "keys/intruder"),
                              log="intruder.log")
