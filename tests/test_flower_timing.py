@@ -53,7 +53,7 @@ def test_bad_timing_is_a_clear_error(flag, value, capsys):
 def test_server_pulls_replies_until_all_are_in():
     from fedfm.flower import nodes
 
-    class Grid:  # replies arrive one per pull
+    class HttpGrid:  # the deployment grid's name; replies arrive one per pull
         def __init__(self):
             self.pending = []
 
@@ -68,5 +68,5 @@ def test_server_pulls_replies_until_all_are_in():
             return [Reply()]
 
     t0 = time.monotonic()
-    got = nodes.send_and_receive(Grid(), [object()] * 3, timeout_s=30)
+    got = nodes.send_and_receive(HttpGrid(), [object()] * 3, timeout_s=30)
     assert len(got) == 3 and time.monotonic() - t0 < 2 * nodes.PULL_EVERY_S + 1.0
