@@ -135,7 +135,8 @@ class PrefixSource:
             rows = order[s : s + batch_size]
             mask = self.split.attention_mask[rows]
             t = int(mask.sum(1).max())
-            yield rows, mask[:, :t], self.split.labels[rows]
+            y = self.split.labels[rows]  # (B,) class labels, or (B, T) token labels (generate)
+            yield rows, mask[:, :t], (y[:, :t] if y.dim() == 2 else y)
 
     def hidden(self, rows: torch.Tensor, t: int) -> torch.Tensor:
         """(B, t, H) for text; (B, T, H) with every token for images (their mask is (B, 1))."""
