@@ -6,6 +6,8 @@ earlier run it). Variants (same weights, same batch, LoRA r=8 on query/value, fe
 step = forward + backward + clip + AdamW, 1 thread):
   hf-sdpa       transformers' BertModel with its default SDPA attention
   hf            transformers' BertModel with fedfm_sdpa (what fedfm uses: SDPA in fp32 on CPU)
+                and the shared block inputs cast to bf16 once (attention.cast_shared_inputs)
+  hf-nocast     as hf without the shared-input cast (autocast casts per projection)
   hf-frozen-bf16  as hf, frozen backbone weights stored in bf16 (what fedfm does on CUDA; on the
                 CPU fedfm keeps fp32 weights: --variants to include it)
 Times are best-of CPU time (robust on a shared machine: waiting for a core is not counted),
@@ -46,6 +48,9 @@ def build(kind: str) -> Classifier:
         for p in model.parameters():
             if not p.requires_grad:
                 p.data = p.data.to(torch.bfloat16)
+    if kind == "hf-nocast":  # before the shared-input cast (models/hf/attention.py)
+        for h in backbone.cast_hooks:
+            h.remove()
     if kind == "hf-eager":  # transformers' eager attention (matmul + softmax), for comparison
         backbone.base.set_attn_implementation("eager")
     return model

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from fedfm.errors import ConfigError
-from fedfm.models.hf.attention import use_fedfm_sdpa
+from fedfm.models.hf.attention import cast_shared_inputs, use_fedfm_sdpa
 from fedfm.models.hf.backbone import HFBackbone
 from fedfm.models.hf.family import get_path
 
@@ -106,7 +106,10 @@ def load_hf_backbone(folder: Path, num_layers: int | None = None, dropout: float
         lm, model = model, model.base_model
     if getattr(model, "pooler", None) is not None:
         model.pooler = None  # fedfm pools itself; BERT's pooler is unused work
-    return wrap(model, num_layers, lm)
+    backbone = wrap(model, num_layers, lm)
+    if sdpa_fp32:  # fedfm's CPU speed-ups (attention.py): cast shared block inputs once
+        cast_shared_inputs(backbone)
+    return backbone
 
 
 def wrap(model: torch.nn.Module, num_layers: int | None = None, lm=None) -> HFBackbone:
