@@ -50,7 +50,7 @@ def test_no_algorithm_module_reads_the_run_config():
     import fedfm.algorithms as pkg
 
     folder = Path(pkg.__file__).parent
-    shared = ["lowrank", "moe_backend", "moe_validate", "training", "adapter", "server"]
+    shared = ["fedms", "lowrank", "moe_backend", "moe_validate", "training", "adapter", "server"]
     for mod in registry.MODULES + shared:
         path = folder / f"{mod}.py"
         if not path.exists():

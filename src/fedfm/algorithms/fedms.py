@@ -22,22 +22,20 @@ LoRA already trained but inactive this round is skipped (`inactive = "skip"`, th
 Efficiency: all experts and the gate read one frozen prefix per client (cached across rounds);
 the frozen global expert's log-probabilities and the gate's input are cached per client.
 
-task = "generate": the same server half; `make_fedms` builds `fedms_lm.FedMSLM`, whose client
+task = "generate": the same server half; `fedms_lm.make_fedms` builds `FedMSLM`, whose client
 half trains the experts' LoRA on the LM's response loss and mixes them per token,
 p(v|x_≤t) = g_t,G · p_G(v|x_≤t) + g_t,L · p_L(v|x_≤t), decoded greedily (`models/mofm_lm.py`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from fedfm.algorithms import registry
 from fedfm.algorithms.base import ClientContext, ClientMemory
-from fedfm.algorithms.capabilities import AVERAGING
 from fedfm.algorithms.env import Env
 from fedfm.algorithms.training import autocast, train_local
 from fedfm.core.errors import ConfigError, PayloadError
@@ -472,21 +470,3 @@ class FedMS:
 def _mean(values) -> float | None:
     vals = [v for v in values if v is not None]
     return sum(vals) / len(vals) if vals else None
-
-
-def make_fedms(opts: FedMSOptions, env: Env) -> FedMS:
-    """FedMS for the run's task: the client half of task = generate lives in `fedms_lm`."""
-    if env.task.kind == "generate":
-        from fedfm.algorithms.fedms_lm import FedMSLM
-
-        return FedMSLM(opts, env)
-    return FedMS(opts, env)
-
-
-registry.register(
-    "fedms", lambda opts, env: make_fedms(opts, env), FedMSOptions,
-    "FedMS: SAL LoRA global expert (stage 1) + private local expert mixed by a FedAvg-ed gate",
-    capabilities=replace(AVERAGING, finetune=("lora",),
-                         why="its experts are LoRA adapters + head, trained block by block"),
-    tasks=("classify", "generate"),
-)

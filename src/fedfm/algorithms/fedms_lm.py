@@ -29,12 +29,16 @@ are encoder-decoder models (the mixture is built on one decoder stack).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
 
+from fedfm.algorithms import registry
 from fedfm.algorithms.base import ClientContext, ClientMemory
-from fedfm.algorithms.fedms import FedMS, SALEvalTask, Tensors
+from fedfm.algorithms.capabilities import AVERAGING
+from fedfm.algorithms.env import Env
+from fedfm.algorithms.fedms import FedMS, FedMSOptions, SALEvalTask, Tensors
 from fedfm.algorithms.tasks import global_result
 from fedfm.algorithms.training import autocast
 from fedfm.core.errors import ConfigError
@@ -186,3 +190,18 @@ class FedMSLM(FedMS):
             **fields_of(EvalResult(correct, n, nll(mix))),
             "loss_global_expert": nll(lp_g[keep]), "loss_local_expert": nll(lp_l[keep]),
             "gate_local": float(g.weights[:, 1].mean()) if len(mix) else None})
+
+
+def make_fedms(opts: FedMSOptions, env: Env) -> FedMS:
+    """FedMS for the run's task: this module's FedMSLM for task = generate. (FedMS's registry
+    row lives here, below both classes, so that fedms.py need not import this module.)"""
+    return FedMSLM(opts, env) if env.task.kind == "generate" else FedMS(opts, env)
+
+
+registry.register(
+    "fedms", lambda opts, env: make_fedms(opts, env), FedMSOptions,
+    "FedMS: SAL LoRA global expert (stage 1) + private local expert mixed by a FedAvg-ed gate",
+    capabilities=replace(AVERAGING, finetune=("lora",),
+                         why="its experts are LoRA adapters + head, trained block by block"),
+    tasks=("classify", "generate"),
+)

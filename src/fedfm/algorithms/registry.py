@@ -1,6 +1,7 @@
 """The algorithm registry: name -> (factory, options dataclass, description, what it honours).
 
-Adding an algorithm = its module (ending in a `register(...)` call) + its name in `MODULES`.
+Adding an algorithm = its module (ending in a `register(...)` call) + its name in `MODULES`
+(FedMS's row is in fedms_lm.py, the module that sees both its classes).
 The CLI, config validation, `fedfm list`, the task check (`task = "generate"`) and the
 multi-task check find it here. Its row is the one declaration of what it can do:
 
@@ -22,7 +23,7 @@ from fedfm.algorithms import capabilities
 from fedfm.core.errors import ConfigError, choices
 from fedfm.core.schema import RunConfig, from_dict
 
-MODULES = ["fedavg", "fedprox", "local", "fedper", "fedms", "raffm", "heterofl", "fedmoe", "randommoe",
+MODULES = ["fedavg", "fedprox", "local", "fedper", "fedms_lm", "raffm", "heterofl", "fedmoe", "randommoe",
            "hetlora", "flexlora", "flora"]
 MODULES += ["fedsa", "feddpa", "fedavg_ft", "ditto"]  # personalised baselines (issue #19)
 

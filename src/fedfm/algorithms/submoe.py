@@ -1,5 +1,6 @@
 """Sub-MoE plumbing shared by FedMoE and randomMoE: which tensors belong to which expert, what a
-submodel costs in memory, the threshold search of FedMoE's stage 1, and modular aggregation.
+submodel costs in memory and the threshold search of FedMoE's stage 1. Modular aggregation (each
+expert averaged over its holders, unheld experts untouched) is `aggregation.masked_aggregate`.
 
 Server tensors are kept "flat": the router weight (E, H) of block i is split into rows
 `...router.weight.{e}`, so that an expert = its LoRA tensors + its router row, and a client's
@@ -19,7 +20,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fedfm.algorithms.training import weighted_mean
 from fedfm.models.moe import Experts, moe_blocks
 
 Held = list[list[int]]  # experts held per MoE block (sorted)
@@ -215,19 +215,3 @@ def estimate_shares(reports: dict[int, tuple[torch.Tensor, int, str]], task: str
         return torch.full(shape, 1.0 / shape[1], dtype=torch.float64)
     total = sum(n for _, n in same) or len(same)
     return sum(p.double() * ((n or 1) / total) for p, n in same)
-
-
-# ----------------------------------------------------------------------------------------------
-# stage 2: modular aggregation
-
-
-def modular_aggregate(server: dict[str, torch.Tensor],
-                      updates: list[tuple[dict[str, torch.Tensor], float]]) -> dict[str, torch.Tensor]:
-    """Each key = FedAvg over the updates that carry it (dense keys: everyone; an expert: its
-    holders; one holder: its copy). Keys nobody sent stay the very same tensors."""
-    out = dict(server)
-    keys = {k for tensors, _ in updates for k in tensors}
-    for k in keys:
-        holders = [({k: t[k]}, w) for t, w in updates if k in t]
-        out[k] = weighted_mean([h for h, _ in holders], [w for _, w in holders])[k]
-    return out

@@ -75,18 +75,6 @@ def client_k(k: int, budget: float) -> int:
     return k if budget >= 1.0 else max(1, math.floor(budget * k))
 
 
-def partial_mean(updates: list[Tensors], weights: list[float]) -> Tensors:
-    """FedAvg per tensor over the updates that carry it (SAL uploads differ per client):
-    θ_n = Σ_{c∋n} w_c θ_c,n / Σ_{c∋n} w_c."""
-    out: Tensors = {}
-    for key in sorted({k for u in updates for k in u}):
-        pairs = [(u[key], w) for u, w in zip(updates, weights) if key in u]
-        total = float(sum(w for _, w in pairs))
-        acc = sum(t.to(torch.float64) * (w / total) for t, w in pairs)
-        out[key] = acc.to(pairs[0][0].dtype)
-    return out
-
-
 def blocks_of(names) -> set[int]:
     """Transformer blocks named in parameter names."""
     return {b for b in (block_of(n) for n in names) if b is not None}
@@ -106,7 +94,7 @@ def frozen_prefix(bert: nn.Module, ids: torch.Tensor, mask: torch.Tensor, end: i
     """Hidden states entering block `end`: blocks [start, end) over h (default: embed(ids)).
 
     `bert` is any backbone with the prefix interface (HFBackbone: hooks on the model's own
-    forward; the legacy Bert: its blocks run one by one). The caller guarantees that no LoRA
+    forward). The caller guarantees that no LoRA
     is applied in these blocks (they are below `s`).
     """
     return bert.prefix(ids, mask, end, h, start)  # (B, T, H)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from fedfm.core.errors import ConfigError
-from fedfm.models.hf.attention import use_fedfm_sdpa
+from fedfm.models.hf.attention import cast_shared_inputs, use_fedfm_sdpa
 from fedfm.models.hf.backbone import HFBackbone
 from fedfm.models.hf.family import get_path
 
@@ -34,7 +34,7 @@ def check_folder(folder: Path) -> None:
 
 def set_dropout(config, p: float) -> None:
     """fedfm's `model.dropout` governs every dropout of the backbone (default 0: deterministic
-    and equal to the legacy Bert; HF checkpoints often say 0.1)."""
+    and equal to fedfm's former hand-written BERT; HF checkpoints often say 0.1)."""
     for k, v in list(vars(config).items()):
         if isinstance(v, float) and ("dropout" in k or k.endswith("pdrop")) and "classifier" not in k:
             setattr(config, k, p)
@@ -74,6 +74,7 @@ def load_hf_backbone(folder: Path, num_layers: int | None = None, dropout: float
     """The base model of `folder` (no LM head) wrapped as an HFBackbone. `task="generate"`
     loads the causal LM and keeps it as `backbone.lm` (a plain attribute). `sdpa_fp32`: SDPA
     models use `fedfm_sdpa` (attention in fp32 on the CPU under bf16 autocast, see attention.py)."""
+    from safetensors import SafetensorError
     from transformers import AutoModel, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -86,7 +87,7 @@ def load_hf_backbone(folder: Path, num_layers: int | None = None, dropout: float
     try:
         model = cls.from_pretrained(str(folder), config=config, use_safetensors=True,
                                     local_files_only=True, dtype=dtype or torch.float32)
-    except (ValueError, OSError, KeyError) as e:
+    except (ValueError, OSError, KeyError, SafetensorError) as e:  # corrupt weights included
         raise ConfigError(f"'{folder}': transformers could not load the model "
                           f"({str(e).splitlines()[0][:200]}).") from None
     if sdpa_fp32:
@@ -101,7 +102,10 @@ def load_hf_backbone(folder: Path, num_layers: int | None = None, dropout: float
         lm, model = model, model.base_model
     if getattr(model, "pooler", None) is not None:
         model.pooler = None  # fedfm pools itself; BERT's pooler is unused work
-    return wrap(model, num_layers, lm)
+    backbone = wrap(model, num_layers, lm)
+    if sdpa_fp32:  # fedfm's CPU speed-ups (attention.py): cast shared block inputs once
+        cast_shared_inputs(backbone)
+    return backbone
 
 
 def wrap(model: torch.nn.Module, num_layers: int | None = None, lm=None) -> HFBackbone:
