@@ -21,7 +21,7 @@ TASKS = {
 }
 
 # Algorithms that run task = "generate" (FedPer: the personal part is the last block's LoRA).
-GENERATE_ALGORITHMS = ("fedavg", "fedprox", "fedper", "local")
+GENERATE_ALGORITHMS = ("fedavg", "fedprox", "fedper", "local", "fedmoe", "randommoe")
 REFUSED = {
     "fedms": "FedMS's MoFM gate mixes the experts' class logits per example; for generation it "
              "would have to mix per-token vocabulary distributions of two LoRA experts inside "

@@ -24,12 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedfm import tasks
 from fedfm.algorithms import registry
 from fedfm.algorithms.aggregation import masked_aggregate
 from fedfm.algorithms.base import ClientContext, ClientMemory
 from fedfm.algorithms.capabilities import AVERAGING
 from fedfm.algorithms.expert_rec import RecState, check_upload_metrics, observe, propose
 from fedfm.algorithms.moe_backend import backend_for
+from fedfm.algorithms.moe_validate import split_val, validate, validate_generate
 from fedfm.algorithms.submoe import (
     Plan,
     estimate_shares,
@@ -40,13 +42,7 @@ from fedfm.algorithms.submoe import (
     to_flat,
     write_flat,
 )
-from fedfm.algorithms.training import (
-    autocast,
-    count_correct,
-    cross_entropy_loss,
-    param_groups,
-    train_local,
-)
+from fedfm.algorithms.training import param_groups, train_local
 from fedfm.config import RunConfig
 from fedfm.data.federated import ClientData, Split
 from fedfm.errors import ConfigError
@@ -98,36 +94,6 @@ class FedMoEOptions:
                 raise ConfigError(f"[fedmoe/randommoe] {msg}.")
 
 
-@torch.inference_mode()
-def validate(model: Classifier, split: Split, batch_size: int,
-             precision: str, loads) -> tuple[float, float, torch.Tensor]:
-    """One pass over `split`: accuracy, mean cross-entropy, and p[i, j] = share of the
-    token->expert assignments of block i that went to expert j (rows sum to 1);
-    `loads(model)` = (L, E) assignments of the last forward (moe_backend)."""
-    counts, correct, loss = 0, 0, 0.0
-    for ids, mask, y in split.batches(batch_size):
-        with autocast(precision):
-            logits = model(ids, mask).float()  # (B, C)
-        correct += int((logits.argmax(-1) == y).sum())
-        loss += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
-        counts = counts + loads(model)
-    n = max(len(split), 1)
-    if not torch.is_tensor(counts):  # empty split
-        counts = loads(model) * 0
-    return correct / n, loss / n, counts / counts.sum(1, keepdim=True).clamp_min(1.0)
-
-
-def split_val(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
-    """(train', val): a fixed `fraction` of the client's train split, seeded per client.
-    Clients with fewer than 5 examples validate on their training data."""
-    n = len(train)
-    n_val = int(round(fraction * n))
-    if n < 5 or n_val < 1:
-        return train, train
-    perm = np.random.default_rng(seed).permutation(n)
-    return train.subset(np.sort(perm[n_val:])), train.subset(np.sort(perm[:n_val]))
-
-
 def _head_key(task: str, key: str) -> str:
     return f"task[{task}].{key}"
 
@@ -170,6 +136,8 @@ class FedMoE:
         flat = to_flat(get_tensors(model))
         self.init_head = {k: v for k, v in flat.items() if k.startswith("head.")}
         held = self.backend.all_held(model)
+        layer_ids = getattr(self.backend, "layer_ids", None)  # dense blocks between MoE ones
+        self.layers = layer_ids(model) if layer_ids else None
         counts = {len(h) for h in held}
         if len(counts) != 1:
             raise ConfigError(f"{self.name} needs the same expert count in every block, got {counts}.")
@@ -242,7 +210,7 @@ class FedMoE:
     # ---------------------------------------------------------------- server: tasks
     def _payload(self, cid: int, held) -> dict[str, torch.Tensor]:
         task = self.task_of.get(cid, "main")
-        out = {k: self.flat[k] for k in select_keys(self.flat, held) if not k.startswith("task[")}
+        out = {k: self.flat[k] for k in select_keys(self.flat, held, self.layers) if not k.startswith("task[")}
         for k, v in self.init_head.items():
             out[k] = self.flat.get(_head_key(task, k), v)
         return out
@@ -286,9 +254,14 @@ class FedMoE:
         coef = self.opts.balance_coef
         extra = (lambda: coef * self.backend.aux(model)) if coef else None
         stats = train_local(param_groups(named, self.cfg.train.lr, self.cfg.train.head_lr), train,
-                            cross_entropy_loss(model), self.cfg.train, ctx.generator(), extra)
-        val_acc, val_loss, p = validate(model, val, self.cfg.eval.batch_size,
-                                        self.cfg.train.precision, self.backend.loads)
+                            tasks.loss_fn(model, self.cfg), self.cfg.train, ctx.generator(),
+                            extra)
+        if tasks.task_of(self.cfg) == "generate":
+            val_acc, val_loss, p = validate_generate(model, val, self.cfg, self.backend.loads,
+                                                     self.opts.score == "accuracy")
+        else:
+            val_acc, val_loss, p = validate(model, val, self.cfg.eval.batch_size,
+                                            self.cfg.train.precision, self.backend.loads)
         out = read_flat(model, list(task.tensors))
         memory.state["bytes_sent"] = memory.state.get("bytes_sent", 0) + payload_bytes(out)
         metrics = {"loss": stats.loss, "val_acc": val_acc, "val_loss": val_loss,
@@ -299,11 +272,10 @@ class FedMoE:
     def client_evaluate(self, task: ClientTask, model: Classifier, data: ClientData,
                         memory: ClientMemory, ctx: ClientContext) -> ClientUpdate:
         model = self._load(task, model)
-        correct, total = count_correct(model, data.test, self.cfg.eval.batch_size,
-                                       self.cfg.train.precision)
+        m = tasks.evaluate(model, data.test, self.cfg)  # + "loss" for task = generate
         held = task.config["held"]
-        return ClientUpdate(task.round, task.client_id, total, {}, {
-            "correct": correct, "total": total, "task": data.task,
+        return ClientUpdate(task.round, task.client_id, m["total"], {}, {
+            **m, "task": data.task,
             "experts_per_layer": [len(h) for h in held], "experts": sum(map(len, held)),
             "experts_held": held,
             "memory_mb": round(task.config["memory"] / MiB, 3), "theta": task.config["theta"],

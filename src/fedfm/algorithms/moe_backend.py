@@ -94,6 +94,7 @@ class HFMoE:
         _attention_lora(alg, model)
         scale = m.lora_alpha / m.lora_rank
         M.add_expert_lora(bb, o.expert_lora_rank, scale * o.expert_lora_rank, alg.cfg.seed + 1)
+        M.add_shared_lora(bb, o.expert_lora_rank, scale * o.expert_lora_rank, alg.cfg.seed + 2)
         for _, rt in M.moe_layers(bb):
             rt.weight.requires_grad_(True)
 
@@ -101,6 +102,12 @@ class HFMoE:
         from fedfm.models.hf.moe import moe_layers
 
         return [list(rt.fedfm_ids) for _, rt in moe_layers(model)]
+
+    def layer_ids(self, model) -> list[int]:
+        """Block index of each MoE block (dense blocks skipped)."""
+        from fedfm.models.hf.moe import moe_layer_ids
+
+        return moe_layer_ids(model)
 
     def build(self, model, held):
         from fedfm.models.hf.moe import cut
@@ -145,6 +152,6 @@ def backend_for(model):
     if getattr(fam, "moe", None) is None:
         raise ConfigError(
             f"fedmoe/randommoe on a Hugging Face model need an MoE family (mixtral, qwen2_moe, "
-            f"qwen3_moe, olmoe); '{fam.name}' is dense. Upcycle it first (`fedfm upcycle`) or "
+            f"qwen3_moe, olmoe, deepseek_v2, deepseek_v3); '{fam.name}' is dense. Upcycle it first (`fedfm upcycle`) or "
             "use model.name = \"minilm-l6\" (MoEfication).")
     return HFMoE()

@@ -84,9 +84,10 @@ def write_flat(model: nn.Module, flat: dict[str, torch.Tensor]) -> None:
                 raise KeyError(f"payload tensor '{k}' {tuple(t.shape)} does not fit the model")
 
 
-def select_keys(keys, held: Held) -> list[str]:
-    """The dense keys plus the keys of the experts in `held`."""
-    sets = [set(h) for h in held]
+def select_keys(keys, held: Held, layers: list[int] | None = None) -> list[str]:
+    """The dense keys plus the keys of the experts in `held` (held[j]: MoE block j, whose
+    block index is layers[j]; default j itself — models with dense blocks between MoE ones)."""
+    sets = dict(zip(layers if layers is not None else range(len(held)), map(set, held)))
     out = []
     for k in keys:
         ie = expert_of(k)
