@@ -83,3 +83,48 @@ def test_multitask_moe_run_reports_tasks_and_experts(tmp_path, algorithm):
     assert "acc_by_task" in rows[-1]
     if algorithm == "fedmoe":
         assert [c["p_source"] for c in s["clients"]][5:] == ["all", "all"]
+
+
+def test_text_scores_f1_by_hand_rouge_from_the_library():
+    from fedfm.models.text_metrics import rouge_l, token_f1
+
+    assert token_f1("The cat sat.", "the cat sat") == 1.0
+    # "a" is dropped: P = 1/2 (red apple), R = 1/3 (green apple pie)
+    assert token_f1("a red apple", "green apple pie") == pytest.approx(2 / 6 / (1 / 2 + 1 / 3))
+    assert token_f1("", "") == 1.0 and token_f1("x", "") == 0.0
+    # LCS("police killed the gunman", "police kill the gunman") with stemming = 4 of 4 tokens
+    assert rouge_l("police kill the gunman", "police killed the gunman") == pytest.approx(1.0)
+    assert rouge_l("the gunman police", "police killed the gunman") == pytest.approx(
+        2 * (2 / 3) * (2 / 4) / (2 / 3 + 2 / 4))
+
+
+@pytest.mark.slow
+def test_fedmoe_generation_tasks_report_em_f1_rouge_by_task(tmp_path):
+    """The generation variant on a tiny MoE causal LM: two prompt/response tasks, FedMoE with
+    same-task profiling; per task EM (acc), token F1 and ROUGE-L, global = null, personal set."""
+    from fedfm.run import run
+    from tests.gen_helpers import colour_records, write_jsonl
+    from tests.test_hf_moe_generate import moe_gen_raw
+
+    raw = moe_gen_raw(tmp_path, rounds=4)
+    rows = colour_records(160, seed=1)
+    other = write_jsonl(tmp_path / "shouted.jsonl",
+                        [{"prompt": r["prompt"].upper(), "response": r["response"]} for r in rows])
+    raw["data"] = {"num_clients": 4, "partition": "iid", "tasks": [
+        {"name": "jsonl", "path": raw["data"]["path"], "num_clients": 2, "id": "colours"},
+        {"name": "jsonl", "path": str(other), "num_clients": 2, "id": "shouted"}]}
+    raw["sampling"] = {"fraction": 0.5, "enforce_tasks": True}
+    raw["resources"] = {"unit": "memory", "per_client": [1.0, 0.5, 0.5, 0.5]}
+    raw["fedmoe"] = {"top_k": 2, "profile_all_large": True}
+    s = run(build_config(raw), quiet=True)
+    for key in ("acc_by_task", "loss_by_task", "f1_by_task", "rougeL_by_task"):
+        assert set(s[key]) == {"colours", "shouted"}, key
+        for v in s[key].values():
+            assert v["global"] is None and 0.0 <= v["personal"], (key, v)
+    for v in s["f1_by_task"].values():
+        assert v["personal"] <= 1.0
+    lines = [json.loads(x) for x in open(f"{raw['out']}/metrics.jsonl")]
+    evals = [r for r in lines if r.get("loss_by_task")]
+    assert evals[-1]["loss_personal_mean"] < evals[0]["loss_personal_mean"] - 0.3
+    assert [c["p_source"] for c in s["clients"]] == ["own", "task", "all", "all"]
+    assert s["experts_total"] > 0 and len(s["clients"][0]["experts_held"]) == 2
