@@ -135,7 +135,7 @@ def expert_usage(run: Path) -> str:
     with safe_open(ck[-1], "pt") as f:
         state = json.loads(f.metadata()["fedfm_checkpoint"])["server_state"]
     by_task: dict[str, list] = {}
-    for _, (p, n, t) in state["reports"].items():
+    for p, _n, t in state["reports"].values():
         by_task.setdefault(t, []).append(torch.tensor(p).flatten())
     lines = [f"stage-1 reporters per task: { {t: len(v) for t, v in by_task.items()} }"]
     means = {t: torch.stack(v).mean(0) for t, v in by_task.items()}

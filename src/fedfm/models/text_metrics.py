@@ -48,5 +48,9 @@ def rouge_l(prediction: str, reference: str) -> float:
 
 
 def check_available() -> None:
-    """Exit-2 refusal (ConfigError) when rouge-score is not installed."""
-    _scorer()
+    """Exit-2 refusal (ConfigError) when rouge-score is not installed (found, not imported:
+    it imports nltk, which is slow)."""
+    import importlib.util
+
+    if importlib.util.find_spec("rouge_score") is None:
+        raise ConfigError(ROUGE_HINT + ".")
