@@ -30,7 +30,21 @@ def moe_config(family: str):
                                 intermediate_size=64, decoder_sparse_step=1, mlp_only_layers=[])
     if family.startswith("deepseek"):
         return deepseek_config(family, base)
+    if family == "switch_transformers":
+        return switch_config()
     return T.OlmoeConfig(**base, num_experts=4, intermediate_size=32)
+
+
+def switch_config(vocab: int = V, sparse_step: int = 1):
+    """Encoder-decoder, 2 + 2 blocks, 4 experts per sparse block (every block sparse at step 1;
+    step 2: blocks 1 of each stack), top-1 router with capacity and jitter as the checkpoints."""
+    import transformers as T
+
+    return T.SwitchTransformersConfig(
+        vocab_size=vocab, d_model=32, d_ff=32, d_kv=8, num_heads=4, num_layers=2,
+        num_decoder_layers=2, num_experts=4, expert_capacity=64,
+        encoder_sparse_step=sparse_step, decoder_sparse_step=sparse_step, pad_token_id=0,
+        eos_token_id=102, decoder_start_token_id=0, router_jitter_noise=0.01)
 
 
 def deepseek_config(family: str, base: dict):
@@ -58,7 +72,13 @@ def moe_folder(root: Path, family: str, seed: int = 0) -> Path:
     if (folder / "config.json").is_file():
         return folder
     torch.manual_seed(seed)
-    model = AutoModel.from_config(moe_config(family))
+    cfg = moe_config(family)
+    if family == "switch_transformers":  # the full seq2seq LM (classification: its encoder)
+        from transformers import SwitchTransformersForConditionalGeneration
+
+        model = SwitchTransformersForConditionalGeneration(cfg)
+    else:
+        model = AutoModel.from_config(cfg)
     _randomise_routers(model)
     model.save_pretrained(str(folder))
     for name in TOKENIZER_FILES:
@@ -69,7 +89,7 @@ def moe_folder(root: Path, family: str, seed: int = 0) -> Path:
 def save_tiny_moe_lm(folder: Path, family: str = "mixtral", seed: int = 0) -> Path:
     """A tiny random *ForCausalLM of an MoE family + the word-level chat tokenizer of the
     generation tests (tests/gen_helpers.py), as a local HF folder."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     from tests.gen_helpers import COLOURS, FRUITS, SPECIAL, WORDS, tiny_tokenizer
 
@@ -80,7 +100,8 @@ def save_tiny_moe_lm(folder: Path, family: str = "mixtral", seed: int = 0) -> Pa
     cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = 2, 3, 0
     cfg.tie_word_embeddings = True
     torch.manual_seed(seed)
-    lm = AutoModelForCausalLM.from_config(cfg)
+    seq2seq = family == "switch_transformers"
+    lm = (AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM).from_config(cfg)
     _randomise_routers(lm)
     with torch.no_grad():  # as tests/gen_helpers.tiny_lm: a sharp but trainable tied head
         lm.get_input_embeddings().weight.normal_(0.0, 0.3)

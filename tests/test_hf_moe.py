@@ -136,7 +136,7 @@ def test_unheld_experts_bit_identical_after_aggregation(folders, tmp_path, fam):
 def _learns(s, out):
     rows = [json.loads(x) for x in open(f"{out}/metrics.jsonl")]
     accs = [r["acc_personal_mean"] for r in rows if r.get("acc_personal_mean") is not None]
-    assert accs[-1] > max(accs[0], 0.4), accs  # 4 classes: chance 0.25
+    assert accs[-1] > 0.5, accs  # 4 classes: chance 0.25
     assert s["experts_total"] == 8 and 0 < s["experts_held_mean"] <= 8
     for c in s["clients"]:
         assert len(c["experts_held"]) == 2 and c["experts"] == sum(map(len, c["experts_held"]))
@@ -176,3 +176,35 @@ def test_dense_hf_folder_is_refused_with_a_pointer_to_upcycle(tmp_path):
     raw = _raw(folder, "randommoe", tmp_path, rounds=1)
     with pytest.raises(Exception, match="fedfm upcycle"):
         run(build_config(raw), quiet=True)
+
+
+@pytest.mark.parametrize("kind", ["qwen2_moe", "switch_transformers"])
+def test_dense_blocks_between_moe_blocks(kind):
+    """Qwen2-MoE mlp_only_layers / Switch sparse_step 2: dense blocks carry no experts, the MoE
+    blocks keep their block index, cut == masked, shared experts get LoRA (Qwen2)."""
+    import transformers as T
+
+    from fedfm.models.hf.loading import wrap
+    from tests.moe_tiny import moe_config, switch_config
+
+    torch.manual_seed(0)
+    if kind == "qwen2_moe":
+        cfg = {**moe_config("qwen2_moe").to_dict(), "num_hidden_layers": 3, "layer_types": None,
+               "mlp_only_layers": [0], "vocab_size": 200}
+        model, ids_expected = T.AutoModel.from_config(T.Qwen2MoeConfig(**cfg)), [1, 2]
+    else:
+        model, ids_expected = T.SwitchTransformersEncoderModel(switch_config(200, 2)), [1]
+    bb = wrap(model.eval())
+    ids, mask = torch.randint(5, 200, (2, 7)), torch.ones(2, 7, dtype=torch.long)
+    ref = bb(ids, mask)
+    M.attach(bb, bb)
+    bb.requires_grad_(False)
+    M.add_expert_lora(bb, 4, 8.0, 0)
+    shared = M.add_shared_lora(bb, 4, 8.0, 1)
+    assert M.moe_layer_ids(bb) == ids_expected and torch.equal(bb(ids, mask), ref)
+    assert len(shared) == (6 if kind == "qwen2_moe" else 0)
+    held = [[0, 2], [1, 3]][: len(ids_expected)]
+    M.set_held(bb, held)
+    masked = bb(ids, mask)
+    M.set_held(bb, None)
+    assert torch.allclose(M.cut(bb, held)(ids, mask), masked, atol=1e-5)

@@ -134,6 +134,10 @@ def build_generate_data(cfg, tokenizer):
 def build_generate_model(cfg, backbone, tokenizer):
     from fedfm.models.causal_lm import CausalLM
 
+    if getattr(backbone.config, "is_encoder_decoder", False):  # prompt -> encoder, response -> decoder
+        from fedfm.models.seq2seq_lm import Seq2SeqLM
+
+        return Seq2SeqLM(backbone, getattr(tokenizer, "inner", tokenizer))
     if getattr(backbone, "lm", None) is None:
         raise ConfigError(f"model '{cfg.model.name}' has no language-model head: task = "
                           "'generate' needs a decoder with a *ForCausalLM class.")

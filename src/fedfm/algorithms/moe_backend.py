@@ -89,6 +89,10 @@ class HFMoE:
                               "experts per block (leave num_experts unset for HF MoE models).")
         if o.top_k > e:
             raise ConfigError(f"{alg.name}.top_k = {o.top_k} > {e} experts.")
+        top1 = bb.family.moe.storage == "moduledict"  # switch: top-1 routers
+        if top1 and o.top_k != 1:
+            raise ConfigError(f"{alg.name}.top_k = {o.top_k}, but Switch Transformers route "
+                              f"each token to one expert: set {alg.name}.top_k = 1.")
         for _, rt in M.moe_layers(bb):
             rt.top_k = o.top_k
         _attention_lora(alg, model)
@@ -96,7 +100,7 @@ class HFMoE:
         M.add_expert_lora(bb, o.expert_lora_rank, scale * o.expert_lora_rank, alg.cfg.seed + 1)
         M.add_shared_lora(bb, o.expert_lora_rank, scale * o.expert_lora_rank, alg.cfg.seed + 2)
         for _, rt in M.moe_layers(bb):
-            rt.weight.requires_grad_(True)
+            M.router_weight(rt).requires_grad_(True)
 
     def all_held(self, model):
         from fedfm.models.hf.moe import moe_layers

@@ -24,11 +24,17 @@ from fedfm.models.moe import Experts, moe_blocks
 
 Held = list[list[int]]  # experts held per MoE block (sorted)
 # legacy MiniLM MoE keys | Hugging Face MoE keys (models/hf/moe.py: per-expert LoRA, router rows)
+# + Switch: (encoder|decoder).block.{i}...experts.expert_{e}.*, ...router.classifier.weight.{e}
 _EXPERT = re.compile(r"(?:layer\.(\d+)\.moe\.experts\.(\d+)\.)"
-                     r"|(?:layers\.(\d+)\.mlp\.experts\.fedfm_lora\.(\d+)\.)")
+                     r"|(?:layers\.(\d+)\.mlp\.experts\.fedfm_lora\.(\d+)\.)"
+                     r"|(?:(encoder|decoder)\.block\.(\d+)\.layer\.\d+\.mlp\.experts\.expert_(\d+)\.)")
 _ROW = re.compile(r"(?:layer\.(\d+)\.moe\.router\.weight\.(\d+)$)"
-                  r"|(?:layers\.(\d+)\.mlp\.gate\.weight\.(\d+)$)")
-_ROUTER = re.compile(r"(?:\.moe\.router\.weight$)|(?:layers\.\d+\.mlp\.gate\.weight$)")
+                  r"|(?:layers\.(\d+)\.mlp\.gate\.weight\.(\d+)$)"
+                  r"|(?:(encoder|decoder)\.block\.(\d+)\.layer\.\d+\.mlp\.router\.classifier"
+                  r"\.weight\.(\d+)$)")
+_ROUTER = re.compile(r"(?:\.moe\.router\.weight$)|(?:layers\.\d+\.mlp\.gate\.weight$)"
+                     r"|(?:\.mlp\.router\.classifier\.weight$)")
+DECODER = 1000  # Switch decoder blocks are MoE block ids 1000 + i (models/hf/moe_switch.py)
 
 
 def expert_of(key: str) -> tuple[int, int] | None:
@@ -37,6 +43,8 @@ def expert_of(key: str) -> tuple[int, int] | None:
     if not m:
         return None
     g = [x for x in m.groups() if x is not None]
+    if g[0] in ("encoder", "decoder"):
+        return int(g[1]) + (DECODER if g[0] == "decoder" else 0), int(g[2])
     return int(g[0]), int(g[1])
 
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedfm.errors import ConfigError
+from fedfm.models.hf import moe_switch as S
 from fedfm.models.hf.family import AttnSpec, FamilySpec, get_path, register_family
 from fedfm.models.hf.moe_groups import KINDS, attach_groups, cut_router
 
@@ -49,6 +50,7 @@ class MoESpec:
     top_k: str = "num_experts_per_tok"
     shared: tuple[str, ...] = ()  # always-active shared experts: never cut, LoRA averaged as dense
     router_kind: str = "softmax_topk"  # | "deepseek_v2" | "deepseek_v3" (moe_groups.py)
+    storage: str = "fused3d"  # | "moduledict" (switch_transformers, moe_switch.py)
 
 
 _SHARED_MLP = ("gate_proj", "up_proj", "down_proj")
@@ -65,6 +67,8 @@ MOE_SPECS = {
     "deepseek_v3": MoESpec(num_experts="n_routed_experts", shared=("shared_experts",),
                            router_kind="deepseek_v3"),
 }
+# switch_transformers: its own family row (encoder-decoder), moe_switch.py
+SWITCH = MoESpec(block="", router="router", storage="moduledict", norm_topk=True)
 # MLA: q_proj exists only without q_lora_rank (else q_a_proj/q_b_proj); kv_b_proj always
 _MLA = AttnSpec(None, None, "self_attn.kv_b_proj", "self_attn.o_proj")
 for _t, _m in MOE_SPECS.items():
@@ -72,6 +76,8 @@ for _t, _m in MOE_SPECS.items():
     register_family(FamilySpec((_t,), "layers", "embed_tokens", "norm",
                                attn=_MLA if _mla else _ATTN, mlp=None, moe=_m,
                                lora_targets=("v", "o") if _mla else ("q", "v")))
+MOE_SPECS["switch_transformers"] = SWITCH
+S.register(SWITCH)
 
 
 def is_moe(model_type: str | None) -> bool:
@@ -100,6 +106,8 @@ def _moe_blocks(model: nn.Module) -> list[tuple[int, nn.Module, nn.Module]]:
     if spec is None:
         raise ConfigError("the model is not a supported Hugging Face MoE "
                           f"({', '.join(MOE_SPECS)}).")
+    if spec.storage == "moduledict":
+        return S.switch_blocks(bb.base if hasattr(bb, "base") else bb)
     out = []
     for i, blk in enumerate(bb.blocks):
         moe = get_path(blk, spec.block)
@@ -216,16 +224,23 @@ def attach(model: nn.Module, backbone) -> None:
         ids = list(range(ex.num_experts))
         ex.fedfm_ids, rt.fedfm_ids = ids, list(ids)
         rt.fedfm_state = RouterState(list(ids), norm)
+        if spec.storage == "moduledict":
+            S.attach(rt, ex)
+            continue
         if spec.router_kind in KINDS:
             attach_groups(rt, spec.router_kind)
         rt.register_forward_hook(_router_hook)
     backbone.base.register_forward_pre_hook(_mask_pre_hook, with_kwargs=True)
-    backbone.base.set_experts_implementation(IMPL)
+    if spec.storage == "fused3d":
+        backbone.base.set_experts_implementation(IMPL)
 
 
 def add_expert_lora(backbone, rank: int, alpha: float, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     for ex, _ in moe_layers(backbone):
+        if not hasattr(ex, "gate_up_proj"):  # switch: LoRALinear on each expert's wi, wo
+            S.add_lora(ex, rank, alpha, g)
+            continue
         _, two_i, h = ex.gate_up_proj.shape
         ex.fedfm_lora = nn.ModuleDict(
             {str(e): ExpertLoRA(h, two_i // 2, rank, alpha, g) for e in ex.fedfm_ids})
@@ -246,6 +261,8 @@ def set_held(model: nn.Module, held: list[list[int]] | None) -> None:
     for (_, rt), h in zip(moe_layers(model), held or [None] * len(moe_layers(model))):
         st = rt.fedfm_state
         st.held = None if h is None else torch.tensor([e in set(h) for e in st.ids])
+        if hasattr(rt, "classifier"):  # switch: masked on the logits (moe_switch.py)
+            S.set_held(rt, st.held)
 
 
 def loads(model: nn.Module) -> torch.Tensor:
@@ -293,6 +310,10 @@ def cut(model: nn.Module, held: list[list[int]]) -> nn.Module:
     memo = {id(p): p for p in model.parameters() if not p.requires_grad}
     sub = copy.deepcopy(model, memo)
     for (ex, rt), keep in zip(moe_layers(sub), held):
+        if hasattr(rt, "classifier"):
+            S.cut(ex, rt, keep)
+            _recount(ex, rt, keep)
+            continue
         local = torch.tensor([rt.fedfm_ids.index(e) for e in keep])
         for name in ("gate_up_proj", "down_proj"):
             w = getattr(ex, name)
@@ -302,17 +323,21 @@ def cut(model: nn.Module, held: list[list[int]]) -> nn.Module:
         rt.weight = nn.Parameter(w.detach().index_select(0, local), requires_grad=w.requires_grad)
         if hasattr(rt, "fedfm_groups"):
             cut_router(rt, local)
-        rt.fedfm_num_global = num_experts_global(rt)
-        ex.num_experts = rt.num_experts = len(keep)
         rt.top_k = min(rt.top_k, len(keep))
-        ex.fedfm_ids = rt.fedfm_ids = list(keep)
-        st = rt.fedfm_state
-        st.ids, st.held, st.last = list(keep), None, None
-        st.load = torch.zeros(len(keep), dtype=torch.float64)
+        _recount(ex, rt, keep)
         if hasattr(ex, "fedfm_lora"):
             for k in [k for k in ex.fedfm_lora if int(k) not in set(keep)]:
                 del ex.fedfm_lora[k]
     return sub
+
+
+def _recount(ex, rt, keep: list[int]) -> None:
+    rt.fedfm_num_global = num_experts_global(rt)
+    ex.num_experts = rt.num_experts = len(keep)
+    ex.fedfm_ids = rt.fedfm_ids = list(keep)
+    st = rt.fedfm_state
+    st.ids, st.held, st.last = list(keep), None, None
+    st.load = torch.zeros(len(keep), dtype=torch.float64)
 
 
 def expert_costs(model: nn.Module, submodel_memory) -> list[list[int]]:
@@ -320,6 +345,10 @@ def expert_costs(model: nn.Module, submodel_memory) -> list[list[int]]:
     row — what `cut` saves by dropping it."""
     costs = []
     for ex, rt in moe_layers(model):
+        if hasattr(rt, "classifier"):
+            costs.append([S.expert_cost(ex, rt, j, submodel_memory)
+                          for j in range(len(rt.fedfm_ids))])
+            continue
         row = []
         for e in range(ex.num_experts):
             c = 0
@@ -331,3 +360,8 @@ def expert_costs(model: nn.Module, submodel_memory) -> list[list[int]]:
             row.append(c)
         costs.append(row)
     return costs
+
+
+def router_weight(rt) -> nn.Parameter:
+    """The (E, H) routing matrix: `weight`, or Switch's `classifier.weight`."""
+    return rt.classifier.weight if hasattr(rt, "classifier") else rt.weight
