@@ -5,7 +5,8 @@ import torch
 from safetensors.torch import save_file
 
 from fedfm.core.errors import ConfigError, DataError
-from fedfm.data.datasets import load_bbc, load_dataset
+from fedfm.data.catalogue import load_dataset
+from fedfm.data.datasets import load_bbc
 from fedfm.data.federated import build_federated
 from fedfm.models.loading import load_tokenizer, minilm_path, tiny_hf_bert
 
