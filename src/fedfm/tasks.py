@@ -20,13 +20,10 @@ TASKS = {
     "generate": "causal-LM fine-tuning on prompt/response records, exact match of greedy answers",
 }
 
-# Algorithms that run task = "generate" (FedPer: the personal part is the last block's LoRA).
-GENERATE_ALGORITHMS = ("fedavg", "fedprox", "fedper", "local")
-REFUSED = {
-    "fedms": "FedMS's MoFM gate mixes the experts' class logits per example; for generation it "
-             "would have to mix per-token vocabulary distributions of two LoRA experts inside "
-             "greedy decoding (a KV cache per expert), which fedfm does not implement yet",
-}
+# Algorithms that run task = "generate" (FedPer: the personal part is the last block's LoRA;
+# FedMS: a per-token mixture of two LoRA experts of the LM, see fedfm.algorithms.fedms_lm).
+GENERATE_ALGORITHMS = ("fedavg", "fedprox", "fedper", "local", "fedms", "fedmoe", "randommoe")
+REFUSED: dict[str, str] = {}
 DEFAULT_MAX_NEW_TOKENS = 32
 
 
@@ -47,6 +44,9 @@ def check(cfg) -> None:
             f"task = 'generate' does not run with algorithm = '{cfg.algorithm}': {why}. "
             f"Algorithms that support generation: {', '.join(GENERATE_ALGORITHMS)}."
         )
+    if cfg.algorithm == "fedms" and int(cfg.algorithm_options("fedms").get("k0", 1)) == 0:
+        raise ConfigError("fedms.k0 = 0 trains only the classification head, and task = "
+                          "'generate' has none (the LM head stays frozen): use fedms.k0 >= 1.")
     if cfg.model.finetune == "head":
         raise ConfigError("task = 'generate' has no classification head to train: use "
                           "model.finetune = 'lora' or 'full' (the LM head stays frozen).")
@@ -129,6 +129,10 @@ def build_generate_data(cfg, tokenizer):
 def build_generate_model(cfg, backbone, tokenizer):
     from fedfm.models.causal_lm import CausalLM
 
+    if getattr(backbone.config, "is_encoder_decoder", False):  # prompt -> encoder, response -> decoder
+        from fedfm.models.seq2seq_lm import Seq2SeqLM
+
+        return Seq2SeqLM(backbone, getattr(tokenizer, "inner", tokenizer))
     if getattr(backbone, "lm", None) is None:
         raise ConfigError(f"model '{cfg.model.name}' has no language-model head: task = "
                           "'generate' needs a decoder with a *ForCausalLM class.")

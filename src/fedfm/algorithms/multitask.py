@@ -21,7 +21,7 @@ from fedfm.errors import ConfigError
 from fedfm.messages import ClientTask
 from fedfm.models.multihead import MultiHead, head_prefix
 
-SUPPORTED = ("fedavg", "fedprox", "fedper", "local")
+SUPPORTED = ("fedavg", "fedprox", "fedper", "local", "fedmoe", "randommoe")
 
 
 def check_multitask(cfg) -> None:
@@ -66,6 +66,8 @@ class MultiTask:
         self.inner, self.client_tasks = inner, list(client_tasks)
         self.name, self.has_global_model = inner.name, inner.has_global_model
         self.task_names = list(dict.fromkeys(self.client_tasks))
+        if hasattr(inner, "set_client_tasks"):  # e.g. FedMoE's same-task estimate of p
+            inner.set_client_tasks(self.client_tasks)
 
     def __getattr__(self, name: str) -> Any:  # server_state, global_tensors, ...
         inner = self.__dict__.get("inner")
