@@ -57,7 +57,8 @@ def measure(args) -> dict:
     from fedfm.config import build_config
     from fedfm.core.seeds import derive_seed
     from fedfm.models.classifier import Classifier, freeze
-    from fedfm.models.loading import load_backbone
+    from fedfm.models.hf.loading import load_hf_backbone
+    from fedfm.models.loading import minilm_path
     from fedfm.sim.store import ClientStore
     from fedfm.transport.messages import ClientTask
 
@@ -66,7 +67,7 @@ def measure(args) -> dict:
     cfg = build_config({"algorithm": "local", "model": {"max_length": args.seq},
                         "train": {"max_steps": 1, "batch_size": args.n, "threads": args.threads},
                         "sim": {"memory_budget_mb": budget}})
-    backbone, _ = load_backbone("hf" if args.model_path else "minilm-l6", args.model_path, None, 0)
+    backbone = load_hf_backbone(Path(args.model_path) if args.model_path else minilm_path())
     freeze(backbone)
     model = Classifier(backbone, 5, "mean", 0)
     algo = build(cfg, 5, args.clients)

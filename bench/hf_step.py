@@ -1,10 +1,13 @@
-"""MiniLM LoRA step: fedfm's legacy BERT vs the transformers path (issue #12), in one process.
+"""MiniLM LoRA step through transformers' BertModel, attention variants side by side, one process.
 
-Variants (same weights, same batch, LoRA r=8 on query/value, fedfm's train_local step =
-forward + backward + clip + AdamW, 1 thread):
-  legacy        models/bert.py (CPU attention in fp32 under bf16 autocast)
+The `legacy` variant (fedfm's hand-written models/bert.py) was measured here for issue #12
+(bench/reports/hf_step.json); that BERT is deleted, so the variant is gone (commit a54224a and
+earlier run it). Variants (same weights, same batch, LoRA r=8 on query/value, fedfm's train_local
+step = forward + backward + clip + AdamW, 1 thread):
   hf-sdpa       transformers' BertModel with its default SDPA attention
   hf            transformers' BertModel with fedfm_sdpa (what fedfm uses: SDPA in fp32 on CPU)
+                and the shared block inputs cast to bf16 once (attention.cast_shared_inputs)
+  hf-nocast     as hf without the shared-input cast (autocast casts per projection)
   hf-frozen-bf16  as hf, frozen backbone weights stored in bf16 (what fedfm does on CUDA; on the
                 CPU fedfm keeps fp32 weights: --variants to include it)
 Times are best-of CPU time (robust on a shared machine: waiting for a core is not counted),
@@ -30,17 +33,14 @@ from fedfm.data.federated import Split
 from fedfm.models.classifier import Classifier, freeze
 from fedfm.models.finetune import configure_finetune
 from fedfm.models.hf.loading import load_hf_backbone
-from fedfm.models.loading import load_backbone, minilm_path
+from fedfm.models.loading import minilm_path
 from fedfm.sim.probe import matmul_gflops
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def build(kind: str) -> Classifier:
-    if kind == "legacy":
-        backbone, _ = load_backbone("minilm-l6", None, None, 0)
-    else:
-        backbone = load_hf_backbone(minilm_path(), sdpa_fp32=(kind != "hf-sdpa"))
+    backbone = load_hf_backbone(minilm_path(), sdpa_fp32=(kind != "hf-sdpa"))
     freeze(backbone)
     model = Classifier(backbone, 5, "mean", 0)
     configure_finetune(model, "lora", ("query", "value"), 8, 16.0, 0)
@@ -48,6 +48,9 @@ def build(kind: str) -> Classifier:
         for p in model.parameters():
             if not p.requires_grad:
                 p.data = p.data.to(torch.bfloat16)
+    if kind == "hf-nocast":  # before the shared-input cast (models/hf/attention.py)
+        for h in backbone.cast_hooks:
+            h.remove()
     if kind == "hf-eager":  # transformers' eager attention (matmul + softmax), for comparison
         backbone.base.set_attn_implementation("eager")
     return model
@@ -90,16 +93,16 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default=str(ROOT / "bench" / "reports" / "hf_step.json"))
-    p.add_argument("--variants", default="legacy,hf-sdpa,hf")
+    p.add_argument("--variants", default="hf-sdpa,hf")
     args = p.parse_args()
     torch.set_num_threads(1)
     split = make_split(args.batch, args.seq)
     models = {k: build(k) for k in args.variants.split(",")}
     diff = None
-    if "hf" in models and "legacy" in models:
-        with torch.no_grad():  # same function: the transformers path equals the legacy BERT
+    if "hf" in models and "hf-sdpa" in models:
+        with torch.no_grad():  # same function: fp32 attention vs transformers' own SDPA
             ids, mask = split.input_ids[:4], split.attention_mask[:4]
-            diff = float((models["hf"](ids, mask) - models["legacy"](ids, mask)).abs().max())
+            diff = float((models["hf"](ids, mask) - models["hf-sdpa"](ids, mask)).abs().max())
     peak_before = bf16_peak()
     res: dict = {"batch": args.batch, "seq": args.seq, "threads": 1, "max_logit_diff": diff}
     for prec in ("bf16", "fp32"):
@@ -124,12 +127,9 @@ def main() -> None:
             r["gflops"] = r["flops"] / r["step_cpu_s"] / 1e9
             r["pct_bf16_peak"] = 100 * r["gflops"] / peak
     for prec in ("bf16", "fp32"):
-        if f"legacy/{prec}" not in res or f"hf-sdpa/{prec}" not in res:
-            continue
-        res[f"hf_vs_legacy_time_{prec}"] = (res[f"hf/{prec}"]["step_cpu_s"]
-                                            / res[f"legacy/{prec}"]["step_cpu_s"])
-        res[f"hf_sdpa_vs_legacy_time_{prec}"] = (res[f"hf-sdpa/{prec}"]["step_cpu_s"]
-                                                 / res[f"legacy/{prec}"]["step_cpu_s"])
+        if f"hf/{prec}" in res and f"hf-sdpa/{prec}" in res:
+            res[f"hf_vs_hf_sdpa_time_{prec}"] = (res[f"hf/{prec}"]["step_cpu_s"]
+                                                 / res[f"hf-sdpa/{prec}"]["step_cpu_s"])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2))
     for k, v in res.items():

@@ -18,14 +18,15 @@ import time
 
 import torch
 
-from fedfm.algorithms.raffm import subnetwork_classifier
 from fedfm.algorithms.training import cross_entropy_loss, param_groups, train_local
 from fedfm.config import TrainConfig
 from fedfm.data.federated import Split
-from fedfm.models.classifier import Classifier, get_tensors
-from fedfm.models.elastic import extract, spp
-from fedfm.models.loading import load_backbone
-from fedfm.models.sizing import CostModel, largest_uniform
+from fedfm.models.classifier import Classifier
+from fedfm.models.hf.loading import load_hf_backbone
+from fedfm.models.hf_elastic import extract, spp
+from fedfm.models.hf_raffm import HFCost, frozen_params, geometry_of, server_tensors, sub_classifier
+from fedfm.models.loading import minilm_path
+from fedfm.models.sizing import largest_uniform
 
 TIERS = {"small": 0.3, "medium": 0.6, "large": 1.0}
 
@@ -36,11 +37,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    backbone, _ = load_backbone("minilm-l6", None, None, 0)
+    backbone = load_hf_backbone(minilm_path())
     full = Classifier(backbone, 5, "mean", 0)
-    tensors = spp({k: v for k, v in get_tensors(full, [n for n, _ in full.named_parameters()])
-                   .items() if not k.startswith("backbone.embeddings.")}, 32)
-    cm = CostModel(backbone.spec, "params")
+    geo = geometry_of(full)
+    tensors = spp(server_tensors(full, geo), geo)
+    cm = HFCost(geo, tensors, frozen_params(full, geo), backbone.spec.hidden, "params")
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 20000, (16, 64), generator=gen)
     split = Split(ids, torch.ones_like(ids), torch.randint(0, 5, (16,), generator=gen))
@@ -49,8 +50,8 @@ def main() -> None:
     for rep in range(args.repeats + 1):  # the first pass is a warm-up
         for tier, budget in TIERS.items():
             w = largest_uniform(cm, budget)
-            clf = subnetwork_classifier(full, w, extract(tensors, w, 32))
-            for p in list(clf.backbone.encoder.parameters()) + list(clf.head.parameters()):
+            clf = sub_classifier(full, geo, w, extract(tensors, geo, w))
+            for p in list(clf.backbone.blocks.parameters()) + list(clf.head.parameters()):
                 p.requires_grad_(True)
             named = [(n, p) for n, p in clf.named_parameters() if p.requires_grad]
             t0 = time.perf_counter()

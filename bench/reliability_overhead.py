@@ -15,8 +15,7 @@ import time
 
 import torch
 
-from fedfm.algorithms.aggregation import robust_aggregate
-from fedfm.algorithms.training import weighted_mean
+from fedfm.algorithms.aggregation import masked_mean, robust_aggregate
 from fedfm.core.reliability import AggregationConfig, ValidationConfig
 from fedfm.transport.messages import ClientTask, ClientUpdate, decode, encode
 from fedfm.transport.validation import validate_update
@@ -60,7 +59,7 @@ def main() -> None:
         "validate_all_s": timed(lambda: [validate_update(b, task) for b in blobs], r),
         "validate_clip_all_s": timed(lambda: [validate_update(
             b, task, ValidationConfig(norm_bound=0.01, norm_action="clip")) for b in blobs], r),
-        "mean_s": timed(lambda: weighted_mean(sets, [1] * n), r),
+        "mean_s": timed(lambda: masked_mean(sets, [1] * n), r),
     }
     for method in ("median", "trimmed_mean", "krum", "multi_krum"):
         cfg = AggregationConfig(method=method, byzantine=3, trim_fraction=0.3)

@@ -26,10 +26,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from fedfm.algorithms.training import cross_entropy_loss, param_groups, train_local
 from fedfm.config import TrainConfig
 from fedfm.data.federated import Split
-from fedfm.models import bert
 from fedfm.models.classifier import Classifier, freeze
 from fedfm.models.finetune import configure_finetune
-from fedfm.models.loading import load_backbone
+from fedfm.models.hf.loading import load_hf_backbone
+from fedfm.models.loading import minilm_path
 from fedfm.sim.probe import matmul_gflops
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,8 +38,11 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL_PATH: str | None = None  # --model-path: a local HF copy of MiniLM-L6 instead of the package
 
 
-def build_model() -> Classifier:
-    backbone, _ = load_backbone("hf" if MODEL_PATH else "minilm-l6", MODEL_PATH, None, 0)
+def build_model(attention_fp32: bool = True) -> Classifier:
+    """MiniLM through transformers; attention_fp32 = fedfm_sdpa (SDPA in fp32 on the CPU), else
+    transformers' own SDPA in the autocast dtype (what fedfm did before this benchmark)."""
+    folder = Path(MODEL_PATH) if MODEL_PATH else minilm_path()
+    backbone = load_hf_backbone(folder, sdpa_fp32=attention_fp32)
     freeze(backbone)
     model = Classifier(backbone, 5, "mean", 0)
     configure_finetune(model, "lora", ("query", "value"), 8, 16.0, 0)
@@ -134,13 +137,12 @@ def main() -> None:
             for d, dt in (("bf16", torch.bfloat16), ("fp32", torch.float32))}
     peak["bf16_cpu_time"] = max(cpu_peak(torch.bfloat16, n)[1] for n in (1024, 2048))
     peak["fp32_cpu_time"] = max(cpu_peak(torch.float32, n)[1] for n in (1024, 2048))
-    model = build_model()
+    model, bf16_attn = build_model(), build_model(attention_fp32=False)
     res: dict = {"batch": args.batch, "seq": args.seq, "threads": args.threads, "peak_gflops": peak}
     variants = (("fp32", "fp32", False), ("bf16", "bf16", False),
                 ("bf16-attention-in-bf16", "bf16", False), ("bf16+frozen-bf16", "bf16", True))
     for label, precision, cast in variants:
-        m = model if not cast else _cast_copy()
-        bert.attention = _bf16_attention if "attention-in-bf16" in label else FP32_ATTENTION
+        m = _cast_copy() if cast else bf16_attn if "attention-in-bf16" in label else model
         flops = count_flops(m, split, precision, args.batch)
         secs, median, cpu = step_times(m, split, precision, args.batch, args.repeats)
         res[label] = {"flops": flops, "step_s": secs, "step_s_median": median, "step_cpu_s": cpu,
@@ -165,14 +167,6 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(res, indent=2))
     print(json.dumps({k: v for k, v in res.items() if not isinstance(v, dict)}, indent=2))
     print("peak", peak, "after", peak2)
-
-
-FP32_ATTENTION = bert.attention
-
-
-def _bf16_attention(q, k, v, mask):
-    """fedfm before this benchmark: torch's SDPA in the autocast dtype (bf16)."""
-    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 def _cast_copy() -> Classifier:

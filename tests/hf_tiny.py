@@ -53,3 +53,27 @@ def tiny_folder(root: Path, family: str, seed: int = 0) -> Path:
     for name in TOKENIZER_FILES:
         shutil.copy(src / name, folder / name)
     return folder
+
+
+DECODERS = ("llama", "qwen2", "qwen3", "mistral", "gemma3_text", "gpt2", "phi3")
+
+
+def tiny_lm_folder(root: Path, family: str, seed: int = 0) -> Path:
+    """A tiny random *ForCausalLM of `family` (config as above, vocabulary and special ids of
+    the word-level chat tokenizer of tests/gen_helpers) + that tokenizer, under root/lm-family."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.gen_helpers import tiny_tokenizer
+
+    folder = root / f"lm-{family}"
+    if (folder / "config.json").is_file():
+        return folder
+    tok = tiny_tokenizer()
+    cfg = configs()[family]
+    cfg.vocab_size = len(tok)
+    cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id = (tok.pad_token_id, tok.bos_token_id,
+                                                            tok.eos_token_id)
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(str(folder), safe_serialization=True)
+    tok.save_pretrained(str(folder))
+    return folder

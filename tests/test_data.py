@@ -8,7 +8,7 @@ from fedfm.core.errors import ConfigError, DataError
 from fedfm.data.catalogue import load_dataset
 from fedfm.data.datasets import load_bbc
 from fedfm.data.federated import build_federated
-from fedfm.models.loading import load_backbone, load_tokenizer, minilm_path
+from fedfm.models.loading import load_tokenizer, minilm_path, tiny_hf_bert
 
 
 def test_bbc_is_real_and_complete():
@@ -44,16 +44,24 @@ def test_client_splits_are_disjoint_and_global_test_held_out():
 
 
 def test_local_hf_folder(tmp_path):
-    model, _ = load_backbone("tiny-bert", None, None, seed=3)
+    from fedfm.models.hf.loading import load_hf_backbone
+    from fedfm.models.loading import refuse_legacy_export
+
+    model = tiny_hf_bert(seed=3)
     cfg = {"model_type": "bert", "vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2,
            "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 512}
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()},
               str(tmp_path / "model.safetensors"))
-    again, folder = load_backbone("hf", str(tmp_path), None, seed=0)
+    again = load_hf_backbone(tmp_path)
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())
     (tmp_path / "model.safetensors").write_bytes(b"garbage")
-    with pytest.raises(ConfigError, match="not a readable safetensors"):
-        load_backbone("hf", str(tmp_path), None, seed=0)
+    with pytest.raises(ConfigError):
+        load_hf_backbone(tmp_path)
     with pytest.raises(ConfigError, match="config.json"):
-        load_backbone("hf", str(tmp_path / "empty"), None, seed=0)
+        load_hf_backbone(tmp_path / "empty")
+    legacy = tmp_path / "legacy_elastic"  # an elastic export of the deleted hand-written BERT
+    legacy.mkdir()
+    (legacy / "config.json").write_text(json.dumps({**cfg, "fedfm_heads": [4, 2]}))
+    with pytest.raises(ConfigError, match="former hand-written BERT"):
+        refuse_legacy_export(legacy)

@@ -12,7 +12,6 @@ from fedfm.algorithms.submoe import (
     MemoryModel,
     build_submoe,
     expert_of,
-    modular_aggregate,
     read_flat,
     search_threshold,
     select_by_threshold,
@@ -24,7 +23,7 @@ from fedfm.algorithms.submoe import (
 from fedfm.config import build_config
 from fedfm.core.errors import ConfigError
 from fedfm.models.classifier import Classifier
-from fedfm.models.loading import load_backbone
+from fedfm.models.loading import tiny_hf_bert
 from fedfm.models.moe import (
     MoEOutput,
     activation_shares,
@@ -41,7 +40,7 @@ MOE_RES = {"unit": "memory", "tiers": {"small": 0.5, "large": 1.0},
 
 
 def _bert():
-    return load_backbone("tiny-bert", None, None, 0)[0]
+    return tiny_hf_bert(0)  # transformers' BertModel, wrapped
 
 
 def _batch():
@@ -72,7 +71,7 @@ def test_moe_with_all_experts_on_equals_dense(build):
 
 def test_moefy_splits_neurons_into_equal_groups_keeping_weights():
     dense = _bert()
-    w1 = dense.layers[0].intermediate.dense.weight.clone()
+    w1 = dense.blocks[0].intermediate.dense.weight.clone()
     to_moe(dense, 4, 2, "moefy", 0)
     experts = moe_blocks(dense)[0].moe.experts
     rows = torch.cat([ex.dense_in.weight for ex in experts])
@@ -170,6 +169,10 @@ def test_flat_keys_and_router_rows_roundtrip():
     assert len(names) < len(flat)
 
 
+def _cfg_plain():
+    return build_config(tiny_raw())
+
+
 def test_modular_aggregation_hand_computed_and_unheld_bit_identical():
     server = {"dense": torch.tensor([1.0, 1.0]),
               "backbone.encoder.layer.0.moe.experts.0.dense_in.lora_A": torch.tensor([0.0]),
@@ -178,7 +181,10 @@ def test_modular_aggregation_hand_computed_and_unheld_bit_identical():
     e0, e1, r2 = list(server)[1:]
     a = {"dense": torch.tensor([2.0, 4.0]), e0: torch.tensor([3.0])}
     b = {"dense": torch.tensor([5.0, 1.0]), e0: torch.tensor([6.0]), e1: torch.tensor([0.3])}
-    out = modular_aggregate(server, [(a, 1.0), (b, 2.0)])
+    from fedfm.algorithms.aggregation import masked_aggregate
+
+    agg, _ = masked_aggregate(_cfg_plain(), 0, [a, b], [1.0, 2.0], server)
+    out = {**server, **agg}  # what FedMoE's server keeps: unsent experts untouched
     assert torch.allclose(out["dense"], torch.tensor([4.0, 2.0]))  # (1·a + 2·b) / 3
     assert torch.allclose(out[e0], torch.tensor([5.0]))
     assert torch.equal(out[e1], torch.tensor([0.3]))  # one holder: its copy, exactly

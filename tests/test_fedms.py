@@ -18,7 +18,6 @@ from fedfm.models.sal import (
     cached_source,
     client_k,
     frozen_prefix,
-    partial_mean,
 )
 from fedfm.run import run
 from fedfm.sim.world import build_world
@@ -184,9 +183,11 @@ def test_global_expert_keeps_training_when_asked(tiny_cfg):
 
 
 def test_partial_mean_averages_over_senders_only():
+    from fedfm.algorithms.aggregation import masked_mean
+
     a = {"x": torch.tensor([1.0]), "y": torch.tensor([10.0])}
     b = {"x": torch.tensor([4.0])}
-    out = partial_mean([a, b], [1.0, 2.0])
+    out = masked_mean([a, b], [1.0, 2.0])
     torch.testing.assert_close(out["x"], torch.tensor([3.0]))
     torch.testing.assert_close(out["y"], torch.tensor([10.0]))
 

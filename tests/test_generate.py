@@ -195,7 +195,7 @@ def test_other_algorithms_run_generate(tmp_path, algorithm):
 
 
 @pytest.mark.parametrize("over, match", [
-    ({"algorithm": "fedms"}, "fedms"), ({"algorithm": "raffm"}, "fedavg, fedprox"),
+    ({"algorithm": "fedms", "fedms": {"k0": 0}}, "k0"), ({"algorithm": "raffm"}, "fedavg, fedprox"),
     ({"model": {"name": "hf", "finetune": "head"}}, "finetune"),
     ({"runtime": "flower"}, "embedded"),
 ])

@@ -63,6 +63,11 @@ def test_counts_cut_equals_masked_and_lora_per_expert(folders, fam):
         assert ex.gate_up_proj.shape[0] == ex.down_proj.shape[0] == rt.weight.shape[0] == len(h)
         assert sorted(int(e) for e in ex.fedfm_lora) == h
     assert submodel_memory(sub) < submodel_memory(bb)
+    n_full, n_sub = (sum(p.numel() for p in m.parameters()) for m in (bb, sub))
+    per = [ex.gate_up_proj[0].numel() + ex.down_proj[0].numel() + rt.weight[0].numel()
+           + sum(p.numel() for p in ex.fedfm_lora["0"].parameters())
+           for ex, rt in M.moe_layers(bb)]
+    assert n_full - n_sub == sum(c * (4 - len(h)) for c, h in zip(per, HELD))  # exactly unheld
     full, cutp = dict(bb.named_parameters()), dict(sub.named_parameters())
     frozen = [k for k, p in full.items()
               if not p.requires_grad and "experts" not in k and ".mlp.gate." not in k]
@@ -89,20 +94,28 @@ def _raw(folder, algo, tmp_path, rounds=3, **over):
     return raw
 
 
-def test_unheld_experts_bit_identical_after_aggregation(folders, tmp_path):
+@pytest.mark.parametrize("fam", ["mixtral", "deepseek_v3"])
+def test_unheld_experts_bit_identical_after_aggregation(folders, tmp_path, fam):
+    """Per-expert aggregation; DeepSeek: dense block 0 has no experts, shared experts' LoRA
+    reaches every client and is averaged over all of them like the attention LoRA."""
     from fedfm.algorithms.base import ClientContext, ClientMemory
     from fedfm.sim.world import build_world
 
-    raw = _raw(folders["mixtral"], "randommoe", tmp_path,
+    raw = _raw(folders[fam], "randommoe", tmp_path,
                resources={"unit": "memory", "per_client": [0.5] * 4})
     world = build_world(build_config(raw))
     algo = world.algorithm
     algo.init_server(world.model)
+    layers = M.moe_layer_ids(world.model)
+    assert layers == ([1, 2] if fam == "deepseek_v3" else [0, 1])
     tasks = algo.configure_train(0, [0, 1])
-    held = [t.config["held"] for t in tasks]
+    held = [dict(zip(layers, t.config["held"])) for t in tasks]
     for t, h in zip(tasks, held):
         assert {expert_of(k) for k in t.tensors if expert_of(k)} == {
-            (i, e) for i, hs in enumerate(h) for e in hs}
+            (i, e) for i, hs in h.items() for e in hs}
+    shared = [k for k in algo.flat if "shared_experts" in k]
+    assert bool(shared) == (fam == "deepseek_v3")
+    assert all(set(shared) <= set(t.tensors) for t in tasks)  # every client holds them
     before = {k: v.clone() for k, v in algo.flat.items()}
     ups = [algo.client_update(t, world.model, world.data.clients[t.client_id], ClientMemory(),
                               ClientContext(5, 0, t.client_id)) for t in tasks]
@@ -112,6 +125,10 @@ def test_unheld_experts_bit_identical_after_aggregation(folders, tmp_path):
     assert unheld and all(torch.equal(algo.flat[k], before[k]) for k in unheld)
     moved = [k for k in before if expert_of(k) and not torch.equal(algo.flat[k], before[k])]
     assert moved and any(".gate.weight." in k for k in moved)
+    for k in shared:  # dense averaging: the mean of the two clients' uploads
+        mean = (ups[0].tensors[k] * ups[0].num_examples + ups[1].tensors[k] * ups[1].num_examples
+                ) / (ups[0].num_examples + ups[1].num_examples)
+        assert torch.allclose(algo.flat[k], mean, atol=1e-6)
     # the server model itself is never cut: clients train copies
     assert all(ex.gate_up_proj.shape[0] == 4 for ex, _ in M.moe_layers(world.model))
 
@@ -119,7 +136,7 @@ def test_unheld_experts_bit_identical_after_aggregation(folders, tmp_path):
 def _learns(s, out):
     rows = [json.loads(x) for x in open(f"{out}/metrics.jsonl")]
     accs = [r["acc_personal_mean"] for r in rows if r.get("acc_personal_mean") is not None]
-    assert accs[-1] > max(accs[0], 0.4), accs  # 4 classes: chance 0.25
+    assert accs[-1] > 0.5, accs  # 4 classes: chance 0.25
     assert s["experts_total"] == 8 and 0 < s["experts_held_mean"] <= 8
     for c in s["clients"]:
         assert len(c["experts_held"]) == 2 and c["experts"] == sum(map(len, c["experts_held"]))
@@ -127,7 +144,8 @@ def _learns(s, out):
     assert any(c["memory_mb"] < full for c in s["clients"] if c["id"] % 2)
 
 
-@pytest.mark.parametrize("fam,algo", [("mixtral", "fedmoe"), ("qwen2_moe", "randommoe")])
+@pytest.mark.parametrize("fam,algo", [("mixtral", "fedmoe"), ("qwen2_moe", "randommoe"),
+                                      ("deepseek_v3", "fedmoe")])
 def test_fedmoe_randommoe_learn_on_hf_moe(folders, tmp_path, fam, algo):
     raw = _raw(folders[fam], algo, tmp_path)
     s = run(build_config(raw), quiet=True)
@@ -135,7 +153,7 @@ def test_fedmoe_randommoe_learn_on_hf_moe(folders, tmp_path, fam, algo):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fam", ["qwen3_moe", "olmoe"])
+@pytest.mark.parametrize("fam", ["qwen3_moe", "olmoe", "deepseek_v2"])
 @pytest.mark.parametrize("algo", ["fedmoe", "randommoe"])
 def test_every_family_runs(folders, tmp_path, fam, algo):
     raw = _raw(folders[fam], algo, tmp_path)
@@ -158,3 +176,35 @@ def test_dense_hf_folder_is_refused_with_a_pointer_to_upcycle(tmp_path):
     raw = _raw(folder, "randommoe", tmp_path, rounds=1)
     with pytest.raises(Exception, match="fedfm upcycle"):
         run(build_config(raw), quiet=True)
+
+
+@pytest.mark.parametrize("kind", ["qwen2_moe", "switch_transformers"])
+def test_dense_blocks_between_moe_blocks(kind):
+    """Qwen2-MoE mlp_only_layers / Switch sparse_step 2: dense blocks carry no experts, the MoE
+    blocks keep their block index, cut == masked, shared experts get LoRA (Qwen2)."""
+    import transformers as T
+
+    from fedfm.models.hf.loading import wrap
+    from tests.moe_tiny import moe_config, switch_config
+
+    torch.manual_seed(0)
+    if kind == "qwen2_moe":
+        cfg = {**moe_config("qwen2_moe").to_dict(), "num_hidden_layers": 3, "layer_types": None,
+               "mlp_only_layers": [0], "vocab_size": 200}
+        model, ids_expected = T.AutoModel.from_config(T.Qwen2MoeConfig(**cfg)), [1, 2]
+    else:
+        model, ids_expected = T.SwitchTransformersEncoderModel(switch_config(200, 2)), [1]
+    bb = wrap(model.eval())
+    ids, mask = torch.randint(5, 200, (2, 7)), torch.ones(2, 7, dtype=torch.long)
+    ref = bb(ids, mask)
+    M.attach(bb, bb)
+    bb.requires_grad_(False)
+    M.add_expert_lora(bb, 4, 8.0, 0)
+    shared = M.add_shared_lora(bb, 4, 8.0, 1)
+    assert M.moe_layer_ids(bb) == ids_expected and torch.equal(bb(ids, mask), ref)
+    assert len(shared) == (6 if kind == "qwen2_moe" else 0)
+    held = [[0, 2], [1, 3]][: len(ids_expected)]
+    M.set_held(bb, held)
+    masked = bb(ids, mask)
+    M.set_held(bb, None)
+    assert torch.allclose(M.cut(bb, held)(ids, mask), masked, atol=1e-5)

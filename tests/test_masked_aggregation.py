@@ -12,7 +12,6 @@ from fedfm.algorithms.capabilities import Capabilities
 from fedfm.algorithms.privacy import dp_mean
 from fedfm.config import build_config
 from fedfm.core.errors import ConfigError
-from fedfm.models.elastic import coverage_mean
 from tests.conftest import tiny_raw
 
 
@@ -40,12 +39,20 @@ def test_median_per_holder_set_ignores_a_poisoned_minority():
     assert mean["e1"].item() > 1e5
 
 
-def test_prefix_slices_mean_equals_coverage_mean_both_denominators():
-    full = {"w": torch.zeros(3, 4)}
+def test_prefix_slices_mean_hand_computed_both_denominators():
+    """θ[e] = Σ_i w_i m_i x_i / Σ_i w_i m_i (coverage) or / Σ_i w_i (all_clients); entries nobody
+    holds (column 4) keep the reference, -9."""
+    full = {"w": torch.full((3, 5), -9.0)}
     subs = [{"w": torch.ones(3, 4)}, {"w": 2 * torch.ones(2, 2)}, {"w": 4 * torch.ones(1, 3)}]
-    for rule in ("coverage", "all_clients"):
-        out, _ = masked_aggregate(cfg(), 0, subs, [1, 2, 3], full, denominator=rule)
-        assert torch.equal(out["w"], coverage_mean(full, subs, [1, 2, 3], rule)["w"])
+    cov = torch.tensor([[(1 + 4 + 12) / 6, (1 + 4 + 12) / 6, (1 + 12) / 4, 1, -9],
+                        [(1 + 4) / 3, (1 + 4) / 3, 1, 1, -9],
+                        [1, 1, 1, 1, -9]])
+    out, _ = masked_aggregate(cfg(), 0, subs, [1, 2, 3], full)
+    assert torch.allclose(out["w"], cov)
+    every = torch.tensor([[17 / 6, 17 / 6, 13 / 6, 1 / 6, -9], [5 / 6, 5 / 6, 1 / 6, 1 / 6, -9],
+                          [1 / 6, 1 / 6, 1 / 6, 1 / 6, -9]])
+    out, _ = masked_aggregate(cfg(), 0, subs, [1, 2, 3], full, denominator="all_clients")
+    assert torch.allclose(out["w"], every)
 
 
 def test_prefix_slices_median_per_coverage_region():

@@ -3,7 +3,7 @@ import pickle
 import pytest
 import torch
 
-from fedfm.algorithms.training import weighted_mean
+from fedfm.algorithms.aggregation import masked_mean
 from fedfm.core.errors import PayloadError
 from fedfm.transport.messages import ClientTask, ClientUpdate, decode, encode
 
@@ -39,6 +39,6 @@ def test_refuses_pickle_truncation_and_oversize(tmp_path):
 def test_fedavg_of_three_hand_made_updates():
     sets = [{"w": torch.tensor([1.0, 0.0])}, {"w": torch.tensor([3.0, 3.0])},
             {"w": torch.tensor([0.0, 6.0])}]
-    out = weighted_mean(sets, [1, 2, 3])
+    out = masked_mean(sets, [1, 2, 3])
     # (1*[1,0] + 2*[3,3] + 3*[0,6]) / 6 = [7/6, 24/6]
     assert torch.allclose(out["w"], torch.tensor([7 / 6, 4.0]))

@@ -1,8 +1,7 @@
 import torch
 
-from fedfm.models.bert import Bert
 from fedfm.models.classifier import Classifier, freeze, get_tensors, set_tensors
-from fedfm.models.loading import load_backbone, tiny_spec
+from fedfm.models.loading import tiny_hf_bert
 from fedfm.models.lora import LoRALinear, inject_lora, merge_lora, set_active_blocks
 
 
@@ -15,7 +14,7 @@ def _inputs(n=3, t=12, vocab=30522):
 
 
 def _tiny():
-    model, _ = load_backbone("tiny-bert", None, None, seed=0)
+    model = tiny_hf_bert(seed=0)
     freeze(model)
     return Classifier(model, 3, seed=0).eval()
 
@@ -60,19 +59,32 @@ def test_tensor_swap_roundtrip():
 
 
 def test_per_layer_widths():
-    spec = tiny_spec()
-    from dataclasses import replace
+    """A RaFFM subnetwork with different heads / FFN per block is a real, smaller BertModel."""
+    from fedfm.models.elastic import Widths
+    from fedfm.models.hf_elastic import extract
+    from fedfm.models.hf_raffm import geometry_of, server_tensors, sub_classifier
 
-    small = Bert(replace(spec, heads=(2, 1), ffn=(16, 8)))
+    full = _tiny()
+    geo = geometry_of(full)
+    w = Widths((2, 1), (16, 8))
+    small = sub_classifier(full, geo, w, extract(server_tensors(full, geo), geo, w))
+    blocks = small.backbone.blocks
+    assert blocks[1].attention.self.query.out_features == 8  # 1 head of 8
+    assert blocks[0].intermediate.dense.out_features == 16
     ids, mask = _inputs()
-    assert small(ids, mask).shape == (3, 12, 32)
+    assert small.backbone(ids, mask).shape == (3, 12, 32)
 
 
 def test_real_minilm_matches_transformers():
-    """Our BERT reproduces transformers' BertModel on the real checkpoint (first 2 blocks)."""
+    """fedfm's MiniLM is transformers' BertModel as AutoModel loads it (first 2 blocks), with
+    fedfm's CPU attention (fp32 SDPA) in place of the default."""
     from transformers import AutoModel
 
-    ours, folder = load_backbone("minilm-l6", None, 2, seed=0)
+    from fedfm.models.hf.loading import load_hf_backbone
+    from fedfm.models.loading import minilm_path
+
+    folder = minilm_path()
+    ours = load_hf_backbone(folder, num_layers=2).eval()
     ref = AutoModel.from_pretrained(str(folder), num_hidden_layers=2).eval()
     ids, mask = _inputs(t=16)
     with torch.no_grad():

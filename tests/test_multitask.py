@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedfm.algorithms.training import weighted_mean
+from fedfm.algorithms.aggregation import masked_mean
 from fedfm.config import build_config
 from fedfm.core.errors import ConfigError
 from fedfm.core.seeds import sample_by_task
@@ -85,7 +85,7 @@ def test_heads_average_over_their_own_clients_only():
     a = {"body": torch.tensor([1.0]), "head.heads.x.w": torch.tensor([2.0])}
     b = {"body": torch.tensor([3.0]), "head.heads.y.w": torch.tensor([10.0])}
     c = {"body": torch.tensor([5.0]), "head.heads.x.w": torch.tensor([4.0])}
-    out = weighted_mean([a, b, c], [1, 1, 2])
+    out = masked_mean([a, b, c], [1, 1, 2])
     assert out["body"].item() == pytest.approx((1 + 3 + 10) / 4)
     assert out["head.heads.x.w"].item() == pytest.approx((2 + 8) / 3)
     assert out["head.heads.y.w"].item() == pytest.approx(10.0)

@@ -3,34 +3,35 @@ coverage-normalised mean matches a hand computation, runs and exports work end t
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
 import torch
 
+from fedfm.algorithms.aggregation import masked_mean
 from fedfm.core.errors import ConfigError, PayloadError
-from fedfm.models.bert import Bert, EncoderSpec
-from fedfm.models.elastic import (
-    Widths,
-    build_subnetwork,
-    coverage_mean,
-    extract,
-    scatter,
-    spp,
-)
-from fedfm.models.sizing import CostModel, choose_widths, largest_uniform
+from fedfm.models.classifier import Classifier, set_tensors
+from fedfm.models.elastic import Widths
+from fedfm.models.hf_elastic import extract, fuse, spp
+from fedfm.models.hf_raffm import HFCost, frozen_params, geometry_of, server_tensors, sub_classifier
+from fedfm.models.loading import tiny_hf_bert
+from fedfm.models.sizing import choose_widths, largest_uniform
 
-SPEC = EncoderSpec.uniform(50, hidden=24, layers=2, heads=4, ffn=40, max_position=32)
-MINILM = EncoderSpec.uniform(30522, hidden=384, layers=6, heads=12, ffn=1536)
+# Formerly on fedfm's hand-written BERT; now on transformers' BertModel (tiny-bert: hidden 32,
+# 4 heads of 8, FFN 64, 2 blocks) and real MiniLM, through models/hf_elastic.py / hf_raffm.py.
+HD = 8
+Q = "backbone.encoder.layer.{}.attention.self.query.weight"
 
 
-def random_bert(spec: EncoderSpec = SPEC, seed: int = 0) -> Bert:
-    model = Bert(spec).eval()
+def random_bert(seed: int = 0, std: float = 0.3):
+    """A tiny-bert Classifier with weights at a large std (so a wrong permutation shows)."""
+    clf = Classifier(tiny_hf_bert(seed), 3).eval()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-    return model
+        for p in clf.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * std)
+    return clf, geometry_of(clf)
 
 
 def inputs(seed: int = 1):
@@ -41,93 +42,107 @@ def inputs(seed: int = 1):
     return ids, mask
 
 
-def with_state(spec: EncoderSpec, state: dict) -> Bert:
-    model = Bert(spec).eval()
-    model.load_state_dict(state)
-    return model
+def with_tensors(clf, geo, tensors):
+    set_tensors(clf, fuse(tensors, geo))
+    return clf
+
+
+@functools.lru_cache(maxsize=1)
+def minilm():
+    from fedfm.models.hf.loading import load_hf_backbone
+    from fedfm.models.loading import minilm_path
+
+    clf = Classifier(load_hf_backbone(minilm_path()), 5)
+    geo = geometry_of(clf)
+    return clf, geo, server_tensors(clf, geo)
+
+
+def minilm_cost(unit: str = "params") -> HFCost:
+    clf, geo, t = minilm()
+    return HFCost(geo, t, frozen_params(clf, geo), 384, unit, seq=64, batch=16)
 
 
 def test_spp_preserves_outputs_and_sorts_saliency():
-    model = random_bert()
-    state = model.state_dict()
-    ordered = spp(state, SPEC.head_dim)
+    clf, geo = random_bert()
+    state = server_tensors(clf, geo)
+    ordered = spp(state, geo)
     ids, mask = inputs()
     with torch.no_grad():
-        before, after = model(ids, mask), with_state(SPEC, ordered)(ids, mask)
+        before = clf(ids, mask)
+        after = with_tensors(clf, geo, ordered)(ids, mask)
     assert torch.allclose(before, after, atol=1e-5)
-    key = "encoder.layer.0.intermediate.dense.weight"
+    key = "backbone.encoder.layer.0.intermediate.dense.weight"
     assert not torch.equal(state[key], ordered[key])  # it really reordered
-    w1, w2 = ordered[key], ordered["encoder.layer.0.output.dense.weight"]
+    w1, w2 = ordered[key], ordered["backbone.encoder.layer.0.output.dense.weight"]
     score = w1.abs().sum(1) + w2.abs().sum(0)
     assert torch.all(score[:-1] >= score[1:])  # most salient neuron first
-    q = ordered["encoder.layer.1.attention.self.query.weight"].view(4, 6, -1)
-    k = ordered["encoder.layer.1.attention.self.key.weight"].view(4, 6, -1)
-    s = q.abs().sum(-1) + k.abs().sum(-1)  # (heads, head_dim): sorted within each head
+    q = ordered[Q.format(1)].view(4, HD, -1)
+    k = ordered[Q.format(1).replace("query", "key")].view(4, HD, -1)
+    s = q.abs().sum(-1) + k.abs().sum(-1)  # (heads, head_dim): sorted within each head (no RoPE)
     assert torch.all(s[:, :-1] >= s[:, 1:])
 
 
 def test_permuting_q_without_k_breaks_the_function():
     """The negative control: SPP must move q and k rows jointly (the test above can fail)."""
-    model = random_bert()
-    state = dict(model.state_dict())
-    name = "encoder.layer.0.attention.self.query.weight"
-    perm = torch.arange(SPEC.head_dim).flip(0)
-    rows = torch.cat([h * SPEC.head_dim + perm for h in range(4)])
-    state[name] = state[name][rows]
-    state[name.replace("weight", "bias")] = state[name.replace("weight", "bias")][rows]
+    clf, geo = random_bert()
+    state = server_tensors(clf, geo)
+    name = Q.format(0)
+    rows = torch.cat([h * HD + torch.arange(HD).flip(0) for h in range(4)])
     ids, mask = inputs()
     with torch.no_grad():
-        gap = (model(ids, mask) - with_state(SPEC, state)(ids, mask)).abs().max()
+        ref = clf(ids, mask)
+        state[name] = state[name][rows]
+        state[name.replace("weight", "bias")] = state[name.replace("weight", "bias")][rows]
+        gap = (ref - with_tensors(clf, geo, state)(ids, mask)).abs().max()
     assert gap > 1e-3
 
 
 def test_extract_then_scatter_is_identity_and_touches_only_the_prefix():
-    full = spp(random_bert().state_dict(), SPEC.head_dim)
+    clf, geo = random_bert()
+    full = spp(server_tensors(clf, geo), geo)
     w = Widths((2, 1), (10, 25))
-    sub = extract(full, w, SPEC.head_dim)
-    back = scatter(full, sub)
+    sub = extract(full, geo, w)
+    back = masked_mean([sub], [1.0], full)  # scatter = the mean of one holder
     assert all(torch.equal(back[k], full[k]) for k in full)
-    q = "encoder.layer.0.attention.self.query.weight"
-    assert sub[q].shape == (2 * SPEC.head_dim, 24)
-    assert sub["encoder.layer.1.output.dense.weight"].shape == (24, 25)
-    changed = scatter(full, {q: sub[q] + 1})
-    assert torch.equal(changed[q][:12], full[q][:12] + 1)
-    assert torch.equal(changed[q][12:], full[q][12:])
+    q = Q.format(0)
+    assert sub[q].shape == (2 * HD, 32)
+    assert sub["backbone.encoder.layer.1.output.dense.weight"].shape == (32, 25)
+    changed = masked_mean([{q: sub[q] + 1}], [1.0], full)
+    assert torch.equal(changed[q][: 2 * HD], full[q][: 2 * HD] + 1)
+    assert torch.equal(changed[q][2 * HD:], full[q][2 * HD:])
 
 
 def test_subnetwork_is_a_real_smaller_bert_equal_to_its_slices():
-    full = random_bert()
+    clf, geo = random_bert()
+    full = server_tensors(clf, geo)
+    cost = HFCost(geo, full, frozen_params(clf, geo), 32)
     w = Widths((2, 3), (16, 8))
-    state = extract(full.state_dict(), w, SPEC.head_dim)
-    emb = {k: v for k, v in state.items() if k.startswith("embeddings.")}
-    blocks = {k: v for k, v in state.items() if k.startswith("encoder.")}
-    sub = build_subnetwork(w.spec(SPEC), blocks, emb).eval()
-    n_sub = sum(p.numel() for p in sub.encoder.parameters())
-    assert n_sub == CostModel(SPEC).params(w) < CostModel(SPEC).params(Widths.of(SPEC))
+    sub = sub_classifier(clf, geo, w, extract(full, geo, w))
+    n_sub = sum(p.numel() for p in sub.backbone.blocks.parameters())
+    assert n_sub == cost.params(w) < cost.params(Widths.of(cost.spec))
     ids, mask = inputs()
     with torch.no_grad():
-        assert sub(ids, mask).shape == (3, 10, 24)
-    with pytest.raises(PayloadError):
-        build_subnetwork(Widths((4, 4), (40, 40)).spec(SPEC), blocks, emb)
+        assert sub.backbone(ids, mask).shape == (3, 10, 32)
+    with pytest.raises(PayloadError, match="do not match widths"):
+        sub_classifier(clf, geo, Widths((4, 4), (64, 64)), extract(full, geo, w))
 
 
 @pytest.mark.parametrize("unit", ["params", "memory", "flops"])
 def test_budget_is_respected_on_the_built_model(unit):
-    cm = CostModel(MINILM, unit, seq=64, batch=16)
-    for budget in (0.3, 0.5, 0.6):
+    cm = minilm_cost(unit)
+    for budget in (0.3, 0.5, 0.6) if unit != "memory" else (0.6, 0.8):
         w = largest_uniform(cm, budget)
         assert cm.fraction(w) <= budget
         assert cm.fraction(w) > budget - 0.1  # the largest that fits, not a tiny one
-    w = largest_uniform(CostModel(MINILM, "params"), 0.5)
-    with torch.device("meta"):
-        sub, full = Bert(w.spec(MINILM)), Bert(MINILM)
-    n = lambda m: sum(p.numel() for p in m.encoder.parameters())  # noqa: E731
-    assert n(sub) <= 0.5 * n(full)
+    clf, geo, t = minilm()
+    w = largest_uniform(minilm_cost("params"), 0.5)
+    n = lambda ts: sum(v.numel() for k, v in ts.items() if k.startswith(geo.blocks))  # noqa: E731
+    assert n(extract(t, geo, w)) <= 0.5 * n(t)
     assert w.heads[0] == 6 and 700 < w.ffn[0] <= 768  # balanced: ~half of heads and FFN
 
 
 def test_rejection_sampling_fits_and_is_seeded():
-    cm = CostModel(MINILM, "params")
+    cm = minilm_cost("params")
     a = choose_widths(cm, 0.6, "sample", torch.Generator().manual_seed(3))
     b = choose_widths(cm, 0.6, "sample", torch.Generator().manual_seed(3))
     assert a == b and cm.fraction(a) <= 0.6
@@ -135,26 +150,27 @@ def test_rejection_sampling_fits_and_is_seeded():
         largest_uniform(cm, 0.001)
 
 
-def test_coverage_mean_matches_hand_computation():
+def test_masked_mean_of_prefix_slices_matches_hand_computation():
     base = {"encoder.layer.0.output.dense.weight": torch.full((3, 3), 9.0)}
     key = "encoder.layer.0.output.dense.weight"
     a = {key: torch.full((1, 2), 1.0)}  # holds entries (0,0), (0,1); 1 example
     b = {key: torch.full((2, 3), 4.0)}  # holds rows 0-1; 3 examples
-    got = coverage_mean(base, [a, b], [1, 3])[key]
+    got = masked_mean([a, b], [1, 3], base)[key]
     want = torch.tensor([[3.25, 3.25, 4.0], [4.0, 4.0, 4.0], [9.0, 9.0, 9.0]])
     assert torch.allclose(got, want)
-    got = coverage_mean(base, [a, b], [1, 3], rule="all_clients")[key]
+    got = masked_mean([a, b], [1, 3], base, "all_clients")[key]
     want = torch.tensor([[3.25, 3.25, 3.0], [3.0, 3.0, 3.0], [9.0, 9.0, 9.0]])
     assert torch.allclose(got, want)
     with pytest.raises(PayloadError, match="does not fit"):
-        coverage_mean(base, [{key: torch.zeros(4, 3)}], [1])
+        masked_mean([{key: torch.zeros(4, 3)}], [1], base)
 
 
 def test_unchanged_subnetworks_aggregate_to_the_same_model():
-    full = random_bert().state_dict()
-    subs = [extract(full, w, SPEC.head_dim) for w in
-            (Widths((1, 2), (5, 40)), Widths((4, 4), (40, 40)), Widths((2, 2), (20, 3)))]
-    merged = coverage_mean(full, subs, [5, 1, 2])
+    clf, geo = random_bert()
+    full = server_tensors(clf, geo)
+    subs = [extract(full, geo, w) for w in
+            (Widths((1, 2), (5, 64)), Widths((4, 4), (64, 64)), Widths((2, 2), (20, 3)))]
+    merged = masked_mean(subs, [5, 1, 2], full)
     assert all(torch.allclose(merged[k], full[k], atol=1e-6) for k in full)
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedfm.models.elastic import Widths, coverage_mean
+from fedfm.algorithms.aggregation import masked_mean
+from fedfm.models.elastic import Widths
 from fedfm.models.hf_elastic import extract, full_widths, fuse, split_fused, spp, subnetwork
 from fedfm.models.hf_raffm import HFCost, frozen_params, geometry_of, server_tensors
 
@@ -103,7 +104,7 @@ def test_real_subnetworks(family, folders):
     assert sub(ids, mask).shape == ref.shape
     assert torch.equal(clf(ids, mask), ref)  # cutting left the shared model untouched
     # extract -> coverage merge of unchanged weights returns the super-network exactly
-    merged = coverage_mean(t, [extract(t, geo, half), extract(t, geo, full_widths(geo))], [1, 2])
+    merged = masked_mean([extract(t, geo, half), extract(t, geo, full_widths(geo))], [1, 2], t)
     assert all(torch.equal(merged[k], t[k]) for k in t)
 
 

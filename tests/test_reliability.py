@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedfm.algorithms.training import weighted_mean
+from fedfm.algorithms.aggregation import masked_mean
 from fedfm.config import build_config
 from fedfm.core.errors import ConfigError
 from fedfm.core.reliability import AvailabilityConfig
@@ -51,7 +51,7 @@ def test_rejected_update_is_logged_and_global_is_the_mean_of_the_others(tiny_cfg
                r.getMessage() for r in caplog.records)
     (seen,) = world.algorithm.seen
     assert sorted(u.client_id for u in seen) == [0, 2, 3]
-    expected = weighted_mean([dict(u.tensors) for u in seen], [u.num_examples for u in seen])
+    expected = masked_mean([dict(u.tensors) for u in seen], [u.num_examples for u in seen])
     got = world.algorithm.global_tensors()
     assert all(torch.allclose(got[k], expected[k]) for k in expected)
     assert all(bool(torch.isfinite(v).all()) for v in got.values())
@@ -141,10 +141,21 @@ def final_acc(rows) -> float:
     return rows[-1]["acc_global"]
 
 
+def tail_acc(rows, k: int = 3) -> float:
+    """Mean global accuracy over the last k evaluated rounds: a converged run's level, not one
+    round's swing (one test example = 0.42 points)."""
+    return sum(r["acc_global"] for r in rows[-k:]) / k
+
+
 @pytest.fixture(scope="module")
-def clean_acc() -> float:
+def clean_rows() -> list[dict]:
     rows, _ = run_attacked(build_config(tiny_raw(**SCENARIO)))
-    return final_acc(rows)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def clean_acc(clean_rows) -> float:
+    return final_acc(clean_rows)
 
 
 @pytest.mark.slow
@@ -167,21 +178,23 @@ def test_fedavg_visibly_degrades_under_attack(clean_acc, kind):
 @pytest.mark.slow
 @pytest.mark.parametrize("method,kind", [
     ("median", "scale"),
-    # Known finding (session 2): after the model layer moved tiny-bert onto transformers' BertModel
-    # (outputs equal to ~1e-8), this run's trajectory diverges from round 4 on and its last round
-    # lands 3.3 points (8 of 240 examples) below clean (rounds 4-8: 0.979 0.992 0.992 0.967 0.967;
-    # the old code's own trajectory was 0.983 0.996 0.988 0.979 0.988). Trimmed mean at 30 % trim
-    # keeps 4 of 10 clients, so its last-round accuracy swings 2-3 points: kept visible as xfail,
-    # not loosened; the fix (several seeds or a less noisy end point) is left to the next session.
+    # Known finding, measured (session 3): with the level taken as the mean of the last 3 rounds
+    # (not the last round, which swings 2-3 points), trimmed mean at 30 % trim under -10x scaling
+    # of 3 of 10 clients is still 2.5 points below clean on this seed (seed 0, rounds 6-8: clean
+    # 1.0 1.0 1.0, trimmed 0.992 0.967 0.967) and 1.25 points on seed 1 (clean 1.0 0.996 0.996,
+    # trimmed 1.0 0.983 0.971). Probably not noise: per coordinate the 3 scaled attackers sit at
+    # one end, so trimming 3 per side also drops the 3 most extreme honest values at the other
+    # end and averages a one-sided 4 of 7 honest updates. Threshold kept at the issue's 2
+    # points; strict, so a change that makes it pass shows up.
     pytest.param("trimmed_mean", "scale", marks=pytest.mark.xfail(
-        reason="last-round accuracy swings 2-3 pt with trimmed mean at 30 % trim; see comment",
-        strict=False)),
+        reason="trimmed mean (30 % trim) stays 2.5 pt below clean over the last 3 rounds on "
+               "seed 0; see comment", strict=True)),
     ("multi_krum", "random")])
-def test_robust_aggregation_stays_close_to_the_clean_run(clean_acc, method, kind):
+def test_robust_aggregation_stays_close_to_the_clean_run(clean_rows, method, kind):
     cfg = build_config(tiny_raw(**SCENARIO, **{"aggregation.method": method,
                                                "aggregation.byzantine": 3,
                                                "aggregation.trim_fraction": 0.3}))
     rows, _ = run_attacked(cfg, ATTACKERS, kind)
-    assert abs(final_acc(rows) - clean_acc) <= 0.02 + 1e-9
+    assert abs(tail_acc(rows) - tail_acc(clean_rows)) <= 0.02 + 1e-9
     if method == "multi_krum":  # the attackers are never selected
         assert all(ATTACKERS.isdisjoint(r["agg_selected"]) for r in rows)

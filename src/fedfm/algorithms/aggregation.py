@@ -5,7 +5,8 @@ Robust rules see each client's EFFECTIVE update: a LoRA pair (`p.lora_A` (r, in)
 coordinates are not comparable across clients: B·A = (B·M)(M⁻¹·A)); other tensors as they are.
 Robust rules are translation-invariant, so comparing θ_k equals comparing θ_k - θ_global.
 
-  mean          θ = Σ_k n_k θ_k / Σ_k n_k on the uploaded tensors (FedAvg; the default path)
+  mean          the masked, weighted mean (`masked_mean`): FedAvg θ = Σ_k n_k θ_k / Σ_k n_k when
+                every client uploads every entry (the default path)
   median        E = coordinate-wise median_k E_k (mean of the two middle values for even n)
   trimmed_mean  E = per coordinate, the mean of E_k after dropping ⌊β·n⌋ lowest and highest
   krum          score_k = Σ of the n-f-2 smallest ||E_k - E_j||² (j ≠ k); θ = θ_argmin (Blanchard
@@ -15,8 +16,10 @@ median / trimmed_mean return a new product E*_p; it is re-factorised to the pair
 truncated SVD (Eckart–Young best rank-r approximation): E*_p ≈ U_r S_r V_rᵀ, B = U_r S_r / c,
 A = c · V_rᵀ with c = mean_k ||A_k||_F / √r, so A keeps the clients' scale and training continues.
 
-`aggregate_updates(cfg, rnd, updates, reference)` is what an algorithm calls: robust rule or
-mean, plus DP-FedAvg when `[dp] enabled` (fedfm.algorithms.privacy).
+`aggregate_updates(cfg, rnd, updates, reference)` / `masked_aggregate(...)` is what an algorithm
+calls: robust rule or mean, plus DP-FedAvg when `[dp] enabled` (fedfm.algorithms.privacy). `masked_mean` is
+fedfm's one weighted mean (FedAvg, partial uploads, multi-task heads, SAL blocks, experts, elastic
+prefix slices all go through it).
 """
 
 from __future__ import annotations
@@ -28,14 +31,74 @@ from typing import Any
 
 import torch
 
-from fedfm.algorithms.training import weighted_mean
 from fedfm.core.errors import PayloadError
 from fedfm.core.reliability import AggregationConfig
-from fedfm.models.elastic import coverage_mean, prefix_index
+from fedfm.models.elastic import prefix_index
 
 log = logging.getLogger("fedfm")
 
 Tensors = dict[str, torch.Tensor]
+
+
+DENOMINATORS = ("coverage", "all_clients")
+
+
+def masked_mean(sets: Sequence[Tensors], weights: Sequence[float],
+                reference: Tensors | None = None, denominator: str = "coverage") -> Tensors:
+    """The masked, weighted mean, element by element over every uploaded key:
+
+        θ[e] = Σ_i w_i m_i[e] x_i[e] / Σ_i w_i m_i[e]     (denominator = "coverage")
+        θ[e] = Σ_i w_i m_i[e] x_i[e] / Σ_i w_i            (denominator = "all_clients", the RaFFM
+                                                           authors' divide-by-all)
+        θ[e] = reference[e]                              where no client covered e (Σ_i m_i[e] = 0)
+
+    m_i[e] = 1 when client i's upload covers element e: it sent the key (partial uploads: FedMS/SAL
+    blocks, a task's head, the experts a client holds) and e lies in the prefix its tensor spans
+    (elastic subnetworks upload prefix slices of the server's `reference` tensor). With full
+    uploads from everyone this is FedAvg, Σ_i w_i x_i / Σ_i w_i. Computed in float64: a key every
+    holder uploads whole as Σ_i x_i · (w_i / Σ_j w_j) (the arithmetic of fedfm's former FedAvg
+    mean), a prefix-sliced key as the numerator over the denominator (that of the former
+    coverage mean), so results are bit-identical to both. Returned at the full (reference) shape
+    in the reference's dtype (else the first upload's), keys in first-upload order."""
+    if not sets:
+        raise ValueError("nothing to average")
+    if denominator not in DENOMINATORS:
+        raise ValueError(f"unknown denominator '{denominator}'")
+    reference = reference or {}
+    total = float(sum(weights))
+    if total <= 0:
+        raise ValueError("weights must sum to > 0")
+    out = {}
+    for key in dict.fromkeys(k for s in sets for k in s):
+        held = [(s[key], float(w)) for s, w in zip(sets, weights) if key in s]
+        shape = full_shape(key, [t for t, _ in held], reference)
+        dtype = reference[key].dtype if key in reference else held[0][0].dtype
+        if all(tuple(t.shape) == shape for t, _ in held):  # every holder covers every element
+            den = total if denominator == "all_clients" else sum(w for _, w in held)
+            acc = torch.zeros(shape, dtype=torch.float64)
+            for t, w in held:
+                acc += t.to(torch.float64) * (w / den)
+            out[key] = acc.to(dtype)
+        else:
+            out[key] = _sliced_mean(key, held, shape, reference, total, denominator).to(dtype)
+    return out
+
+
+def _sliced_mean(key: str, held, shape: tuple[int, ...], reference: Tensors, total: float,
+                 denominator: str) -> torch.Tensor:
+    """`masked_mean` of one key whose uploads are prefix slices (m_i = the slice's span)."""
+    num = torch.zeros(shape, dtype=torch.float64)
+    den = torch.zeros(shape, dtype=torch.float64)
+    for t, w in held:
+        idx = prefix_index(shape, t, key)
+        num[idx] += w * t.to(torch.float64)
+        den[idx] += w
+    covered = den > 0
+    if denominator == "all_clients":
+        den = torch.where(covered, total, 0.0)
+    base = (reference[key].to(torch.float64) if key in reference
+            else torch.zeros(shape, dtype=torch.float64))
+    return torch.where(covered, num / den.clamp_min(1e-300), base)
 
 
 def lora_pairs(keys) -> list[str]:
@@ -125,13 +188,13 @@ def robust_aggregate(sets: Sequence[Tensors], weights: Sequence[float],
                      cfg: AggregationConfig) -> tuple[Tensors, dict[str, Any]]:
     """Combine client tensors by `cfg.method`; returns (tensors, info: selected indices...)."""
     if cfg.method == "mean":
-        return weighted_mean(sets, weights), {}
+        return masked_mean(sets, weights), {}
     if cfg.method == "median":
         return coordinatewise(sets, coordinate_median), {}
     if cfg.method == "trimmed_mean":
         return coordinatewise(sets, lambda s: trimmed_mean(s, cfg.trim_fraction)), {}
     chosen = krum_choose(pairwise_sq_distances(sets), cfg)
-    agg = weighted_mean([sets[i] for i in chosen], [weights[i] for i in chosen])
+    agg = masked_mean([sets[i] for i in chosen], [weights[i] for i in chosen])
     return agg, {"selected": chosen}
 
 
@@ -156,8 +219,8 @@ def aggregate_updates(cfg, rnd: int, updates: Sequence, reference: Tensors | Non
 def masked_aggregate(cfg, rnd: int, sets: Sequence[Tensors], weights: Sequence[float],
                      reference: Tensors | None = None, *, client_ids: Sequence[int] | None = None,
                      denominator: str = "coverage") -> tuple[Tensors, dict[str, Any]]:
-    """THE aggregation of every averaging algorithm: a masked, weighted mean with the
-    [aggregation] and [dp] hooks. Client k may upload any subset of the keys, and a tensor may
+    """THE aggregation of every averaging algorithm: `masked_mean` with the [aggregation] and
+    [dp] hooks. Client k may upload any subset of the keys, and a tensor may
     be a prefix slice of the server's (`reference`) tensor of that name (elastic subnetworks):
       mean (coverage)     θ[e] = Σ_{k∋e} w_k θ_k[e] / Σ_{k∋e} w_k   (k∋e: k uploaded entry e)
       mean (all_clients)  θ[e] = Σ_{k∋e} w_k θ_k[e] / Σ_k w_k
@@ -183,9 +246,7 @@ def masked_aggregate(cfg, rnd: int, sets: Sequence[Tensors], weights: Sequence[f
     if denominator != "coverage" and method != "mean":
         raise ValueError(f"aggregation.method = {method} needs the coverage denominator")
     if method == "mean" and (sliced or denominator != "coverage"):
-        full = {k: reference.get(k, torch.zeros(shapes[k], dtype=sets[held[k][0]][k].dtype))
-                for k in held}
-        return coverage_mean(full, sets, weights, denominator), {}
+        return masked_mean(sets, weights, reference, denominator), {}
     if sliced:
         out, chosen = region_aggregate(sets, weights, reference, held, shapes, cfg.aggregation)
     else:

@@ -24,12 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedfm.algorithms import registry
+from fedfm.algorithms import registry, tasks
 from fedfm.algorithms.aggregation import masked_aggregate
 from fedfm.algorithms.base import ClientContext, ClientMemory
 from fedfm.algorithms.capabilities import AVERAGING
 from fedfm.algorithms.expert_rec import RecState, check_upload_metrics, observe, propose
 from fedfm.algorithms.moe_backend import backend_for
+from fedfm.algorithms.moe_validate import split_val, validate, validate_generate
 from fedfm.algorithms.submoe import (
     Plan,
     estimate_shares,
@@ -40,13 +41,7 @@ from fedfm.algorithms.submoe import (
     to_flat,
     write_flat,
 )
-from fedfm.algorithms.training import (
-    autocast,
-    count_correct,
-    cross_entropy_loss,
-    param_groups,
-    train_local,
-)
+from fedfm.algorithms.training import param_groups, train_local
 from fedfm.core.errors import ConfigError
 from fedfm.core.resources import client_profiles
 from fedfm.core.schema import RunConfig
@@ -75,6 +70,7 @@ class FedMoEOptions:
     budget_of: str = "experts"  # the budget fraction b_k scales: experts | model (see docs)
     score: str = "loss"  # validation score for recommendation: loss (-CE) | accuracy
     checkpoint: str | None = None  # a fedfm MoE folder (models.moe.save_moe_folder) to start from
+    profile_all_large: bool = False  # stage 1 trains every large client, sampled or not
 
     def check(self) -> None:
         rules = [
@@ -95,36 +91,6 @@ class FedMoEOptions:
         for ok, msg in rules:
             if not ok:
                 raise ConfigError(f"[fedmoe/randommoe] {msg}.")
-
-
-@torch.inference_mode()
-def validate(model: Classifier, split: Split, batch_size: int,
-             precision: str, loads) -> tuple[float, float, torch.Tensor]:
-    """One pass over `split`: accuracy, mean cross-entropy, and p[i, j] = share of the
-    token->expert assignments of block i that went to expert j (rows sum to 1);
-    `loads(model)` = (L, E) assignments of the last forward (moe_backend)."""
-    counts, correct, loss = 0, 0, 0.0
-    for ids, mask, y in split.batches(batch_size):
-        with autocast(precision):
-            logits = model(ids, mask).float()  # (B, C)
-        correct += int((logits.argmax(-1) == y).sum())
-        loss += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
-        counts = counts + loads(model)
-    n = max(len(split), 1)
-    if not torch.is_tensor(counts):  # empty split
-        counts = loads(model) * 0
-    return correct / n, loss / n, counts / counts.sum(1, keepdim=True).clamp_min(1.0)
-
-
-def split_val(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
-    """(train', val): a fixed `fraction` of the client's train split, seeded per client.
-    Clients with fewer than 5 examples validate on their training data."""
-    n = len(train)
-    n_val = int(round(fraction * n))
-    if n < 5 or n_val < 1:
-        return train, train
-    perm = np.random.default_rng(seed).permutation(n)
-    return train.subset(np.sort(perm[n_val:])), train.subset(np.sort(perm[:n_val]))
 
 
 def _head_key(task: str, key: str) -> str:
@@ -153,6 +119,12 @@ class FedMoE:
         self.plans: dict[int, Plan] = {}
         self.measured: dict[int, int] = {}
         self.rec: dict[int, RecState] = {}
+        self.p_source: dict[int, str] = {}
+
+    def set_client_tasks(self, tasks: list[str]) -> None:
+        """The server knows each client's task (multi-task federations): stage 1 estimates the
+        p of a client that did not profile from reporters of ITS task (submoe.estimate_shares)."""
+        self.task_of.update(enumerate(tasks))
 
     # ---------------------------------------------------------------- model
     def prepare_model(self, model: Classifier) -> None:
@@ -163,6 +135,8 @@ class FedMoE:
         flat = to_flat(get_tensors(model))
         self.init_head = {k: v for k, v in flat.items() if k.startswith("head.")}
         held = self.backend.all_held(model)
+        layer_ids = getattr(self.backend, "layer_ids", None)  # dense blocks between MoE ones
+        self.layers = layer_ids(model) if layer_ids else None
         counts = {len(h) for h in held}
         if len(counts) != 1:
             raise ConfigError(f"{self.name} needs the same expert count in every block, got {counts}.")
@@ -197,12 +171,21 @@ class FedMoE:
             if self.planner == "random":
                 plan = self._random_plan(cid)
             else:
-                p = self.reports[cid][0] if cid in self.reports else estimate_shares(
-                    self.reports, self.task_of.get(cid, "main"), self.shape)
+                p, self.p_source[cid] = self._p_of(cid)
                 self.latest_p[cid] = p
                 plan = search_threshold(p, self.mem, self.limit(cid, self.opts.alpha),
                                         self.opts.min_experts)
             self._set_plan(cid, plan)
+
+    def _p_of(self, cid: int) -> tuple[torch.Tensor, str]:
+        """Stage-1 p of a client and where it came from: "own" report, "task" (mean of its
+        task's reporters), "all" (no reporter of its task: mean of all reporters) or "uniform"."""
+        if cid in self.reports:
+            return self.reports[cid][0], "own"
+        task = self.task_of.get(cid, "main")
+        tasks = {t for _, _, t in self.reports.values()}
+        source = "task" if task in tasks else ("all" if tasks else "uniform")
+        return estimate_shares(self.reports, task, self.shape), source
 
     def _set_plan(self, cid: int, plan: Plan) -> None:
         measured = submodel_memory(self.backend.build(self.model, plan.held))
@@ -226,7 +209,7 @@ class FedMoE:
     # ---------------------------------------------------------------- server: tasks
     def _payload(self, cid: int, held) -> dict[str, torch.Tensor]:
         task = self.task_of.get(cid, "main")
-        out = {k: self.flat[k] for k in select_keys(self.flat, held) if not k.startswith("task[")}
+        out = {k: self.flat[k] for k in select_keys(self.flat, held, self.layers) if not k.startswith("task[")}
         for k, v in self.init_head.items():
             out[k] = self.flat.get(_head_key(task, k), v)
         return out
@@ -239,11 +222,13 @@ class FedMoE:
             held = self.backend.all_held(self.model)  # stage 1 evaluation: the full MoE, for reference only
         plan = self.plans.get(cid)
         cfg = {"phase": f"stage{self.stage(rnd)}", "held": held,
-               "theta": plan.theta if plan else None,
+               "theta": plan.theta if plan else None, "p_source": self.p_source.get(cid),
                "memory": self.measured.get(cid, self.mem.cost(held))}
         return ClientTask(rnd, cid, self._payload(cid, held), cfg, kind)
 
     def configure_train(self, rnd: int, clients: list[int]) -> list[ClientTask]:
+        if self.stage(rnd) == 1 and self.opts.profile_all_large:  # every large client profiles
+            clients = sorted(set(clients) | {c for c, b in enumerate(self.budgets) if b >= 1.0})
         return [self._task(rnd, c, "train") for c in clients]
 
     def configure_evaluate(self, rnd: int, clients: list[int]) -> list[ClientTask]:
@@ -268,9 +253,14 @@ class FedMoE:
         coef = self.opts.balance_coef
         extra = (lambda: coef * self.backend.aux(model)) if coef else None
         stats = train_local(param_groups(named, self.cfg.train.lr, self.cfg.train.head_lr), train,
-                            cross_entropy_loss(model), self.cfg.train, ctx.generator(), extra)
-        val_acc, val_loss, p = validate(model, val, self.cfg.eval.batch_size,
-                                        self.cfg.train.precision, self.backend.loads)
+                            tasks.loss_fn(model, self.cfg), self.cfg.train, ctx.generator(),
+                            extra)
+        if tasks.task_of(self.cfg) == "generate":
+            val_acc, val_loss, p = validate_generate(model, val, self.cfg, self.backend.loads,
+                                                     self.opts.score == "accuracy")
+        else:
+            val_acc, val_loss, p = validate(model, val, self.cfg.eval.batch_size,
+                                            self.cfg.train.precision, self.backend.loads)
         out = read_flat(model, list(task.tensors))
         memory.state["bytes_sent"] = memory.state.get("bytes_sent", 0) + payload_bytes(out)
         metrics = {"loss": stats.loss, "val_acc": val_acc, "val_loss": val_loss,
@@ -281,14 +271,14 @@ class FedMoE:
     def client_evaluate(self, task: ClientTask, model: Classifier, data: ClientData,
                         memory: ClientMemory, ctx: ClientContext) -> ClientUpdate:
         model = self._load(task, model)
-        correct, total = count_correct(model, data.test, self.cfg.eval.batch_size,
-                                       self.cfg.train.precision)
+        m = tasks.evaluate(model, data.test, self.cfg)  # + "loss" for task = generate
         held = task.config["held"]
-        return ClientUpdate(task.round, task.client_id, total, {}, {
-            "correct": correct, "total": total, "task": data.task,
+        return ClientUpdate(task.round, task.client_id, m["total"], {}, {
+            **m, "task": data.task,
             "experts_per_layer": [len(h) for h in held], "experts": sum(map(len, held)),
             "experts_held": held,
             "memory_mb": round(task.config["memory"] / MiB, 3), "theta": task.config["theta"],
+            "p_source": task.config.get("p_source"),
             "bytes_sent": memory.state.get("bytes_sent", 0)})
 
     # ---------------------------------------------------------------- server: aggregation
@@ -377,6 +367,7 @@ class FedMoE:
             "plans": {str(c): {"theta": p.theta, "held": p.held, "fits": p.fits}
                       for c, p in self.plans.items()},
             "rec": {str(c): asdict(r) for c, r in self.rec.items()},
+            "p_source": {str(c): s for c, s in self.p_source.items()},
         }
         return dict(self.flat), state
 
@@ -391,6 +382,7 @@ class FedMoE:
         for c, p in state.get("plans", {}).items():
             self._set_plan(int(c), Plan(p["theta"], p["held"], self.mem.cost(p["held"]), p["fits"]))
         self.rec = {int(c): RecState(**r) for c, r in state.get("rec", {}).items()}
+        self.p_source = {int(c): s for c, s in state.get("p_source", {}).items()}
 
 
 MOE_CAPABILITIES = replace(AVERAGING, finetune=("lora",),

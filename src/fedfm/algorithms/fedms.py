@@ -21,20 +21,22 @@ LoRA already trained but inactive this round is skipped (`inactive = "skip"`, th
 
 Efficiency: all experts and the gate read one frozen prefix per client (cached across rounds);
 the frozen global expert's log-probabilities and the gate's input are cached per client.
+
+task = "generate": the same server half; `fedms_lm.make_fedms` (the registry row) builds `FedMSLM`, whose client
+half trains the experts' LoRA on the LM's response loss and mixes them per token,
+p(v|x_≤t) = g_t,G · p_G(v|x_≤t) + g_t,L · p_L(v|x_≤t), decoded greedily (`models/mofm_lm.py`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from fedfm.algorithms import registry
 from fedfm.algorithms.aggregation import masked_aggregate
 from fedfm.algorithms.base import ClientContext, ClientMemory
-from fedfm.algorithms.capabilities import AVERAGING
 from fedfm.algorithms.fedavg import prepare
 from fedfm.algorithms.training import autocast, train_local
 from fedfm.core.errors import ConfigError
@@ -134,11 +136,13 @@ class FedMS:
         ramp = self.opts.ramp_rounds or max(self.stage1_rounds, 1)
         self.schedule = SALSchedule(L, self.opts.k0, self.opts.step, self.opts.growth, ramp,
                                     self.opts.order, self.cfg.seed)
-        self.init = get_tensors(model, lora_param_names(model) + ["head.weight", "head.bias"])
+        params = dict(model.named_parameters())  # task = generate: no head (frozen LM head)
+        self.head_names = [n for n in ("head.weight", "head.bias") if n in params]
+        self.init = get_tensors(model, lora_param_names(model) + self.head_names)
         make = GateNetwork if self.opts.gate_type == "network" else Gate
         self.gate = make(model.backbone.spec.hidden, self.opts.gate_rank, self.opts.tau,
                          derive_seed(self.cfg.seed, 0x6A7E))
-        self.tail = Tail(model.backbone, model.head, model.pooling)
+        self.tail = Tail(model.backbone, model.head, getattr(model, "pooling", "last"))
         self.num_layers = L
 
     def stage(self, rnd: int) -> int:
@@ -175,7 +179,7 @@ class FedMS:
         if task.config["stage"] == 1 or self.opts.global_in_stage2:
             active = set(task.config["active"])
             names = [f"backbone.{n}" for n in lora_param_names(self.tail.backbone, active)]
-            names += ["head.weight", "head.bias"]
+            names += self.head_names
         ref = {**self.init, **(self._gate_tensors() if task.config["stage"] == 2 else {})}
         if task.config["stage"] == 2:
             names += [k for k in ref if k.startswith("gate.") and self._shared_gate(k)]
@@ -264,18 +268,21 @@ class FedMS:
                       applied: set[int], ctx: ClientContext) -> tuple[Tensors, float]:
         """Stage-1 step loop: CE of one expert; trains the head + the LoRA of `active` only."""
         names = lora_param_names(self.tail.backbone, active)
-        names = [f"backbone.{n}" for n in names] + ["head.weight", "head.bias"]
+        names = [f"backbone.{n}" for n in names] + self.head_names
         leaves = {n: tensors[n].clone().requires_grad_(True) for n in names}
         weights = {**tensors, **leaves}
         set_active_blocks(self.tail.backbone, applied)
+        stats = train_local(self._groups(leaves), src, self._expert_loss_fn(src, weights),
+                            self.cfg.train, ctx.generator())
+        return {n: t.detach().clone() for n, t in leaves.items()}, stats.loss
 
+    def _expert_loss_fn(self, src: PrefixSource, weights: Tensors):
+        """(rows, mask, y) -> CE of one expert (`weights`: its LoRA + head) from the prefix."""
         def loss_fn(rows, mask, y):
             _, z = expert_forward(self.tail, weights, src.hidden(rows, mask.shape[1]), mask,
                                   src.start)
             return F.cross_entropy(z.float(), y)
-
-        stats = train_local(self._groups(leaves), src, loss_fn, self.cfg.train, ctx.generator())
-        return {n: t.detach().clone() for n, t in leaves.items()}, stats.loss
+        return loss_fn
 
     def _groups(self, leaves: Tensors, gate: torch.nn.Module | None = None) -> list[dict]:
         t = self.cfg.train
@@ -317,12 +324,16 @@ class FedMS:
 
     def _local(self, memory: ClientMemory, glob: Tensors, trained: set[int]):
         """The client's local expert (a copy of the global one on first use) and its blocks."""
-        if "local.head.weight" not in memory.tensors:
+        if not self._has_local(memory):
             for k, v in glob.items():
                 memory.tensors[f"local.{k}"] = v.detach().clone()
             memory.state["local_blocks"] = sorted(trained)
         local = {k[6:]: v for k, v in memory.tensors.items() if k.startswith("local.")}
         return local, set(memory.state["local_blocks"])
+
+    @staticmethod
+    def _has_local(memory: ClientMemory) -> bool:
+        return "local_blocks" in memory.state
 
     def _views(self, which: str, src: PrefixSource, glob: Tensors, g_blocks: set[int],
                memory: ClientMemory, version: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -362,20 +373,10 @@ class FedMS:
         version = task.round if self.opts.global_in_stage2 else task.config["version"]
         logp_g, feat = self._views("train", src, glob, g_blocks, memory, version)
         names = [f"backbone.{n}" for n in lora_param_names(self.tail.backbone, active)]
-        leaves = {n: local[n].clone().requires_grad_(True) for n in names + ["head.weight",
-                                                                            "head.bias"]}
+        leaves = {n: local[n].clone().requires_grad_(True) for n in names + self.head_names}
         weights, gate, g_sum = {**local, **leaves}, self._gate(task.tensors, memory), []
         set_active_blocks(self.tail.backbone, applied)
-
-        def loss_fn(rows, mask, y):
-            _, z = expert_forward(self.tail, weights, src.hidden(rows, mask.shape[1]), mask, start)
-            g = gate(feat[rows])
-            g_sum.append(g.weights[:, 1].detach())
-            loss = F.nll_loss(mixture_log_probs(g.log_weights, [logp_g[rows], z]), y)
-            if self.opts.local_ce_weight:
-                loss = loss + self.opts.local_ce_weight * F.cross_entropy(z.float(), y)
-            return loss
-
+        loss_fn = self._mixture_loss_fn(src, weights, gate, logp_g, feat, g_sum)
         stats = train_local(self._groups(leaves, gate), src, loss_fn, self.cfg.train,
                             ctx.generator())
         for n, t in leaves.items():
@@ -386,6 +387,20 @@ class FedMS:
         memory.tensors.update({k: v for k, v in gate_all.items() if k not in gate_out})
         return gate_out, {"loss": stats.loss, "prefix_cached": float(src.cache is not None),
                           "gate_local": float(torch.cat(g_sum).mean()) if g_sum else None}
+
+    def _mixture_loss_fn(self, src: PrefixSource, weights: Tensors, gate, logp_g: torch.Tensor,
+                         feat: torch.Tensor, g_sum: list):
+        """(rows, mask, y) -> CE of the mixture (global log-probs cached, local expert live)."""
+        def loss_fn(rows, mask, y):
+            _, z = expert_forward(self.tail, weights, src.hidden(rows, mask.shape[1]), mask,
+                                  src.start)
+            g = gate(feat[rows])
+            g_sum.append(g.weights[:, 1].detach())
+            loss = F.nll_loss(mixture_log_probs(g.log_weights, [logp_g[rows], z]), y)
+            if self.opts.local_ce_weight:
+                loss = loss + self.opts.local_ce_weight * F.cross_entropy(z.float(), y)
+            return loss
+        return loss_fn
 
     def client_evaluate(self, task: ClientTask, model: Classifier, data: ClientData,
                         memory: ClientMemory, ctx: ClientContext) -> ClientUpdate:
@@ -399,7 +414,7 @@ class FedMS:
             logp, _ = self._expert_view(src, glob, g_blocks)
             correct = int((logp.argmax(-1) == y).sum())
             return ClientUpdate(task.round, task.client_id, n, {}, {"correct": correct, "total": n})
-        has_local = "local.head.weight" in memory.tensors
+        has_local = self._has_local(memory)
         local, l_blocks = (self._local(memory, glob, g_blocks) if has_local
                            else (glob, g_blocks))
         start = min(lowest(l_blocks, self.num_layers), lowest(g_blocks, self.num_layers))
@@ -419,11 +434,3 @@ class FedMS:
 def _mean(values) -> float | None:
     vals = [v for v in values if v is not None]
     return sum(vals) / len(vals) if vals else None
-
-
-registry.register(
-    "fedms", lambda cfg, opts, nl, nc: FedMS(cfg, opts, nc), FedMSOptions,
-    "FedMS: SAL LoRA global expert (stage 1) + private local expert mixed by a FedAvg-ed gate",
-    capabilities=replace(AVERAGING, finetune=("lora",),
-                         why="its experts are LoRA adapters + head, trained block by block"),
-)

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fedfm.algorithms.aggregation import masked_mean
 from fedfm.algorithms.base import ClientContext, ClientMemory
 from fedfm.algorithms.capabilities import Capabilities
 from fedfm.algorithms.fedavg import prepare
@@ -36,7 +37,6 @@ from fedfm.algorithms.training import (
     cross_entropy_loss,
     param_groups,
     train_local,
-    weighted_mean,
 )
 from fedfm.core.errors import PayloadError
 from fedfm.core.resources import client_profiles
@@ -136,7 +136,7 @@ class HetRankLoRA:
     def aggregate_train(self, rnd: int, updates: list[ClientUpdate]) -> dict[str, Any]:
         if not updates:
             return {}
-        heads = weighted_mean([{k: u.tensors[k] for k in HEAD} for u in updates],
+        heads = masked_mean([{k: u.tensors[k] for k in HEAD} for u in updates],
                               [u.num_examples for u in updates])
         metrics = self.combine(rnd, updates) or {}
         self.global_.update(heads)

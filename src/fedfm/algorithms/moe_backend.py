@@ -1,7 +1,8 @@
 """The two MoE backbones FedMoE / randomMoE run on, behind one small interface.
 
-- `LegacyMoE`: fedfm's BERT turned into an MoE (models/moe.py: MoEfication or upcycling),
-  clients masked to their held experts (`set_held`), the memory measured on `build_submoe`.
+- `MoEfiedBert`: a dense BERT-family encoder (transformers' BertModel, e.g. MiniLM) turned into
+  an MoE (models/moe.py: MoEfication or upcycling), clients masked to their held experts
+  (`set_held`), the memory measured on `build_submoe`.
 - `HFMoE`: a real Hugging Face MoE (models/hf/moe.py: mixtral, qwen2_moe, qwen3_moe, olmoe),
   clients train a physically cut copy holding only their experts (`cut`), whose frozen dense
   tensors are shared with the server model and whose expert tensors are index_select-ed.
@@ -19,27 +20,36 @@ from fedfm.models.classifier import freeze
 from fedfm.models.lora import inject_lora
 
 
-class LegacyMoE:
-    name = "legacy"
+class MoEfiedBert:
+    name = "moefied"
 
     def prepare(self, alg, model) -> None:
-        from fedfm.models.moe import load_moe_folder, to_moe
+        from fedfm.models.moe import load_moe_folder, moe_blocks, to_moe
 
         o, m = alg.opts, alg.cfg.model
+        if model.backbone.device.type != "cpu":
+            raise ConfigError(
+                f"{alg.name}: the MoEfied / upcycled BERT (MiniLM) runs on the CPU only (its "
+                "expert loop and k-means are CPU code, as with the former hand-written BERT); "
+                "use train.device = \"cpu\". Hugging Face MoE models (model.name = \"hf\") "
+                "bring their own experts.")
         if o.checkpoint:
             try:
                 load_moe_folder(model.backbone, o.checkpoint)
             except ValueError as e:
                 raise ConfigError(f"{alg.name}.checkpoint: {e}.") from None
-            for blk in model.backbone.layers:
+            for blk in moe_blocks(model.backbone):
                 blk.moe.router.top_k = o.top_k
         else:
-            to_moe(model.backbone, o.num_experts, o.top_k, o.build, alg.cfg.seed)
+            try:
+                to_moe(model.backbone, o.num_experts, o.top_k, o.build, alg.cfg.seed)
+            except ValueError as e:
+                raise ConfigError(f"{alg.name}: {e}.") from None
         _attention_lora(alg, model)
         scale = m.lora_alpha / m.lora_rank
         inject_lora(model.backbone, ("dense_in", "dense_out"), o.expert_lora_rank,
                     scale * o.expert_lora_rank, alg.cfg.seed + 1)
-        for blk in model.backbone.layers:
+        for blk in moe_blocks(model.backbone):
             blk.moe.router.weight.requires_grad_(True)
 
     def all_held(self, model):
@@ -89,18 +99,29 @@ class HFMoE:
                               "experts per block (leave num_experts unset for HF MoE models).")
         if o.top_k > e:
             raise ConfigError(f"{alg.name}.top_k = {o.top_k} > {e} experts.")
+        top1 = bb.family.moe.storage == "moduledict"  # switch: top-1 routers
+        if top1 and o.top_k != 1:
+            raise ConfigError(f"{alg.name}.top_k = {o.top_k}, but Switch Transformers route "
+                              f"each token to one expert: set {alg.name}.top_k = 1.")
         for _, rt in M.moe_layers(bb):
             rt.top_k = o.top_k
         _attention_lora(alg, model)
         scale = m.lora_alpha / m.lora_rank
         M.add_expert_lora(bb, o.expert_lora_rank, scale * o.expert_lora_rank, alg.cfg.seed + 1)
+        M.add_shared_lora(bb, o.expert_lora_rank, scale * o.expert_lora_rank, alg.cfg.seed + 2)
         for _, rt in M.moe_layers(bb):
-            rt.weight.requires_grad_(True)
+            M.router_weight(rt).requires_grad_(True)
 
     def all_held(self, model):
         from fedfm.models.hf.moe import moe_layers
 
         return [list(rt.fedfm_ids) for _, rt in moe_layers(model)]
+
+    def layer_ids(self, model) -> list[int]:
+        """Block index of each MoE block (dense blocks skipped)."""
+        from fedfm.models.hf.moe import moe_layer_ids
+
+        return moe_layer_ids(model)
 
     def build(self, model, held):
         from fedfm.models.hf.moe import cut
@@ -138,13 +159,16 @@ def _attention_lora(alg, model) -> None:
 
 
 def backend_for(model):
-    """HFMoE for a Hugging Face backbone of an MoE family, LegacyMoE for fedfm's BERT."""
-    fam = getattr(model.backbone, "family", None)
-    if fam is None:
-        return LegacyMoE()
-    if getattr(fam, "moe", None) is None:
-        raise ConfigError(
-            f"fedmoe/randommoe on a Hugging Face model need an MoE family (mixtral, qwen2_moe, "
-            f"qwen3_moe, olmoe); '{fam.name}' is dense. Upcycle it first (`fedfm upcycle`) or "
-            "use model.name = \"minilm-l6\" (MoEfication).")
-    return HFMoE()
+    """HFMoE for a Hugging Face MoE family, MoEfiedBert for a dense BERT-family encoder."""
+    fam = model.backbone.family
+    if getattr(fam, "moe", None) is not None:
+        return HFMoE()
+    first = model.backbone.blocks[0]
+    if getattr(first, "is_fedfm_moe", False) or hasattr(first, "intermediate"):
+        return MoEfiedBert()
+    raise ConfigError(
+        f"fedmoe/randommoe on a Hugging Face model need an MoE family (mixtral, qwen2_moe, "
+        f"qwen3_moe, olmoe, deepseek_v2, deepseek_v3, switch_transformers) or a BERT-family "
+        f"encoder to MoEfy; '{fam.name}' is neither (it is dense). Upcycle "
+        "a dense Llama-style LM first (`fedfm upcycle --model hf --path DIR --out MOE_DIR`) or "
+        "use model.name = \"minilm-l6\" (MoEfication).")

@@ -17,11 +17,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from fedfm.algorithms.tasks import GEN_SCORES
 from fedfm.core.errors import ConfigError
 from fedfm.models.multihead import MultiHead, head_prefix
 from fedfm.transport.messages import ClientTask
 
-SUPPORTED = ("fedavg", "fedprox", "fedper", "local")
+SUPPORTED = ("fedavg", "fedprox", "fedper", "local", "fedmoe", "randommoe")
 
 
 def check_multitask(cfg) -> None:
@@ -66,6 +67,8 @@ class MultiTask:
         self.inner, self.client_tasks = inner, list(client_tasks)
         self.name, self.has_global_model = inner.name, inner.has_global_model
         self.task_names = list(dict.fromkeys(self.client_tasks))
+        if hasattr(inner, "set_client_tasks"):  # e.g. FedMoE's same-task estimate of p
+            inner.set_client_tasks(self.client_tasks)
 
     def __getattr__(self, name: str) -> Any:  # server_state, global_tensors, ...
         inner = self.__dict__.get("inner")
@@ -130,7 +133,8 @@ def task_metrics(by_task_global: dict[str, Any], client_metrics: dict[int, dict[
                  client_tasks: Sequence[str]) -> dict[str, Any]:
     """acc_by_task = {task: {"global": acc | None, "personal": mean over its clients}} (and
     loss_by_task for generation: mean response-token loss), plus the macro means over tasks as
-    acc_global / acc_personal_mean (loss_global / loss_personal_mean)."""
+    acc_global / acc_personal_mean (loss_global / loss_personal_mean); generation also gets
+    f1_by_task and rougeL_by_task (token F1, ROUGE-L F; fedfm.models.text_metrics)."""
     acc: dict[str, dict[str, float | None]] = {}
     loss: dict[str, dict[str, float | None]] = {}
     for t, g in by_task_global.items():
@@ -145,4 +149,11 @@ def task_metrics(by_task_global: dict[str, Any], client_metrics: dict[int, dict[
     if any(v["global"] is not None or v["personal"] is not None for v in loss.values()):
         row.update(loss_by_task=loss, loss_global=_mean(v["global"] for v in loss.values()),
                    loss_personal_mean=_mean(v["personal"] for v in loss.values()))
+    for key in GEN_SCORES:  # generation: token F1 and ROUGE-L per task (f1_by_task, ...)
+        by = {t: {"global": g.get(f"{key}_global") if isinstance(g, dict) else None,
+                  "personal": _mean(m.get(key) for cid, m in client_metrics.items()
+                                    if client_tasks[cid] == t)}
+              for t, g in by_task_global.items()}
+        if any(v["global"] is not None or v["personal"] is not None for v in by.values()):
+            row[f"{key}_by_task"] = by
     return row

@@ -3,7 +3,7 @@
 Server, round t:
     θ ← SPP(θ)                        function-preserving reorder, most salient first
     for client k with budget b_k:     w_k = largest widths with cost(w_k) <= b_k · cost(full)
-        send θ[w_k]                   the prefix slices = a real smaller BERT (+ head)
+        send θ[w_k]                   the prefix slices = a real smaller model (+ head)
     θ[e] ← Σ_{k ∋ e} n_k θ_k[e] / Σ_{k ∋ e} n_k    coverage-normalised, per entry e;
                                        entries nobody held keep their value
 Client k:  rebuild the subnetwork from the payload (frozen embeddings from its own copy of
@@ -40,15 +40,9 @@ from fedfm.core.seeds import derive_seed
 from fedfm.data.federated import ClientData, Split
 from fedfm.models import hf_elastic, hf_raffm
 from fedfm.models.classifier import Classifier, set_tensors
-from fedfm.models.elastic import (
-    Widths,
-    backbone_tensors,
-    build_subnetwork,
-    extract,
-    spp,
-)
-from fedfm.models.lora import block_of, inject_lora, lora_modules, target_suffixes
-from fedfm.models.sizing import CostModel, choose_widths, embedding_params
+from fedfm.models.elastic import Widths
+from fedfm.models.lora import block_of, inject_lora, target_suffixes
+from fedfm.models.sizing import choose_widths
 from fedfm.transport.messages import ClientTask, ClientUpdate, payload_bytes
 
 SIZING = ("largest", "sample")
@@ -86,21 +80,6 @@ def task_widths(task: ClientTask, num_layers: int) -> Widths:
     return w
 
 
-def subnetwork_classifier(model: Classifier, widths: Widths,
-                          tensors: dict[str, torch.Tensor]) -> Classifier:
-    """A Classifier on a real smaller BERT built from task tensors + the shared frozen
-    embeddings (shared storage, not copied)."""
-    emb = {k: v for k, v in model.backbone.state_dict().items() if k.startswith("embeddings.")}
-    blocks = {k: v for k, v in backbone_tensors(tensors).items() if k.startswith("encoder.")}
-    sub = build_subnetwork(widths.spec(model.backbone.spec), blocks, emb)
-    clf = Classifier(sub, model.head.out_features, model.pooling)
-    head = {k: v for k, v in tensors.items() if k.startswith("head.")}
-    set_tensors(clf, head)
-    for p in clf.parameters():
-        p.requires_grad_(False)
-    return clf
-
-
 class RaFFM:
     """Both halves of RaFFM (and, with spp=False, of HeteroFL)."""
 
@@ -111,24 +90,16 @@ class RaFFM:
         self.cfg, self.opts, self.name = cfg, opts, name
         self.profiles = client_profiles(cfg.resources, num_clients, cfg.seed)
         self.global_: dict[str, torch.Tensor] = {}
-        self.cost: CostModel | hf_raffm.HFCost | None = None
-        self.geo: hf_elastic.Geometry | None = None  # set for Hugging Face backbones
+        self.cost: hf_raffm.HFCost | None = None
+        self.geo: hf_elastic.Geometry | None = None  # set by prepare_model
         self.frozen = 0  # parameters every client holds frozen (embeddings), never sent
         self._norm_names: set[str] = set()
         self._lora_suffixes: tuple[str, ...] = ()
 
     # ---- shared -------------------------------------------------------------------------
     def prepare_model(self, model: Classifier) -> None:
-        m = self.cfg.model
-        if hf_raffm.is_hf(model.backbone):
-            self._prepare_hf(model)
-            return
-        self.cost = CostModel(model.backbone.spec, self.cfg.resources.unit, m.max_length,
-                              self.cfg.train.batch_size, m.finetune, m.lora_rank)
-        self.frozen = embedding_params(model.backbone.spec)
-
-    def _prepare_hf(self, model: Classifier) -> None:
-        """Any registered HF family: geometry from its roles, costs from its tensors."""
+        """Any registered Hugging Face family (MiniLM included): geometry from its roles, costs
+        from its tensors."""
         self.geo = hf_raffm.geometry_of(model)
         if self.cfg.model.finetune == "lora" and "qkv" in self.geo.roles:
             raise ConfigError(
@@ -153,25 +124,15 @@ class RaFFM:
         p = self.profiles[client]
         config = {**w.to_json(), "tier": p.tier, "budget": p.budget, "unit": p.unit,
                   "cost_fraction": round(self.cost.fraction(w), 4)}
-        if self.geo is not None:
-            return ClientTask(rnd, client, hf_elastic.extract(self.global_, self.geo, w), config,
-                              kind)
-        hd = self.cost.spec.head_dim
-        return ClientTask(rnd, client, extract(self.global_, w, hd), config, kind)
+        return ClientTask(rnd, client, hf_elastic.extract(self.global_, self.geo, w), config, kind)
 
     # ---- server half --------------------------------------------------------------------
     def init_server(self, model: Classifier) -> None:
-        if self.geo is not None:
-            self.global_ = hf_raffm.server_tensors(model, self.geo)
-            return
-        self.global_ = {n: p.detach().clone() for n, p in model.named_parameters()
-                        if not n.startswith("backbone.embeddings.")}
+        self.global_ = hf_raffm.server_tensors(model, self.geo)
 
     def configure_train(self, rnd: int, clients: list[int]) -> list[ClientTask]:
-        if self.opts.spp and self.geo is not None:
+        if self.opts.spp:
             self.global_ = hf_elastic.spp(self.global_, self.geo)
-        elif self.opts.spp:
-            self.global_ = spp(self.global_, self.cost.spec.head_dim)
         return [self._task(rnd, c, "train") for c in clients]
 
     def aggregate_train(self, rnd: int, updates: list[ClientUpdate]) -> dict[str, Any]:
@@ -206,16 +167,14 @@ class RaFFM:
         t, m = task.tensors, self.cfg.model
         head = {k: (tuple(v.shape), v.dtype) for k, v in t.items() if k.startswith("head.")}
         if m.finetune == "full":
-            return {k: (tuple(v.shape), v.dtype) for k, v in t.items()
-                    if self.geo is not None or k.startswith(("head.", "backbone.encoder."))}
+            return {k: (tuple(v.shape), v.dtype) for k, v in t.items()}
         if m.finetune == "head":
             return head
         out = dict(head)
         for k, w in t.items():
             base = k.removesuffix(".weight")
-            targets = self._lora_suffixes if self.geo is not None else m.lora_targets
             if k.endswith(".weight") and block_of(base) is not None and w.dim() == 2 and any(
-                    base.endswith("." + x) for x in targets):
+                    base.endswith("." + x) for x in self._lora_suffixes):
                 out[base + ".lora_A"] = ((m.lora_rank, w.shape[1]), torch.float32)
                 out[base + ".lora_B"] = ((w.shape[0], m.lora_rank), torch.float32)
         return out
@@ -224,8 +183,7 @@ class RaFFM:
         return [self._task(rnd, c, "evaluate", rule="largest") for c in clients]
 
     def evaluate_global(self, model: Classifier, split: Split) -> float | None:
-        set_tensors(model, self.global_ if self.geo is None else
-                    hf_elastic.fuse(self.global_, self.geo))
+        set_tensors(model, hf_elastic.fuse(self.global_, self.geo))
         c, n = count_correct(model, split, self.cfg.eval.batch_size, self.cfg.train.precision)
         return c / max(n, 1)
 
@@ -244,25 +202,14 @@ class RaFFM:
         m = self.cfg.model
         if m.finetune == "lora":
             inject_lora(clf.backbone, m.lora_targets, m.lora_rank, m.lora_alpha, ctx.seed)
-        elif m.finetune == "full" and self.geo is not None:
+        elif m.finetune == "full":
             for n, p in clf.named_parameters():  # the block/final-norm tensors it was sent
                 p.requires_grad_(n.startswith(self.geo.blocks) or n in self._norm_names)
-        elif m.finetune == "full":
-            for p in clf.backbone.encoder.parameters():
-                p.requires_grad_(True)
         for p in clf.head.parameters():
             p.requires_grad_(True)
 
     def _sent(self, clf: Classifier) -> dict[str, torch.Tensor]:
-        if self.geo is not None:
-            return hf_raffm.trained_tensors(clf, self.geo)
-        if self.cfg.model.finetune == "lora":
-            names = [f"{n}.lora_{x}" for n in lora_modules(clf) for x in "AB"]
-            names += ["head.weight", "head.bias"]
-        else:
-            names = [n for n, p in clf.named_parameters() if p.requires_grad]
-        params = dict(clf.named_parameters())
-        return {n: params[n].detach().clone() for n in names}
+        return hf_raffm.trained_tensors(clf, self.geo)
 
     def client_update(self, task: ClientTask, model: Classifier, data: ClientData,
                       memory: ClientMemory, ctx: ClientContext) -> ClientUpdate:
@@ -283,8 +230,6 @@ class RaFFM:
             "params_fraction": self._params_fraction(widths)})
 
     def _subnetwork(self, model: Classifier, widths: Widths, task: ClientTask) -> Classifier:
-        if self.geo is None:
-            return subnetwork_classifier(model, widths, dict(task.tensors))
         self._norm_names = {k for k in task.tensors if not k.startswith(("head.", self.geo.blocks))}
         return hf_raffm.sub_classifier(model, self.geo, widths, dict(task.tensors))
 

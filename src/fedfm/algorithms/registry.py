@@ -15,9 +15,11 @@ from fedfm.algorithms import capabilities
 from fedfm.core.errors import ConfigError, choices
 from fedfm.core.schema import RunConfig, from_dict
 
-MODULES = ["fedavg", "fedprox", "local", "fedper", "fedms", "raffm", "heterofl", "fedmoe", "randommoe",
+MODULES = ["fedavg", "fedprox", "local", "fedper", "fedms_lm", "raffm", "heterofl", "fedmoe", "randommoe",
            "hetlora", "flexlora", "flora"]
 MODULES += ["fedsa", "feddpa", "fedavg_ft", "ditto"]  # personalised baselines (issue #19)
+# "fedms_lm" registers fedms: the row picks FedMS (classify) or FedMSLM (generate), so it lives in
+# the module that imports both (fedms_lm imports fedms; fedms never imports fedms_lm)
 
 
 @dataclass(frozen=True)

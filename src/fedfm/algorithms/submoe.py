@@ -1,5 +1,6 @@
 """Sub-MoE plumbing shared by FedMoE and randomMoE: which tensors belong to which expert, what a
-submodel costs in memory, the threshold search of FedMoE's stage 1, and modular aggregation.
+submodel costs in memory and the threshold search of FedMoE's stage 1. Modular aggregation (each
+expert averaged over its holders, unheld experts untouched) is `aggregation.masked_aggregate`.
 
 Server tensors are kept "flat": the router weight (E, H) of block i is split into rows
 `...router.weight.{e}`, so that an expert = its LoRA tensors + its router row, and a client's
@@ -19,16 +20,21 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fedfm.algorithms.training import weighted_mean
 from fedfm.models.moe import Experts, moe_blocks
 
 Held = list[list[int]]  # experts held per MoE block (sorted)
 # legacy MiniLM MoE keys | Hugging Face MoE keys (models/hf/moe.py: per-expert LoRA, router rows)
+# + Switch: (encoder|decoder).block.{i}...experts.expert_{e}.*, ...router.classifier.weight.{e}
 _EXPERT = re.compile(r"(?:layer\.(\d+)\.moe\.experts\.(\d+)\.)"
-                     r"|(?:layers\.(\d+)\.mlp\.experts\.fedfm_lora\.(\d+)\.)")
+                     r"|(?:layers\.(\d+)\.mlp\.experts\.fedfm_lora\.(\d+)\.)"
+                     r"|(?:(encoder|decoder)\.block\.(\d+)\.layer\.\d+\.mlp\.experts\.expert_(\d+)\.)")
 _ROW = re.compile(r"(?:layer\.(\d+)\.moe\.router\.weight\.(\d+)$)"
-                  r"|(?:layers\.(\d+)\.mlp\.gate\.weight\.(\d+)$)")
-_ROUTER = re.compile(r"(?:\.moe\.router\.weight$)|(?:layers\.\d+\.mlp\.gate\.weight$)")
+                  r"|(?:layers\.(\d+)\.mlp\.gate\.weight\.(\d+)$)"
+                  r"|(?:(encoder|decoder)\.block\.(\d+)\.layer\.\d+\.mlp\.router\.classifier"
+                  r"\.weight\.(\d+)$)")
+_ROUTER = re.compile(r"(?:\.moe\.router\.weight$)|(?:layers\.\d+\.mlp\.gate\.weight$)"
+                     r"|(?:\.mlp\.router\.classifier\.weight$)")
+DECODER = 1000  # Switch decoder blocks are MoE block ids 1000 + i (models/hf/moe_switch.py)
 
 
 def expert_of(key: str) -> tuple[int, int] | None:
@@ -37,6 +43,8 @@ def expert_of(key: str) -> tuple[int, int] | None:
     if not m:
         return None
     g = [x for x in m.groups() if x is not None]
+    if g[0] in ("encoder", "decoder"):
+        return int(g[1]) + (DECODER if g[0] == "decoder" else 0), int(g[2])
     return int(g[0]), int(g[1])
 
 
@@ -84,9 +92,10 @@ def write_flat(model: nn.Module, flat: dict[str, torch.Tensor]) -> None:
                 raise KeyError(f"payload tensor '{k}' {tuple(t.shape)} does not fit the model")
 
 
-def select_keys(keys, held: Held) -> list[str]:
-    """The dense keys plus the keys of the experts in `held`."""
-    sets = [set(h) for h in held]
+def select_keys(keys, held: Held, layers: list[int] | None = None) -> list[str]:
+    """The dense keys plus the keys of the experts in `held` (held[j]: MoE block j, whose
+    block index is layers[j]; default j itself — models with dense blocks between MoE ones)."""
+    sets = dict(zip(layers if layers is not None else range(len(held)), map(set, held)))
     out = []
     for k in keys:
         ie = expert_of(k)
@@ -206,19 +215,3 @@ def estimate_shares(reports: dict[int, tuple[torch.Tensor, int, str]], task: str
         return torch.full(shape, 1.0 / shape[1], dtype=torch.float64)
     total = sum(n for _, n in same) or len(same)
     return sum(p.double() * ((n or 1) / total) for p, n in same)
-
-
-# ----------------------------------------------------------------------------------------------
-# stage 2: modular aggregation
-
-
-def modular_aggregate(server: dict[str, torch.Tensor],
-                      updates: list[tuple[dict[str, torch.Tensor], float]]) -> dict[str, torch.Tensor]:
-    """Each key = FedAvg over the updates that carry it (dense keys: everyone; an expert: its
-    holders; one holder: its copy). Keys nobody sent stay the very same tensors."""
-    out = dict(server)
-    keys = {k for tensors, _ in updates for k in tensors}
-    for k in keys:
-        holders = [({k: t[k]}, w) for t, w in updates if k in t]
-        out[k] = weighted_mean([h for h, _ in holders], [w for _, w in holders])[k]
-    return out

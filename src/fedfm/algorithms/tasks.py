@@ -3,7 +3,7 @@
 - classify: logits = head(pool(backbone(x))), cross-entropy on the label, accuracy.
 - generate: causal-LM fine-tuning on prompt/response records (fedfm.models.causal_lm): loss on
   response tokens only; evaluation = greedy generation, exact match (SQuAD normalisation) as
-  acc_*, mean response-token loss as loss_*.
+  acc_*, mean response-token loss as loss_*, token F1 as f1_*, ROUGE-L F as rougeL_*.
 
 Algorithms read their loss and evaluation from here, so one FedAvg/FedProx/FedPer/local module
 serves both tasks. Heavy imports stay inside the functions (config validation imports this).
@@ -20,14 +20,12 @@ TASKS = {
     "generate": "causal-LM fine-tuning on prompt/response records, exact match of greedy answers",
 }
 
-# Algorithms that run task = "generate" (FedPer: the personal part is the last block's LoRA).
-GENERATE_ALGORITHMS = ("fedavg", "fedprox", "fedper", "local")
-REFUSED = {
-    "fedms": "FedMS's MoFM gate mixes the experts' class logits per example; for generation it "
-             "would have to mix per-token vocabulary distributions of two LoRA experts inside "
-             "greedy decoding (a KV cache per expert), which fedfm does not implement yet",
-}
+# Algorithms that run task = "generate" (FedPer: the personal part is the last block's LoRA;
+# FedMS: a per-token mixture of two LoRA experts of the LM, see fedfm.algorithms.fedms_lm).
+GENERATE_ALGORITHMS = ("fedavg", "fedprox", "fedper", "local", "fedms", "fedmoe", "randommoe")
+REFUSED: dict[str, str] = {}
 DEFAULT_MAX_NEW_TOKENS = 32
+GEN_SCORES = ("f1", "rougeL")  # besides exact match (acc_*): token F1, ROUGE-L (text_metrics)
 
 
 def task_of(cfg) -> str:
@@ -47,9 +45,15 @@ def check(cfg) -> None:
             f"task = 'generate' does not run with algorithm = '{cfg.algorithm}': {why}. "
             f"Algorithms that support generation: {', '.join(GENERATE_ALGORITHMS)}."
         )
+    if cfg.algorithm == "fedms" and int(cfg.algorithm_options("fedms").get("k0", 1)) == 0:
+        raise ConfigError("fedms.k0 = 0 trains only the classification head, and task = "
+                          "'generate' has none (the LM head stays frozen): use fedms.k0 >= 1.")
     if cfg.model.finetune == "head":
         raise ConfigError("task = 'generate' has no classification head to train: use "
                           "model.finetune = 'lora' or 'full' (the LM head stays frozen).")
+    from fedfm.models.text_metrics import check_available
+
+    check_available()  # ROUGE-L needs rouge-score (fedfm[generate])
     if cfg.runtime == "flower":
         raise ConfigError("task = 'generate' runs on the embedded runtime only for now "
                           "(runtime = 'embedded'); the Flower adapter evaluates classification.")
@@ -78,7 +82,7 @@ def evaluate(model, split, cfg) -> dict[str, Any]:
 
         m = evaluate_generation(model, split, cfg.eval.batch_size, max_new_tokens(cfg),
                                 lambda: autocast(cfg.train.precision))
-        return {"correct": m["correct"], "total": m["total"], "loss": m["loss"]}
+        return {k: m[k] for k in ("correct", "total", "loss", "f1", "rougeL")}
     from fedfm.algorithms.training import count_correct
 
     correct, total = count_correct(model, split, cfg.eval.batch_size, cfg.train.precision)
@@ -89,7 +93,8 @@ def global_result(metrics: dict[str, Any]) -> float | dict[str, Any]:
     """What `evaluate_global` returns: the accuracy, or a dict with the loss for generate."""
     acc = metrics["correct"] / max(metrics["total"], 1)
     if "loss" in metrics:
-        return {"acc_global": acc, "loss_global": metrics["loss"]}
+        return {"acc_global": acc, "loss_global": metrics["loss"],
+                **{f"{k}_global": metrics[k] for k in GEN_SCORES if k in metrics}}
     return acc
 
 
@@ -129,6 +134,10 @@ def build_generate_data(cfg, tokenizer):
 def build_generate_model(cfg, backbone, tokenizer):
     from fedfm.models.causal_lm import CausalLM
 
+    if getattr(backbone.config, "is_encoder_decoder", False):  # prompt -> encoder, response -> decoder
+        from fedfm.models.seq2seq_lm import Seq2SeqLM
+
+        return Seq2SeqLM(backbone, getattr(tokenizer, "inner", tokenizer))
     if getattr(backbone, "lm", None) is None:
         raise ConfigError(f"model '{cfg.model.name}' has no language-model head: task = "
                           "'generate' needs a decoder with a *ForCausalLM class.")

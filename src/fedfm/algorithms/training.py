@@ -7,7 +7,7 @@ MoE balance loss, ...). Optimiser: AdamW over the given parameter groups, fresh 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -87,22 +87,3 @@ def count_correct(predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 def accuracy(predict, split: Split, batch_size: int = 64, precision: str = "fp32") -> float:
     c, n = count_correct(predict, split, batch_size, precision)
     return c / max(n, 1)
-
-
-def weighted_mean(tensor_sets: Sequence[dict[str, torch.Tensor]],
-                  weights: Sequence[float]) -> dict[str, torch.Tensor]:
-    """FedAvg: θ = Σ_k w_k θ_k / Σ_k w_k, key by key. A key missing from some sets (a task head
-    in a multi-task federation) is averaged over the sets that hold it."""
-    if not tensor_sets:
-        raise ValueError("nothing to average")
-    if float(sum(weights)) <= 0:
-        raise ValueError("weights must sum to > 0")
-    out = {}
-    for key in dict.fromkeys(k for ts in tensor_sets for k in ts):
-        held = [(ts[key], w) for ts, w in zip(tensor_sets, weights) if key in ts]
-        total = float(sum(w for _, w in held))
-        acc = torch.zeros_like(held[0][0], dtype=torch.float64)
-        for t, w in held:
-            acc += t.to(torch.float64) * (w / total)
-        out[key] = acc.to(held[0][0].dtype)
-    return out

@@ -40,6 +40,7 @@ class GenSplit:
     prompt_mask: torch.Tensor
     references: tuple[str, ...]
     groups: torch.Tensor
+    is_image = False  # (not a field) text rows: the SAL prefix cache slices them by length
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])

@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fedfm.core.errors import ConfigError
-from fedfm.export.measure import accuracy_of, latencies
+from fedfm.export.budget.measure import accuracy_of, latencies
 from fedfm.models.classifier import pool, set_tensors
 from fedfm.models.elastic import Widths
 from fedfm.models.hf_elastic import Geometry, extract, fuse, split_fused, spp, subnetwork
@@ -178,6 +178,7 @@ def export_hf(cfg, tensors: dict[str, torch.Tensor], world, run_dir: Path, out: 
         "run": str(run_dir), "algorithm": cfg.algorithm, "budget": budget,
         "shape": "standard" if shape != "elastic" else "elastic", "family": family.name,
         "groups": list(w.heads), "q_heads": [g * geo.n_rep for g in w.heads],
+        "heads": [g * geo.n_rep for g in w.heads],  # the field MiniLM exports always had
         "ffn": list(w.ffn), "block_params": cost.params(w), "block_params_full": cost.params(full_w),
         "params_fraction": round(cost.fraction(w), 4),
         "total_params": cost.params(w) + frozen + sum(p.numel() for p in sub.head.parameters()),

@@ -133,9 +133,12 @@ def superlink_cmd(host: str = "127.0.0.1", port: int = 9093, certs: str | None =
 
 def supernode_cmd(partition: int, num_partitions: int, superlink: str = DEFAULT_LINK,
                   ca: str | None = None, key: str | None = None,
-                  port: int | None = None) -> list[str]:
+                  port: int | None = None, timing: tuple | None = None) -> list[str]:
     """port: the node's local runtime API port (127.0.0.1 only); None = a free one, so several
-    SuperNodes run on one machine without flags."""
+    SuperNodes run on one machine without flags. timing: (heartbeat_s, poll_s, retry_max_s),
+    None entries = Flower's defaults (fedfm.flower.node_timing)."""
+    from fedfm.flower import node_timing
+
     if not 0 <= partition < num_partitions:
         raise ConfigError(f"--partition must be in 0..{num_partitions - 1}, got {partition}.")
     if port is None:
@@ -147,7 +150,7 @@ def supernode_cmd(partition: int, num_partitions: int, superlink: str = DEFAULT_
         if not ca:
             raise ConfigError("SuperNode authentication needs TLS: pass --ca CA_CERT too.")
         cmd += ["--auth-supernode-private-key", str(Path(key).resolve())]
-    return cmd
+    return node_timing.command(*(timing or (None, None, None)), cmd)
 
 
 def write_connection(superlink: str = DEFAULT_LINK, ca: str | None = None) -> str:
@@ -263,7 +266,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return _exec(superlink_cmd(args.host, args.port, args.certs, args.auth, args.database))
     if w == "supernode":
         return _exec(supernode_cmd(args.partition, args.num_partitions, args.superlink,
-                                   args.ca, args.key, args.port))
+                                   args.ca, args.key, args.port,
+                                   (args.heartbeat_s, args.poll_s, args.retry_max_s)))
     if w == "register":
         name = write_connection(args.superlink, args.ca)
         return _exec(["flwr", "supernode", "register", str(Path(args.public_key).resolve()), name])
@@ -291,6 +295,11 @@ def add_parser(sub) -> None:
     n.add_argument("--num-partitions", type=int, required=True, help="data.num_clients")
     n.add_argument("--port", type=int, default=None,
                    help="the node's local runtime API port on 127.0.0.1 (default: a free one)")
+    for flag, what in (("--heartbeat-s", "heartbeat interval (Flower: 30; a crashed node is "
+                                         "declared unavailable after 2x this; 10-1800)"),
+                       ("--poll-s", "pause between task requests while idle (Flower: 3)"),
+                       ("--retry-max-s", "longest pause between reconnect attempts (Flower: 20)")):
+        n.add_argument(flag, type=float, default=None, help=what)
     r = fl.add_parser("register", help="allow a SuperNode's public key (SuperLink with --auth)")
     r.add_argument("public_key")
     x = fl.add_parser("run", help="start a fedfm run on a SuperLink")

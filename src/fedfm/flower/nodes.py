@@ -26,6 +26,34 @@ from fedfm.flower.codec import blob_of, info_of, partition_of
 
 log = logging.getLogger("fedfm")
 WAIT_LOG_EVERY_S = 10.0
+# how often the server asks the SuperLink for replies (Flower's Grid.send_and_receive: 3 s,
+# which adds up to 3 s to every exchange). Not lower: with `--database` the SuperLink keeps its
+# state in SQLite, and on a loaded machine faster polling by every process (0.2-0.5 s) made it
+# answer "database is locked" (seen once in tests/test_flower_deploy.py at load ~25).
+PULL_EVERY_S = 1.0
+
+
+# grids that get fedfm's pull loop: the deployment's (Flower's simulation grid pulls every
+# 0.1 s itself, and with this loop its query replies never arrived: left to its own method)
+PULL_GRIDS = ("HttpGrid",)
+
+
+def send_and_receive(grid: Grid, messages: list[Message], timeout_s: float) -> list[Message]:
+    """Grid.send_and_receive, pulling replies every PULL_EVERY_S until all are in or
+    `timeout_s` has passed, on the deployment grid; other grids use their own method."""
+    if type(grid).__name__ not in PULL_GRIDS:
+        return list(grid.send_and_receive(messages, timeout=timeout_s))
+    ids = set(grid.push_messages(messages))
+    out: list[Message] = []
+    deadline = time.monotonic() + timeout_s
+    while ids:
+        got = list(grid.pull_messages(ids))
+        out += got
+        ids -= {m.metadata.reply_to_message_id for m in got}
+        if not ids or time.monotonic() >= deadline:
+            break
+        time.sleep(PULL_EVERY_S)
+    return out
 # what a crafted payload may raise from a decoder (fedfm.transport.messages.decode should raise only
 # PayloadError; the Flower server boundary does not rely on it)
 MALFORMED = (PayloadError, ValueError, TypeError, KeyError, IndexError, RecursionError,
@@ -36,7 +64,7 @@ def query(grid: Grid, node_ids: list[int], num_clients: int, timeout_s: float) -
     """Ask `node_ids` their partition-id; returns client id -> node id for valid answers."""
     msgs = [Message(RecordDict(), dst_node_id=n, message_type="query") for n in node_ids]
     found: dict[int, int] = {}
-    for r in grid.send_and_receive(msgs, timeout=max(timeout_s, 1.0)):
+    for r in send_and_receive(grid, msgs, max(timeout_s, 1.0)):
         pid = partition_of(r.content) if r.has_content() else None
         if pid is not None and 0 <= pid < num_clients:
             found[pid] = r.metadata.src_node_id

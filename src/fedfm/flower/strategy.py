@@ -35,6 +35,7 @@ from fedfm.flower.nodes import (  # noqa: F401  (discover: re-exported)
     compute_seconds,
     discover,
     reply_blob,
+    send_and_receive,
 )
 from fedfm.sim.clients import EVALUATE, TRAIN, Exchange
 from fedfm.sim.personal import personal_metrics
@@ -96,7 +97,7 @@ class FlowerClients:
         sent = [t for t in tasks if self.map.reachable(t.client_id)]
         msgs = self.messages(sent, rnd, phase)
         t0 = time.perf_counter()
-        replies = self.grid.send_and_receive(msgs, timeout=self.timeout_s) if msgs else []
+        replies = send_and_receive(self.grid, msgs, self.timeout_s) if msgs else []
         by_client = self.replies_by_client(replies)
         self._record(rnd, phase, tasks, sent, by_client, time.perf_counter() - t0)
         for task, msg in zip(sent, msgs):

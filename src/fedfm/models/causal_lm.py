@@ -10,13 +10,11 @@ step's memory at O(|R| · V) instead of O(B · T · V).
 
 Evaluation: greedy decoding from the left-padded prompt (the HF model's own `generate`, KV
 cache on, stop at eos) and exact match after SQuAD normalisation (lower-case, no punctuation, no
-articles a/an/the, single spaces).
+articles a/an/the, single spaces), token F1 and ROUGE-L (fedfm.models.text_metrics).
 """
 
 from __future__ import annotations
 
-import re
-import string
 from collections.abc import Callable
 
 import torch
@@ -24,15 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedfm.data.generation import IGNORE
-
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = str.maketrans("", "", string.punctuation)
-
-
-def normalize_answer(s: str) -> str:
-    """SQuAD's normalisation: lower-case, strip punctuation and articles, collapse spaces."""
-    s = _ARTICLES.sub(" ", s.lower().translate(_PUNCT))
-    return " ".join(s.split())
+from fedfm.models.text_metrics import normalize_answer, rouge_l, token_f1
 
 
 def exact_match(prediction: str, reference: str) -> bool:
@@ -111,13 +101,14 @@ def response_loss_fn(model: CausalLM) -> Callable[[torch.Tensor, torch.Tensor, t
 @torch.inference_mode()
 def evaluate_generation(model: CausalLM, split, batch_size: int, max_new_tokens: int,
                         autocast=None) -> dict[str, float]:
-    """{"correct", "total", "loss", "tokens"}: EM of greedy answers and mean response-token CE."""
+    """{"correct", "total", "loss", "tokens", "f1", "rougeL"}: EM of greedy answers, mean
+    response-token CE, mean token F1 and ROUGE-L F of the answers (models/text_metrics.py)."""
     import contextlib
 
     ctx = autocast or contextlib.nullcontext
     was = model.training
     model.eval()
-    correct, loss_sum, tokens = 0, 0.0, 0
+    correct, loss_sum, tokens, f1, rouge = 0, 0.0, 0, 0.0, 0.0
     try:
         for ids, mask, labels in split.batches(batch_size):
             with ctx():
@@ -127,7 +118,11 @@ def evaluate_generation(model: CausalLM, split, batch_size: int, max_new_tokens:
             with ctx():
                 texts = model.decode(model.generate_ids(pids, pmask, max_new_tokens))
             correct += sum(exact_match(p, r) for p, r in zip(texts, refs))
+            f1 += sum(token_f1(p, r) for p, r in zip(texts, refs))
+            rouge += sum(rouge_l(p, r) for p, r in zip(texts, refs))
     finally:
         model.train(was)
+    n = max(len(split), 1)
     return {"correct": correct, "total": len(split),
-            "loss": loss_sum / max(tokens, 1), "tokens": tokens}
+            "loss": loss_sum / max(tokens, 1), "tokens": tokens,
+            "f1": f1 / n, "rougeL": rouge / n}

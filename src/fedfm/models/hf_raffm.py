@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fedfm.core.errors import ConfigError
+from fedfm.core.errors import ConfigError, PayloadError
 from fedfm.models.elastic import Widths
 from fedfm.models.hf_elastic import (
     Geometry,
@@ -148,10 +148,27 @@ class HFCost:
         return self.cost(w) / self.cost(Widths.of(self.spec))
 
 
+def check_task_tensors(clf: nn.Module, geo: Geometry, w: Widths,
+                       tensors: dict[str, torch.Tensor]) -> None:
+    """PayloadError unless `tensors` are the server's tensors cut to widths `w` (names and
+    shapes; computed on the meta device, nothing allocated)."""
+    params = dict(clf.named_parameters())
+    full = split_fused({n: torch.empty(params[n].shape, device="meta")
+                        for n in server_names(clf, geo)}, geo)
+    want = {k: tuple(v.shape) for k, v in extract(full, geo, w).items()}
+    got = {k: tuple(v.shape) for k, v in tensors.items()}
+    if got != want:
+        bad = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
+        raise PayloadError(f"task tensors do not match widths {list(w.heads)}/{list(w.ffn)}: "
+                           f"{len(bad)} differ, e.g. '{bad[0]}' {got.get(bad[0])} vs "
+                           f"{want.get(bad[0])}")
+
+
 def sub_classifier(clf: nn.Module, geo: Geometry, w: Widths,
                    tensors: dict[str, torch.Tensor]) -> nn.Module:
     """The client's real smaller Classifier: blocks/final norm/head from `tensors` (canonical,
     sliced to `w`), embeddings shared with `clf`; everything frozen (the caller unfreezes)."""
+    check_task_tensors(clf, geo, w, tensors)
     sub = subnetwork(clf, geo, w, tensors)
     for p in sub.parameters():
         p.requires_grad_(False)

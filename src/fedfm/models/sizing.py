@@ -1,15 +1,6 @@
-"""What a subnetwork costs, and the widths that fit a client's budget.
-
-Units (a budget b is a fraction of the full model's cost in the same unit):
-
-    params  Σ_blocks P(h_i, f_i): parameters of the transformer blocks. The embeddings are not
-            counted: they are frozen, never cut and cost no FLOPs (a lookup); the head is tiny.
-    flops   Σ_blocks 2·T·P_lin(h_i, f_i) + 4·T²·h_i·hd: forward matmul FLOPs per example at
-            T = model.max_length (P_lin = weights of the linear layers).
-    memory  an estimate of peak training bytes: 4·(all weights) + optimiser/grad state
-            (12 B per trained block weight for full fine-tuning: grad + Adam m, v; 16 B per LoRA
-            weight) + fp32 activations kept for backward, per block
-            4·B·T·(6H + 4·h_i·hd + h_i·T + 2·f_i) at B = train.batch_size.
+"""The widths that fit a client's budget, for any cost model with `spec` (per-block `heads`,
+`ffn`, `num_layers`), `unit`, `cost(w)` and `fraction(w)` (models/hf_raffm.HFCost: params,
+flops or memory of every registered family, MiniLM's BERT included).
 
 Sizing rules:
     largest  the same (heads, FFN) in every block, on the balanced path h/H ≈ f/F: among head
@@ -23,76 +14,16 @@ Sizing rules:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 from fedfm.core.errors import ConfigError
-from fedfm.models.bert import EncoderSpec
 from fedfm.models.elastic import Widths
 
-UNITS = ("params", "flops", "memory")
 RATIOS = (0.25, 0.5, 0.75, 1.0)
 
 
-def block_params(hidden: int, heads: int, ffn: int, head_dim: int) -> int:
-    """Parameters of one block: q, k, v, o (+ biases), FFN in/out (+ biases), two LayerNorms."""
-    a = heads * head_dim
-    return 4 * hidden * a + 3 * a + hidden + 2 * hidden * ffn + ffn + hidden + 4 * hidden
-
-
-def embedding_params(spec: EncoderSpec) -> int:
-    return (spec.vocab_size + spec.max_position + spec.type_vocab) * spec.hidden + 2 * spec.hidden
-
-
-@dataclass(frozen=True)
-class CostModel:
-    """Cost of widths in `unit` for a given spec, sequence length, batch and fine-tuning mode."""
-
-    spec: EncoderSpec
-    unit: str = "params"
-    seq: int = 128
-    batch: int = 32
-    finetune: str = "full"  # full | lora | head
-    lora_rank: int = 8
-
-    def __post_init__(self):
-        if self.unit not in UNITS:
-            raise ConfigError(f"budget unit must be one of {', '.join(UNITS)}, not '{self.unit}'.")
-
-    def params(self, w: Widths) -> int:
-        s = self.spec
-        return sum(block_params(s.hidden, h, f, s.head_dim) for h, f in zip(w.heads, w.ffn))
-
-    def flops(self, w: Widths) -> float:
-        s, t = self.spec, self.seq
-        lin = sum(4 * s.hidden * h * s.head_dim + 2 * s.hidden * f for h, f in zip(w.heads, w.ffn))
-        attn = sum(4 * t * t * h * s.head_dim for h in w.heads)
-        return 2 * t * lin + attn
-
-    def memory(self, w: Widths) -> float:
-        s, b, t = self.spec, self.batch, self.seq
-        blocks = self.params(w)
-        weights = 4 * (embedding_params(s) + blocks)
-        if self.finetune == "full":
-            state = 12 * blocks
-        elif self.finetune == "lora":  # q and v LoRA per block: r·(H + h·hd) each
-            state = 16 * sum(2 * self.lora_rank * (s.hidden + h * s.head_dim) for h in w.heads)
-        else:
-            state = 0
-        acts = sum(4 * b * t * (6 * s.hidden + 4 * h * s.head_dim + h * t + 2 * f)
-                   for h, f in zip(w.heads, w.ffn))
-        return float(weights + state + acts)
-
-    def cost(self, w: Widths) -> float:
-        return float(getattr(self, self.unit)(w))
-
-    def fraction(self, w: Widths) -> float:
-        """Cost of `w` relative to the full model's."""
-        return self.cost(w) / self.cost(Widths.of(self.spec))
-
-
-def _widest_ffn(cm: CostModel, heads: int, cap: float) -> int | None:
+def _widest_ffn(cm, heads: int, cap: float) -> int | None:
     """Largest uniform FFN width f in [1, F] with cost(h, f) <= cap, None if even f=1 is over."""
     layers, full_f = cm.spec.num_layers, max(cm.spec.ffn)
     fits = lambda f: cm.cost(Widths.uniform(layers, heads, f)) <= cap  # noqa: E731
@@ -105,7 +36,7 @@ def _widest_ffn(cm: CostModel, heads: int, cap: float) -> int | None:
     return lo
 
 
-def largest_uniform(cm: CostModel, budget: float) -> Widths:
+def largest_uniform(cm, budget: float) -> Widths:
     """Uniform widths with cost <= budget · full cost, balanced between heads and FFN."""
     full_h, full_f = max(cm.spec.heads), max(cm.spec.ffn)
     cap = budget * cm.cost(Widths.of(cm.spec)) * (1 + 1e-12)
@@ -124,7 +55,7 @@ def largest_uniform(cm: CostModel, budget: float) -> Widths:
     return best
 
 
-def sample_fitting(cm: CostModel, budget: float, generator: torch.Generator,
+def sample_fitting(cm, budget: float, generator: torch.Generator,
                    tries: int = 200) -> Widths:
     """RaFFM-style: sample per-block width ratios, reject those over budget."""
     cap = budget * cm.cost(Widths.of(cm.spec)) * (1 + 1e-12)
@@ -139,7 +70,7 @@ def sample_fitting(cm: CostModel, budget: float, generator: torch.Generator,
     return largest_uniform(cm, budget)
 
 
-def choose_widths(cm: CostModel, budget: float, rule: str = "largest",
+def choose_widths(cm, budget: float, rule: str = "largest",
                   generator: torch.Generator | None = None) -> Widths:
     if rule == "largest":
         return largest_uniform(cm, budget)

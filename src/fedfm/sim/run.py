@@ -42,7 +42,10 @@ def summarise(cfg: RunConfig, rows: list[dict[str, Any]], runner: EmbeddedRunner
     for key in ("loss_global", "loss_personal_mean"):  # task = generate
         if key in last_eval:
             s[key] = last_eval[key]
-    for key in ("acc_by_task", "loss_by_task"):  # multi-task (fedfm.algorithms.multitask)
+    for key in ("f1_global", "rougeL_global", "f1_personal_mean", "rougeL_personal_mean"):
+        if key in last_eval:  # task = generate: token F1, ROUGE-L
+            s[key] = last_eval[key]
+    for key in ("acc_by_task", "loss_by_task", "f1_by_task", "rougeL_by_task"):  # multi-task
         if key in last_eval:
             s[key] = last_eval[key]
     for key in SUMMED:

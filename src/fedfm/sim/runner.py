@@ -117,6 +117,9 @@ class EmbeddedRunner:
             self.progress("evaluate", i + 1, len(tasks))
         if any(v is not None for v in losses):
             extra["loss_personal_mean"] = _mean(losses)
+            for key in ("f1", "rougeL"):  # task = generate: token F1, ROUGE-L per client
+                extra[f"{key}_personal_mean"] = _mean([self.client_metrics.get(t.client_id, {}).get(key)
+                                                       for t in tasks])
         row = {"acc_global": acc_global, **personal_metrics(results), **extra}
         if d.task_tests:  # multi-task: per-task accuracy, macro means over tasks
             from fedfm.algorithms.multitask import task_metrics

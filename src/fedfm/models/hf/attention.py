@@ -47,3 +47,41 @@ def use_fedfm_sdpa(model: torch.nn.Module) -> bool:
         return False
     model.set_attn_implementation(register())
     return True
+
+
+def _cast_input_once(mod, args, kwargs):
+    """Forward pre-hook: under autocast, hand the module its fp32 `hidden_states` already in the
+    autocast dtype. Autocast would otherwise cast the same tensor once per projection that
+    reads it (q, k, v and each LoRA A: 5 copies per block with q/v LoRA), and in the backward
+    pass cast each of their gradients back. Forward values are identical (the same cast)."""
+    x = args[0] if args else kwargs.get("hidden_states")
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.float32:
+        return None
+    dev = x.device.type
+    if not torch.is_autocast_enabled(dev):
+        return None
+    x = x.to(torch.get_autocast_dtype(dev))
+    if args:
+        return (x, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": x}
+
+
+def cast_shared_inputs(backbone) -> list:
+    """Register `_cast_input_once` on the modules whose input feeds several projections: each
+    block's attention (parent of q / fused qkv) and gated MLP (parent of gate and up). Returns
+    the hook handles (also kept as `backbone.cast_hooks`)."""
+    from fedfm.models.hf.family import get_path
+
+    fam, handles = backbone.family, []
+    paths = []
+    if fam.attn is not None and (fam.attn.q or fam.attn.qkv):
+        paths.append((fam.attn.q or fam.attn.qkv).rpartition(".")[0])
+    if fam.mlp is not None and fam.mlp.gate and fam.mlp.up:
+        paths.append(fam.mlp.gate.rpartition(".")[0])
+    for block in backbone.blocks:
+        for path in paths:
+            if path:
+                mod = get_path(block, path)
+                handles.append(mod.register_forward_pre_hook(_cast_input_once, with_kwargs=True))
+    object.__setattr__(backbone, "cast_hooks", handles)
+    return handles

@@ -13,9 +13,14 @@ from pathlib import Path
 import torch
 
 from fedfm.core.errors import ConfigError
-from fedfm.models.hf.attention import use_fedfm_sdpa
+from fedfm.models.hf.attention import cast_shared_inputs, use_fedfm_sdpa
 from fedfm.models.hf.backbone import HFBackbone
 from fedfm.models.hf.family import get_path
+
+# Encoder-decoder types: classification runs their encoder alone (pooled), task = "generate"
+# runs the whole seq2seq LM (models/seq2seq_lm.py).
+ENCODER_ONLY = {"switch_transformers": "SwitchTransformersEncoderModel", "t5": "T5EncoderModel"}
+
 
 
 def check_folder(folder: Path) -> None:
@@ -30,7 +35,7 @@ def check_folder(folder: Path) -> None:
 
 def set_dropout(config, p: float) -> None:
     """fedfm's `model.dropout` governs every dropout of the backbone (default 0: deterministic
-    and equal to the legacy Bert; HF checkpoints often say 0.1)."""
+    and equal to fedfm's former hand-written BERT; HF checkpoints often say 0.1)."""
     for k, v in list(vars(config).items()):
         if isinstance(v, float) and ("dropout" in k or k.endswith("pdrop")) and "classifier" not in k:
             setattr(config, k, p)
@@ -70,16 +75,20 @@ def load_hf_backbone(folder: Path, num_layers: int | None = None, dropout: float
     """The base model of `folder` (no LM head) wrapped as an HFBackbone. `task="generate"`
     loads the causal LM and keeps it as `backbone.lm` (a plain attribute). `sdpa_fp32`: SDPA
     models use `fedfm_sdpa` (attention in fp32 on the CPU under bf16 autocast, see attention.py)."""
+    from safetensors import SafetensorError
     from transformers import AutoModel, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     config = load_hf_config(folder, dropout)
     cls = AutoModelForCausalLM if task == "generate" else AutoModel
+    seq2seq = bool(getattr(config, "is_encoder_decoder", False))
+    if seq2seq:
+        cls = _seq2seq_class(config, task)
     try:
         model = cls.from_pretrained(str(folder), config=config, use_safetensors=True,
                                     local_files_only=True, dtype=dtype or torch.float32)
-    except (ValueError, OSError, KeyError) as e:
+    except (ValueError, OSError, KeyError, SafetensorError) as e:  # corrupt weights included
         raise ConfigError(f"'{folder}': transformers could not load the model "
                           f"({str(e).splitlines()[0][:200]}).") from None
     if sdpa_fp32:
@@ -88,11 +97,16 @@ def load_hf_backbone(folder: Path, num_layers: int | None = None, dropout: float
         except (ValueError, ImportError):  # keep the model's own attention implementation
             pass
     lm = None
+    if task == "generate" and seq2seq:  # the whole model is the backbone (encoder + decoder)
+        return wrap_seq2seq(model)
     if task == "generate":
         lm, model = model, model.base_model
     if getattr(model, "pooler", None) is not None:
         model.pooler = None  # fedfm pools itself; BERT's pooler is unused work
-    return wrap(model, num_layers, lm)
+    backbone = wrap(model, num_layers, lm)
+    if sdpa_fp32:  # fedfm's CPU speed-ups (attention.py): cast shared block inputs once
+        cast_shared_inputs(backbone)
+    return backbone
 
 
 def wrap(model: torch.nn.Module, num_layers: int | None = None, lm=None) -> HFBackbone:
@@ -103,6 +117,28 @@ def wrap(model: torch.nn.Module, num_layers: int | None = None, lm=None) -> HFBa
     backbone = HFBackbone(model, family)
     if lm is not None:
         object.__setattr__(backbone, "lm", lm)
+    return backbone
+
+
+def _seq2seq_class(config, task: str):
+    import transformers
+
+    if task == "generate":
+        return transformers.AutoModelForSeq2SeqLM
+    name = ENCODER_ONLY.get(config.model_type)
+    if name is None:
+        raise ConfigError(f"model type '{config.model_type}' is an encoder-decoder that fedfm "
+                          "can run with task = \"generate\" only (no encoder-only class known).")
+    return getattr(transformers, name)
+
+
+def wrap_seq2seq(model) -> HFBackbone:
+    """An encoder-decoder LM as one backbone: `blocks` = the encoder's, but LoRA and `block_of`
+    reach the decoder blocks too (encoder.block.i / decoder.block.i)."""
+    import re
+
+    backbone = wrap(model, None, model)
+    backbone._block_re = re.compile(r"(?:^|\.)(?:encoder|decoder)\.block\.(\d+)(?:\.|$)")
     return backbone
 
 

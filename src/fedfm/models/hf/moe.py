@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import math
-from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -32,10 +31,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedfm.core.errors import ConfigError
+from fedfm.models.hf import moe_switch as S
 from fedfm.models.hf.family import AttnSpec, FamilySpec, get_path, register_family
+from fedfm.models.hf.moe_groups import KINDS, attach_groups, cut_router
+from fedfm.models.hf.moe_tokens import REAL as _REAL
+from fedfm.models.hf.moe_tokens import real_mask as _real_mask
 
 IMPL = "fedfm_lora"
-_REAL: ContextVar[torch.Tensor | None] = ContextVar("fedfm_moe_real_tokens", default=None)
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,12 @@ class MoESpec:
     norm_topk: str | bool = "norm_topk_prob"  # config attribute, or a constant (Mixtral: True)
     num_experts: str = "num_experts"
     top_k: str = "num_experts_per_tok"
-    shared: tuple[str, ...] = ()  # always-active dense parts (frozen here)
+    shared: tuple[str, ...] = ()  # always-active shared experts: never cut, LoRA averaged as dense
+    router_kind: str = "softmax_topk"  # | "deepseek_v2" | "deepseek_v3" (moe_groups.py)
+    storage: str = "fused3d"  # | "moduledict" (switch_transformers, moe_switch.py)
+
+
+_SHARED_MLP = ("gate_proj", "up_proj", "down_proj")
 
 
 _ATTN = AttnSpec("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
@@ -55,10 +62,22 @@ MOE_SPECS = {
     "qwen2_moe": MoESpec(shared=("shared_expert", "shared_expert_gate")),
     "qwen3_moe": MoESpec(),
     "olmoe": MoESpec(),
+    # DeepSeek: shared experts, group-limited routing, dense first layers, MLA attention
+    "deepseek_v2": MoESpec(shared=("shared_experts",), router_kind="deepseek_v2"),
+    "deepseek_v3": MoESpec(num_experts="n_routed_experts", shared=("shared_experts",),
+                           router_kind="deepseek_v3"),
 }
+# switch_transformers: its own family row (encoder-decoder), moe_switch.py
+SWITCH = MoESpec(block="", router="router", storage="moduledict", norm_topk=True)
+# MLA: q_proj exists only without q_lora_rank (else q_a_proj/q_b_proj); kv_b_proj always
+_MLA = AttnSpec(None, None, "self_attn.kv_b_proj", "self_attn.o_proj")
 for _t, _m in MOE_SPECS.items():
-    register_family(FamilySpec((_t,), "layers", "embed_tokens", "norm", attn=_ATTN, mlp=None,
-                               moe=_m))
+    _mla = _t.startswith("deepseek")
+    register_family(FamilySpec((_t,), "layers", "embed_tokens", "norm",
+                               attn=_MLA if _mla else _ATTN, mlp=None, moe=_m,
+                               lora_targets=("v", "o") if _mla else ("q", "v")))
+MOE_SPECS["switch_transformers"] = SWITCH
+S.register(SWITCH)
 
 
 def is_moe(model_type: str | None) -> bool:
@@ -69,22 +88,34 @@ def is_moe(model_type: str | None) -> bool:
 
 
 def moe_layers(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
-    """(experts, router) of every MoE block, in block order (`model`: a Classifier, HFBackbone or
-    HF base model). Every block must be an MoE block."""
+    """(experts, router) of every MoE block, in block order (`model`: a Classifier, CausalLM,
+    HFBackbone or HF base model). Dense blocks (DeepSeek's first_k_dense_replace, Qwen2-MoE's
+    mlp_only_layers) are skipped; `moe_layer_ids` gives the block index of each entry."""
+    return [(ex, rt) for _, ex, rt in _moe_blocks(model)]
+
+
+def moe_layer_ids(model: nn.Module) -> list[int]:
+    """Block index of each MoE block (the `layers.{i}` of its flat keys)."""
+    return [i for i, _, _ in _moe_blocks(model)]
+
+
+def _moe_blocks(model: nn.Module) -> list[tuple[int, nn.Module, nn.Module]]:
     bb = model.backbone if hasattr(model, "backbone") else model
     fam = getattr(bb, "family", None)
     spec = fam.moe if fam is not None else None
     if spec is None:
         raise ConfigError("the model is not a supported Hugging Face MoE "
                           f"({', '.join(MOE_SPECS)}).")
+    if spec.storage == "moduledict":
+        return S.switch_blocks(bb.base if hasattr(bb, "base") else bb)
     out = []
     for i, blk in enumerate(bb.blocks):
         moe = get_path(blk, spec.block)
         ex, rt = getattr(moe, spec.experts, None), getattr(moe, spec.router, None)
-        if ex is None or rt is None or not hasattr(ex, "gate_up_proj"):
-            raise ConfigError(f"block {i} of the '{fam.name}' model is not an MoE block "
-                              "(dense layers between MoE layers are not supported yet).")
-        out.append((ex, rt))
+        if ex is not None and rt is not None and hasattr(ex, "gate_up_proj"):
+            out.append((i, ex, rt))
+    if not out:
+        raise ConfigError(f"the '{fam.name}' model has no MoE block (every block is dense).")
     return out
 
 
@@ -155,15 +186,10 @@ class RouterState:
         self.load = torch.zeros(len(ids), dtype=torch.float64)  # last forward, local ids
 
 
-def _real_mask(n: int) -> torch.Tensor | None:
-    m = _REAL.get()
-    return m.reshape(-1).bool() if m is not None and m.numel() == n else None
-
-
 def _router_hook(mod, inputs, out):
     st: RouterState = mod.fedfm_state
     logits, scores, idx = out
-    if st.held is not None:
+    if st.held is not None and getattr(mod, "fedfm_kind", None) is None:  # softmax_topk
         logits = logits.masked_fill(~st.held.to(logits.device), float("-inf"))
         probs = torch.softmax(logits.float(), dim=-1)
         top, idx = torch.topk(probs, min(mod.top_k, int(st.held.sum())), dim=-1)
@@ -172,6 +198,7 @@ def _router_hook(mod, inputs, out):
         scores = top.to(scores.dtype)
     real = _real_mask(idx.shape[0])
     sel = idx if real is None else idx[real.to(idx.device)]
+    sel = sel[sel < len(st.ids)]  # DeepSeek's sentinel slots (moe_groups.py) run no expert
     st.load = torch.bincount(sel.reshape(-1).cpu(), minlength=len(st.ids)).double()
     st.last = (logits, idx, real)
     return logits, scores, idx
@@ -192,17 +219,36 @@ def attach(model: nn.Module, backbone) -> None:
         ids = list(range(ex.num_experts))
         ex.fedfm_ids, rt.fedfm_ids = ids, list(ids)
         rt.fedfm_state = RouterState(list(ids), norm)
+        if spec.storage == "moduledict":
+            S.attach(rt, ex)
+            continue
+        if spec.router_kind in KINDS:
+            attach_groups(rt, spec.router_kind)
         rt.register_forward_hook(_router_hook)
     backbone.base.register_forward_pre_hook(_mask_pre_hook, with_kwargs=True)
-    backbone.base.set_experts_implementation(IMPL)
+    if spec.storage == "fused3d":
+        backbone.base.set_experts_implementation(IMPL)
 
 
 def add_expert_lora(backbone, rank: int, alpha: float, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     for ex, _ in moe_layers(backbone):
+        if not hasattr(ex, "gate_up_proj"):  # switch: LoRALinear on each expert's wi, wo
+            S.add_lora(ex, rank, alpha, g)
+            continue
         _, two_i, h = ex.gate_up_proj.shape
         ex.fedfm_lora = nn.ModuleDict(
             {str(e): ExpertLoRA(h, two_i // 2, rank, alpha, g) for e in ex.fedfm_ids})
+
+
+def add_shared_lora(backbone, rank: int, alpha: float, seed: int) -> list[str]:
+    """LoRA on the shared experts' linears (qwen2_moe `shared_expert`, DeepSeek
+    `shared_experts`): always held by every client, averaged over all like attention LoRA."""
+    from fedfm.models.lora import inject_lora
+
+    spec = backbone.family.moe
+    targets = tuple(f"{spec.block}.{s}.{n}" for s in spec.shared for n in _SHARED_MLP)
+    return inject_lora(backbone, targets, rank, alpha, seed) if targets else []
 
 
 def set_held(model: nn.Module, held: list[list[int]] | None) -> None:
@@ -210,6 +256,8 @@ def set_held(model: nn.Module, held: list[list[int]] | None) -> None:
     for (_, rt), h in zip(moe_layers(model), held or [None] * len(moe_layers(model))):
         st = rt.fedfm_state
         st.held = None if h is None else torch.tensor([e in set(h) for e in st.ids])
+        if hasattr(rt, "classifier"):  # switch: masked on the logits (moe_switch.py)
+            S.set_held(rt, st.held)
 
 
 def loads(model: nn.Module) -> torch.Tensor:
@@ -239,6 +287,7 @@ def aux_loss(model: nn.Module) -> torch.Tensor:
         if real is not None:
             probs, idx = probs[real], idx[real]
         n_held = int(torch.isfinite(logits[0]).sum()) if logits.numel() else 1
+        idx = idx[idx < logits.shape[-1]]  # without DeepSeek's sentinel slots
         f = torch.bincount(idx.reshape(-1), minlength=logits.shape[-1]).float()
         f = f / f.sum().clamp_min(1.0)
         total = total + n_held * (f * probs.mean(0)).sum().cpu()
@@ -256,6 +305,10 @@ def cut(model: nn.Module, held: list[list[int]]) -> nn.Module:
     memo = {id(p): p for p in model.parameters() if not p.requires_grad}
     sub = copy.deepcopy(model, memo)
     for (ex, rt), keep in zip(moe_layers(sub), held):
+        if hasattr(rt, "classifier"):
+            S.cut(ex, rt, keep)
+            _recount(ex, rt, keep)
+            continue
         local = torch.tensor([rt.fedfm_ids.index(e) for e in keep])
         for name in ("gate_up_proj", "down_proj"):
             w = getattr(ex, name)
@@ -263,17 +316,23 @@ def cut(model: nn.Module, held: list[list[int]]) -> nn.Module:
                                            requires_grad=w.requires_grad))
         w = rt.weight
         rt.weight = nn.Parameter(w.detach().index_select(0, local), requires_grad=w.requires_grad)
-        rt.fedfm_num_global = num_experts_global(rt)
-        ex.num_experts = rt.num_experts = len(keep)
+        if hasattr(rt, "fedfm_groups"):
+            cut_router(rt, local)
         rt.top_k = min(rt.top_k, len(keep))
-        ex.fedfm_ids = rt.fedfm_ids = list(keep)
-        st = rt.fedfm_state
-        st.ids, st.held, st.last = list(keep), None, None
-        st.load = torch.zeros(len(keep), dtype=torch.float64)
+        _recount(ex, rt, keep)
         if hasattr(ex, "fedfm_lora"):
             for k in [k for k in ex.fedfm_lora if int(k) not in set(keep)]:
                 del ex.fedfm_lora[k]
     return sub
+
+
+def _recount(ex, rt, keep: list[int]) -> None:
+    rt.fedfm_num_global = num_experts_global(rt)
+    ex.num_experts = rt.num_experts = len(keep)
+    ex.fedfm_ids = rt.fedfm_ids = list(keep)
+    st = rt.fedfm_state
+    st.ids, st.held, st.last = list(keep), None, None
+    st.load = torch.zeros(len(keep), dtype=torch.float64)
 
 
 def expert_costs(model: nn.Module, submodel_memory) -> list[list[int]]:
@@ -281,6 +340,10 @@ def expert_costs(model: nn.Module, submodel_memory) -> list[list[int]]:
     row — what `cut` saves by dropping it."""
     costs = []
     for ex, rt in moe_layers(model):
+        if hasattr(rt, "classifier"):
+            costs.append([S.expert_cost(ex, rt, j, submodel_memory)
+                          for j in range(len(rt.fedfm_ids))])
+            continue
         row = []
         for e in range(ex.num_experts):
             c = 0
@@ -292,3 +355,8 @@ def expert_costs(model: nn.Module, submodel_memory) -> list[list[int]]:
             row.append(c)
         costs.append(row)
     return costs
+
+
+def router_weight(rt) -> nn.Parameter:
+    """The (E, H) routing matrix: `weight`, or Switch's `classifier.weight`."""
+    return rt.classifier.weight if hasattr(rt, "classifier") else rt.weight
