@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fedfm.core.errors import ConfigError
-from fedfm.export.budget.measure import accuracy_of, latencies
+from fedfm.export.measure import accuracy_of, latencies
 from fedfm.models.classifier import pool, set_tensors
 from fedfm.models.elastic import Widths
 from fedfm.models.hf_elastic import Geometry, extract, fuse, split_fused, spp, subnetwork
