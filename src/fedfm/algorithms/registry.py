@@ -26,6 +26,8 @@ from fedfm.core.schema import RunConfig, from_dict
 MODULES = ["fedavg", "fedprox", "local", "fedper", "fedms_lm", "raffm", "heterofl", "fedmoe", "randommoe",
            "hetlora", "flexlora", "flora"]
 MODULES += ["fedsa", "feddpa", "fedavg_ft", "ditto"]  # personalised baselines (issue #19)
+# "fedms_lm" registers fedms: the row picks FedMS (classify) or FedMSLM (generate), so it lives in
+# the module that imports both (fedms_lm imports fedms; fedms never imports fedms_lm)
 
 
 @dataclass(frozen=True)

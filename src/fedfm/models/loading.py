@@ -102,7 +102,7 @@ def tiny_hf_bert(seed: int, layers: int | None = None):
 
 
 def hf_folder(name: str, path: str | None) -> Path:
-    """The local HF folder a model name points to (fedfm.models.registry)."""
+    """The local HF folder a model name points to (its row in fedfm.models.registry)."""
     from fedfm.models.registry import get
 
     return get(name).folder_for(path)

@@ -137,7 +137,7 @@ def balance_loss(probs: torch.Tensor, idx: torch.Tensor, held: torch.Tensor):
 
 def _moe_feed_forward(self, a: torch.Tensor) -> torch.Tensor:
     """The MoE layer's `feed_forward_chunk`: a (B, T, H) attention output -> LN(a + MoE(a))."""
-    from fedfm.models.hf.moe import _real_mask
+    from fedfm.models.hf.moe_tokens import real_mask as _real_mask
 
     real = _real_mask(a.shape[0] * a.shape[1])  # (B*T,) bool, or None: every token is real
     tokens = (real.reshape(a.shape[:2]).to(a.device) if real is not None

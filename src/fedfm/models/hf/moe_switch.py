@@ -27,16 +27,10 @@ import torch
 from torch import nn
 
 from fedfm.models.hf.family import AttnSpec, FamilySpec, register_family
+from fedfm.models.hf.moe_tokens import REAL, real_mask  # noqa: F401  (one mask for every router)
 
 DECODER = 1000
 REAL_DEC: ContextVar[torch.Tensor | None] = ContextVar("fedfm_switch_real_dec", default=None)
-# the real-token (attention) mask of the current forward, set by fedfm.models.hf.moe's hook
-REAL: ContextVar[torch.Tensor | None] = ContextVar("fedfm_moe_real_tokens", default=None)
-
-
-def real_mask(n: int) -> torch.Tensor | None:
-    m = REAL.get()
-    return m.reshape(-1).bool() if m is not None and m.numel() == n else None
 
 _T5_ATTN = AttnSpec("layer.0.SelfAttention.q", "layer.0.SelfAttention.k",
                     "layer.0.SelfAttention.v", "layer.0.SelfAttention.o")
