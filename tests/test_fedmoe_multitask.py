@@ -20,7 +20,10 @@ FEDMOE = {"num_experts": 4, "top_k": 2, "profile_rounds": 1, "profile_all_large"
 
 
 def _cfg(tmp_path, algorithm="fedmoe", **over):
-    raw = _raw(tmp_path, algorithm, **{"sampling.fraction": 0.3, **over})
+    # lr 1e-2, not _raw's 2e-2: at 2e-2 FedMoE stage 2 (sub-MoEs of 1-2 experts per block)
+    # diverges on some seeds (seed 0: personal mean 0.78 -> 0.31, below chance, recommendation
+    # on or off, router frozen or not); 1e-2 and 5e-3 learn steadily on seeds 0-2
+    raw = _raw(tmp_path, algorithm, **{"sampling.fraction": 0.3, "train.lr": 1e-2, **over})
     raw["model"]["lora_targets"] = ["query", "value", "intermediate.dense", "output.dense"]
     raw["resources"] = {"unit": "memory", "per_client": BUDGETS}
     opts = dict(FEDMOE) if algorithm == "fedmoe" else {"num_experts": 4, "top_k": 2}

@@ -34,13 +34,14 @@ def _write_tasks(tmp_path) -> tuple[str, str]:
 
 def _raw(tmp_path, algorithm="fedavg", **over):
     jl, cs = _write_tasks(tmp_path)
-    raw = tiny_raw(algorithm=algorithm, rounds=5, out=str(tmp_path / "run"), **over)
+    # lr / local_epochs are defaults: a caller's "train.lr" override wins
+    raw = tiny_raw(algorithm=algorithm, rounds=5, out=str(tmp_path / "run"),
+                   **{"train.lr": 2e-2, "train.local_epochs": 2, **over})
     raw["data"] = {"num_clients": 7, "partition": "iid", "tasks": [
         {"name": "synthetic", "num_clients": 3},
         {"name": "jsonl", "path": jl, "num_clients": 2},
         {"name": "csv", "id": "three-way", "path": cs, "num_clients": 2, "partition": "dirichlet",
          "alpha": 1.0}]}
-    raw["train"].update(lr=2e-2, local_epochs=2)
     return raw
 
 
