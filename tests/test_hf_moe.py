@@ -152,9 +152,15 @@ def test_fedmoe_randommoe_learn_on_hf_moe(folders, tmp_path, fam, algo):
     _learns(s, raw["out"])
 
 
+# with the non-slow cases above: fedmoe and randommoe each run end to end on every family
 @pytest.mark.slow
-@pytest.mark.parametrize("fam", ["qwen3_moe", "olmoe", "deepseek_v2"])
-@pytest.mark.parametrize("algo", ["fedmoe", "randommoe"])
+@pytest.mark.parametrize("fam,algo", [
+    *((f, a) for f in ("qwen3_moe", "olmoe", "deepseek_v2") for a in ("fedmoe", "randommoe")),
+    pytest.param("mixtral", "randommoe", marks=pytest.mark.xfail(
+        raises=AssertionError, strict=False,
+        reason="runs end to end (a crash still fails), but misses the learning bar: personal "
+               "acc 0.12 -> 0.48 -> 0.40 over 3 rounds (bar 0.5, chance 0.25); measured once")),
+    ("qwen2_moe", "fedmoe"), ("deepseek_v3", "randommoe")])
 def test_every_family_runs(folders, tmp_path, fam, algo):
     raw = _raw(folders[fam], algo, tmp_path)
     s = run(build_config(raw), quiet=True)
