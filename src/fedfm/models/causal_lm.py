@@ -75,17 +75,9 @@ class CausalLM(nn.Module):
     def generate_ids(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                      max_new_tokens: int) -> torch.Tensor:
         """Greedy continuation (B, <= max_new_tokens) of left-padded prompts."""
-        tok = self.tokenizer
-        pad = getattr(tok, "pad_token_id", None)
-        eos = getattr(tok, "eos_token_id", None)
-        pad = pad if pad is not None else (eos if eos is not None else 0)
         dev = next(self.lm_head.parameters()).device
-        out = self.lm.generate(
-            input_ids=prompt_ids.to(dev), attention_mask=prompt_mask.to(dev),
-            max_new_tokens=max_new_tokens,
-            do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=eos, use_cache=True,
-            temperature=None, top_p=None, top_k=None,
-        )
+        out = greedy_generate(self.lm, self.tokenizer, prompt_ids, prompt_mask, dev,
+                              max_new_tokens)
         return out[:, prompt_ids.shape[1]:].cpu()
 
     def decode(self, ids: torch.Tensor) -> list[str]:
@@ -126,3 +118,18 @@ def evaluate_generation(model: CausalLM, split, batch_size: int, max_new_tokens:
     return {"correct": correct, "total": len(split),
             "loss": loss_sum / max(tokens, 1), "tokens": tokens,
             "f1": f1 / n, "rougeL": rouge / n}
+
+
+def greedy_generate(lm, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                    dev, max_new_tokens: int) -> torch.Tensor:
+    """`lm.generate` greedily (no sampling, one beam, KV cache); pad falls back to eos, then 0.
+    Shared by the decoder-only and the encoder-decoder wrappers."""
+    pad = getattr(tokenizer, "pad_token_id", None)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    pad = pad if pad is not None else (eos if eos is not None else 0)
+    return lm.generate(
+        input_ids=prompt_ids.to(dev), attention_mask=prompt_mask.to(dev),
+        max_new_tokens=max_new_tokens,
+        do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=eos, use_cache=True,
+        temperature=None, top_p=None, top_k=None,
+    )

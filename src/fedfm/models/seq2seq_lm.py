@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedfm.data.generation import IGNORE
+from fedfm.models.causal_lm import greedy_generate
 
 
 def split_rows(ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor):
@@ -78,15 +79,9 @@ class Seq2SeqLM(nn.Module):
     @torch.no_grad()
     def generate_ids(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                      max_new_tokens: int) -> torch.Tensor:
-        tok = self.tokenizer
-        pad = getattr(tok, "pad_token_id", None)
-        eos = getattr(tok, "eos_token_id", None)
-        pad = pad if pad is not None else (eos if eos is not None else 0)
         dev = self.lm_head.weight.device
-        out = self.lm.generate(
-            input_ids=prompt_ids.to(dev), attention_mask=prompt_mask.to(dev),
-            max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad,
-            eos_token_id=eos, use_cache=True, temperature=None, top_p=None, top_k=None)
+        out = greedy_generate(self.lm, self.tokenizer, prompt_ids, prompt_mask, dev,
+                              max_new_tokens)
         return out[:, 1:].cpu()  # without the decoder start token
 
     def decode(self, ids: torch.Tensor) -> list[str]:
