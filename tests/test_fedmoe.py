@@ -360,3 +360,29 @@ def test_propose_trims_additions_to_the_budget():
     assert propose(0, {0: own, 1: ref}, held, 1, cost, limit=10) == [[0, 1, 2, 3]]
     assert propose(0, {0: own, 1: ref}, held, 1, cost, limit=2) == [[2, 3]]  # kept highest own p
     assert propose(0, {0: own, 1: ref}, held, 1, cost, limit=1) == [[3]]
+
+
+def test_fill_budget_ablation_adds_highest_p_experts_up_to_the_limit(tmp_path):
+    """fedmoe.fill_budget (ablation, off by default): the threshold search stops at theta = 1
+    with budget left when experts have p = 0; filling adds experts by p until alpha · M_k."""
+    from fedfm.algorithms.submoe import fill_budget
+    from fedfm.sim.world import build_world
+
+    mem = MemoryModel(100, [[10, 10, 10, 10], [10, 10, 10, 10]])
+    p = torch.tensor([[0.7, 0.3, 0.0, 0.0], [0.0, 0.1, 0.0, 0.9]], dtype=torch.float64)
+    assert fill_budget(p, [[0, 1], [1, 3]], mem, 165) == [[0, 1, 2], [0, 1, 3]]
+    assert fill_budget(p, [[0, 1], [1, 3]], mem, 140) == [[0, 1], [1, 3]]  # nothing fits
+    res = {"unit": "memory", "per_client": [1.0, 0.75, 1.0, 0.75]}
+    held = {}
+    for fill in (False, True):
+        a = build_world(_cfg(tmp_path, "fedmoe", resources=res, **{
+            "fedmoe.alpha": 1.0, "fedmoe.fill_budget": fill})).algorithm
+        a.init_server(a.model)
+        pr = torch.tensor([[0.6, 0.4, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+        a.reports = {0: (pr, 10, "main"), 2: (pr, 10, "main")}
+        held[fill] = [t.config["held"] for t in a.configure_train(1, [0, 1, 2, 3])]
+        assert all(pl.memory <= a.limit(c, 1.0) for c, pl in a.plans.items())
+    assert held[False][1] == [[0, 1], [0]]  # theta = 1 reached with 3 of 8 experts
+    assert sum(map(len, held[True][1])) == 6 and {0, 1} <= set(held[True][1][0])
+    with pytest.raises(ConfigError):
+        build_config(tiny_raw(algorithm="randommoe", randommoe={"fill_budget": True}))

@@ -35,6 +35,7 @@ from fedfm.algorithms.moe_validate import split_val, validate, validate_generate
 from fedfm.algorithms.submoe import (
     Plan,
     estimate_shares,
+    fill_budget,
     read_flat,
     search_threshold,
     select_keys,
@@ -77,6 +78,7 @@ class FedMoEOptions:
     score: str = "loss"  # validation score for recommendation: loss (-CE) | accuracy
     checkpoint: str | None = None  # a fedfm MoE folder (models.moe.save_moe_folder) to start from
     profile_all_large: bool = False  # stage 1 trains every large client, sampled or not
+    fill_budget: bool = False  # ablation, not the paper: fill alpha · M_k past theta (docs)
 
     def check(self) -> None:
         rules = [
@@ -241,8 +243,11 @@ class FedMoE:
             else:
                 p, self.p_source[cid] = self._p_of(cid)
                 self.latest_p[cid] = p
-                plan = search_threshold(p, self.mem, self.limit(cid, self.opts.alpha),
-                                        self.opts.min_experts)
+                limit = self.limit(cid, self.opts.alpha)
+                plan = search_threshold(p, self.mem, limit, self.opts.min_experts)
+                if self.opts.fill_budget and plan.fits:
+                    held = fill_budget(p, plan.held, self.mem, limit)
+                    plan = Plan(plan.theta, held, self.mem.cost(held), True)
             self._set_plan(cid, plan)
 
     def _p_of(self, cid: int) -> tuple[torch.Tensor, str]:

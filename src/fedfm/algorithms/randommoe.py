@@ -15,7 +15,7 @@ from fedfm.algorithms.fedmoe import MOE_CAPABILITIES, FedMoE, FedMoEOptions
 # FedMoE's options but what belongs to its profiling stage and recommendation (randomMoE has
 # neither): the one list of fields, derived, never re-declared
 PROFILE_ONLY = ("profile_rounds", "references", "patience", "recommend", "score",
-                "profile_all_large")
+                "profile_all_large", "fill_budget")
 
 
 def _to_fedmoe(self) -> FedMoEOptions:

@@ -205,6 +205,20 @@ def search_threshold(p: torch.Tensor, mem: MemoryModel, limit: float,
     return Plan(cands[lo], held, mem.cost(held), True)
 
 
+def fill_budget(p: torch.Tensor, held: Held, mem: MemoryModel, limit: float) -> Held:
+    """Ablation (`fedmoe.fill_budget`, not in the paper): after the threshold search, add unheld
+    experts in descending p (ties: lower expert index, then lower block) while the submodel
+    still fits `limit` bytes; the cumulative-p rule stops at theta = 1 even when budget is left
+    (experts with p = 0)."""
+    out = [set(h) for h in held]
+    cand = sorted(((i, e) for i, row in enumerate(p.tolist()) for e in range(len(row))
+                   if e not in out[i]), key=lambda ie: (-float(p[ie]), ie[1], ie[0]))
+    for i, e in cand:
+        if mem.cost(out) + mem.expert[i][e] <= limit:
+            out[i].add(e)
+    return [sorted(h) for h in out]
+
+
 def estimate_shares(reports: dict[int, tuple[torch.Tensor, int, str]], task: str,
                     shape: tuple[int, int]) -> torch.Tensor:
     """Server estimate of p for a client that did not profile: the example-weighted mean of the
