@@ -7,8 +7,11 @@ Per setting x method (mean ± sd over the seeds present, n = seeds): personalise
 task (mean over that task's clients of their own test split, after the last round) and their
 macro mean; MB sent up + down over the whole run; peak client training memory (MiB: parameters +
 3 x trainable, fp32, activations not counted: MoE = the largest client's cut sub-MoE as the
-algorithm measured it, dense = the dense LoRA model, built here from the run's config); the
-slope of the macro accuracy over the last two evaluations (points per evaluation interval).
+algorithm measured it, dense = the dense LoRA model, built here from the run's config); experts
+held after the last round, mean over all clients and over the full-budget (b_k = 1) clients;
+the gain of the macro accuracy per evaluation over the last 3 evaluations (bench/
+paper_convergence.py's rule: "flat" when < 0.5 pt/eval; here how many seeds are flat); CPU
+seconds per cell (bench.json). `fedmoe-fill` is the fill_budget ablation, not the paper.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ import statistics as st
 import sys
 from pathlib import Path
 
-METHODS = ("fedmoe", "randommoe", "fedprox", "fedavg-lora")
+from paper_convergence import gain  # bench/ is sys.path[0] when run as a script
+
+METHODS = ("fedmoe", "randommoe", "fedprox", "fedavg-lora", "fedmoe-fill")
+WINDOW, TOL = 3, 0.5  # paper_convergence.py's defaults
 MiB = 2**20
 
 
@@ -67,12 +73,30 @@ def cell_stats(runs: list[dict], mem_cache: dict) -> dict:
         mems.append(max(moe) if moe else dense_memory_mib(r["dir"], mem_cache))
     slope = []
     for r in runs:
-        ev = [x["acc_personal_mean"] for x in r["rows"] if x.get("acc_personal_mean") is not None]
-        slope.append(ev[-1] - ev[-2] if len(ev) > 1 else float("nan"))
+        ev = [100 * x["acc_personal_mean"] for x in r["rows"]
+              if x.get("acc_personal_mean") is not None]
+        slope.append(gain(ev, WINDOW))
     held = [r["summary"].get("experts_held_mean") for r in runs]
-    return {"tasks": tasks, "acc": acc, "macro": macro, "mb": mb, "mem": mems, "slope": slope,
+    cpu = [json.loads((r["dir"] / "bench.json").read_text()).get("cpu_s") for r in runs
+           if (r["dir"] / "bench.json").exists()]
+    return {"tasks": tasks, "acc": acc, "macro": macro, "mb": mb, "mem": mems,
+            "slope": [g for g in slope if g is not None],
             "held": [h for h in held if h is not None], "n": len(runs),
+            "held_large": [x for r in runs for x in large_held(r)],
+            "cpu": [c for c in cpu if c is not None],
             "total": runs[0]["summary"].get("experts_total")}
+
+
+def large_held(run: dict) -> list[int]:
+    """Experts held by the full-budget clients (b_k >= 1), from the run's resource profiles."""
+    from fedfm.config import build_config
+    from fedfm.core.resources import client_profiles
+
+    if not run["summary"].get("experts_total"):
+        return []
+    cfg = build_config(json.loads((run["dir"] / "config.json").read_text()))
+    prof = client_profiles(cfg.resources, len(run["summary"]["clients"]), cfg.seed)
+    return [c["experts"] for c in run["summary"]["clients"] if prof[c["id"]].budget >= 1.0]
 
 
 def table(runs: dict, settings: list[str]) -> str:
@@ -86,13 +110,17 @@ def table(runs: dict, settings: list[str]) -> str:
         tasks = next(iter(cells.values()))["tasks"]
         out += [f"\n**{setting}**\n",
                 "| method | n | " + " | ".join(tasks) + " | macro | MB sent (run) | peak client "
-                "MiB | experts held (of total) | last-eval slope |",
-                "|---|---|" + "---|" * (len(tasks) + 5)]
+                "MiB | experts held of total: all / b=1 clients | gain/eval last 3 (pt); flat | "
+                "CPU s |",
+                "|---|---|" + "---|" * (len(tasks) + 6)]
         for m, c in cells.items():
-            held = f"{st.mean(c['held']):.1f} of {c['total']}" if c["held"] else "all (dense)"
+            held = (f"{st.mean(c['held']):.1f} / {st.mean(c['held_large']):.1f} of {c['total']}"
+                    if c["held"] else "all (dense)")
+            flat = sum(g < TOL for g in c["slope"])
             out.append(f"| {m} | {c['n']} | " + " | ".join(fmt(c["acc"][t]) for t in tasks)
                        + f" | **{fmt(c['macro'])}** | {fmt(c['mb'], 1)} | {fmt(c['mem'], 1)} | "
-                       f"{held} | {fmt(c['slope'], 3)} |")
+                       f"{held} | {fmt(c['slope'], 2)}; {flat} of {len(c['slope'])} | "
+                       f"{fmt(c['cpu'], 0)} |")
     return "\n".join(out)
 
 
@@ -175,8 +203,9 @@ def main(argv: list[str]) -> int:
     print(table(runs, settings))
     curves(runs, settings, prefix)
     for setting in settings:
-        for r in runs.get((setting, "fedmoe"), []):
-            print(f"\nFedMoE expert usage, {setting} {r['dir'].name}:\n" + expert_usage(r["dir"]))
+        for m in ("fedmoe", "fedmoe-fill"):
+            for r in runs.get((setting, m), []):
+                print(f"\n{m} expert usage, {setting} {r['dir'].name}:\n" + expert_usage(r["dir"]))
     return 0
 
 
