@@ -11,7 +11,7 @@ algorithm measured it, dense = the dense LoRA model, built here from the run's c
 held after the last round, mean over all clients and over the full-budget (b_k = 1) clients;
 the gain of the macro accuracy per evaluation over the last 3 evaluations (bench/
 paper_convergence.py's rule: "flat" when < 0.5 pt/eval; here how many seeds are flat); CPU
-seconds per cell (bench.json). `fedmoe-fill` is the fill_budget ablation, not the paper.
+seconds per cell (bench.json). `fedmoe-fill` / `fedmoe-norec`: ablations, not the paper.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from paper_convergence import gain  # bench/ is sys.path[0] when run as a script
 
-METHODS = ("fedmoe", "randommoe", "fedprox", "fedavg-lora", "fedmoe-fill")
+METHODS = ("fedmoe", "randommoe", "fedprox", "fedavg-lora", "fedmoe-fill", "fedmoe-norec")
 WINDOW, TOL = 3, 0.5  # paper_convergence.py's defaults
 MiB = 2**20
 
@@ -203,7 +203,7 @@ def main(argv: list[str]) -> int:
     print(table(runs, settings))
     curves(runs, settings, prefix)
     for setting in settings:
-        for m in ("fedmoe", "fedmoe-fill"):
+        for m in ("fedmoe", "fedmoe-fill", "fedmoe-norec"):
             for r in runs.get((setting, m), []):
                 print(f"\n{m} expert usage, {setting} {r['dir'].name}:\n" + expert_usage(r["dir"]))
     return 0
