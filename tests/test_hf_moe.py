@@ -61,6 +61,8 @@ def test_counts_cut_equals_masked_and_lora_per_expert(folders, fam):
     assert torch.equal(M.loads(sub), loads)
     for (ex, rt), h in zip(M.moe_layers(sub), HELD):  # only held experts are allocated
         assert ex.gate_up_proj.shape[0] == ex.down_proj.shape[0] == rt.weight.shape[0] == len(h)
+        for w in (ex.gate_up_proj, ex.down_proj, rt.weight):  # own k-row storages, not views
+            assert w.untyped_storage().nbytes() == w.numel() * w.element_size()
         assert sorted(int(e) for e in ex.fedfm_lora) == h
     assert submodel_memory(sub) < submodel_memory(bb)
     n_full, n_sub = (sum(p.numel() for p in m.parameters()) for m in (bb, sub))
