@@ -12,6 +12,14 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: the N workers share the cores, so
+    # one BLAS/OpenMP thread each (torch reads these when it loads; processes a test starts
+    # inherit them); a run in a single process keeps torch's default.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 from fedfm.config import build_config  # noqa: E402
 
@@ -53,3 +61,46 @@ def assert_clean_run(summary: dict, rows: list[dict]) -> None:
         n = c.get("n_test")
         if n and c.get("acc_personal") is not None:
             assert abs(c["acc_personal"] * n - round(c["acc_personal"] * n)) < 1e-6
+
+
+# --- pytest -n N (pytest-xdist, `--dist loadfile` in pyproject): whole files go to workers ------
+# Files whose module-scoped fixtures or Flower processes make them long go first, so no worker
+# is left with one of them at the end while the others are idle (longest first; measured per-file
+# CPU and wall in BENCHMARKS.md section 17). The rest keep their order. Only under xdist: a
+# single-process run keeps pytest's collection order.
+LONG_FILES = ("test_flower_deploy.py", "test_flower.py", "test_algorithm_matrix.py",
+              "test_reliability.py", "test_bench.py", "test_hf_matrix.py", "test_checkpoint.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        rank = {name: i for i, name in enumerate(LONG_FILES)}
+        items.sort(key=lambda it: rank.get(it.path.name, len(rank)))  # stable
+
+
+# --- per-test CPU time (opt-in): FEDFM_TEST_CPU=cpu.jsonl pytest ... -------------------------
+# One JSON line per test: user+sys CPU of the pytest process and of its reaped children during
+# setup+call+teardown (robust to machine load, unlike wall time), and the wall time. Processes
+# that are not reaped by the test (Flower's grandchildren) are not counted.
+_CPU_LOG = os.environ.get("FEDFM_TEST_CPU")
+
+if _CPU_LOG:
+    import json
+    import resource
+    import time
+
+    def _cpu() -> tuple[float, float]:
+        s = resource.getrusage(resource.RUSAGE_SELF)
+        c = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return s.ru_utime + s.ru_stime, c.ru_utime + c.ru_stime
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(item, nextitem):
+        (s0, c0), w0 = _cpu(), time.perf_counter()
+        yield
+        (s1, c1), w1 = _cpu(), time.perf_counter()
+        row = {"test": item.nodeid, "cpu_s": round(s1 - s0, 3),
+               "children_cpu_s": round(c1 - c0, 3), "wall_s": round(w1 - w0, 3),
+               "worker": os.environ.get("PYTEST_XDIST_WORKER"), "end": round(time.time(), 1)}
+        with open(_CPU_LOG, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
