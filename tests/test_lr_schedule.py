@@ -7,6 +7,7 @@ Flower runtime, and that `constant` leaves a run bit-identical to a run without 
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -58,7 +59,10 @@ def test_cosine_run_uses_the_scheduled_lr(algorithm, tmp_path, monkeypatch):
     rec = Recorder(monkeypatch)
     raw = raw_for(tmp_path / "run", algorithm=algorithm, **{
         "train.lr_schedule": "cosine", "train.lr_min_ratio": 0.2})
-    run(build_config(raw), quiet=True)
+    s = run(build_config(raw), quiet=True)
+    assert (s["lr_schedule"], s["lr_min_ratio"]) == ("cosine", 0.2)
+    rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert [r["lr_factor"] for r in rows] == pytest.approx([0.8, 0.4, 0.2])
     per_round = len(rec.steps) // 3
     assert per_round >= 6 and len(rec.steps) == 3 * per_round
     for r in range(1, 4):
