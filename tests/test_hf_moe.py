@@ -61,6 +61,8 @@ def test_counts_cut_equals_masked_and_lora_per_expert(folders, fam):
     assert torch.equal(M.loads(sub), loads)
     for (ex, rt), h in zip(M.moe_layers(sub), HELD):  # only held experts are allocated
         assert ex.gate_up_proj.shape[0] == ex.down_proj.shape[0] == rt.weight.shape[0] == len(h)
+        for w in (ex.gate_up_proj, ex.down_proj, rt.weight):  # own k-row storages, not views
+            assert w.untyped_storage().nbytes() == w.numel() * w.element_size()
         assert sorted(int(e) for e in ex.fedfm_lora) == h
     assert submodel_memory(sub) < submodel_memory(bb)
     n_full, n_sub = (sum(p.numel() for p in m.parameters()) for m in (bb, sub))
@@ -152,17 +154,20 @@ def test_fedmoe_randommoe_learn_on_hf_moe(folders, tmp_path, fam, algo):
     _learns(s, raw["out"])
 
 
-# with the non-slow cases above: fedmoe and randommoe each run end to end on every family
+# with the non-slow cases above: fedmoe and randommoe each run end to end on every family.
+# Local budget: 3 local epochs (~6 steps per client per round) instead of 1 (~2 steps): with 1,
+# 3 rounds leave every family's true personal accuracy around 0.4-0.6 (measured on 4x larger
+# client test sets: mixtral 0.47 / olmoe 0.47 / qwen2_moe 0.42 randomMoE, seed 0), so the 0.5 bar
+# on 2-8 test examples per client was a coin flip (mixtral-randommoe 0.40, 0.48, 0.46 at seeds
+# 0-2; qwen2_moe 0.30 and deepseek_v3 0.46 at seed 2). Holding every expert gave mixtral the same
+# 0.40, so neither the expert restriction nor the routing renormalisation was the cause. With 3
+# epochs every case here reaches 0.61-0.94 at seeds 0 and 1 (mixtral-randommoe 0.61-0.76 at 0-4).
 @pytest.mark.slow
 @pytest.mark.parametrize("fam,algo", [
     *((f, a) for f in ("qwen3_moe", "olmoe", "deepseek_v2") for a in ("fedmoe", "randommoe")),
-    pytest.param("mixtral", "randommoe", marks=pytest.mark.xfail(
-        raises=AssertionError, strict=False,
-        reason="runs end to end (a crash still fails), but misses the learning bar: personal "
-               "acc 0.12 -> 0.48 -> 0.40 over 3 rounds (bar 0.5, chance 0.25); measured once")),
-    ("qwen2_moe", "fedmoe"), ("deepseek_v3", "randommoe")])
+    ("mixtral", "randommoe"), ("qwen2_moe", "fedmoe"), ("deepseek_v3", "randommoe")])
 def test_every_family_runs(folders, tmp_path, fam, algo):
-    raw = _raw(folders[fam], algo, tmp_path)
+    raw = _raw(folders[fam], algo, tmp_path, **{"train.local_epochs": 3})
     s = run(build_config(raw), quiet=True)
     _learns(s, raw["out"])
 

@@ -102,3 +102,43 @@ def test_switch_seq2seq_generate_reduces_response_loss(tmp_path):
     s = run(build_config(raw), quiet=True)
     _check(s, raw["out"])
     assert s["experts_total"] == 16
+
+
+def test_switch_router_z_loss_over_held_experts(folder, tmp_path):
+    """Switch's own training adds the router z-loss (config.router_z_loss_coef); FedMoE's local
+    loss does too, over the held experts' logits of real tokens; it moves only held router rows.
+    Families whose config has no router_z_loss_coef (mixtral) get no z term."""
+    from fedfm.algorithms.moe_backend import HFMoE
+    from tests.moe_tiny import moe_folder
+
+    bb = load_hf_backbone(folder, None, 0.0, torch.float32)
+    bb.eval()
+    M.attach(bb, bb)
+    bb.requires_grad_(False)
+    routers = [M.router_weight(rt) for _, rt in M.moe_layers(bb)]
+    for w in routers:
+        w.requires_grad_(True)
+    M.set_held(bb, HELD)
+    ids, mask = _batch()
+    out = bb(ids, mask)
+    z = M.z_loss(bb)
+    ref = 0.0  # HF's router_z_loss_func on the held logits of the real tokens
+    for _, rt in M.moe_layers(bb):
+        logits, _, real = rt.fedfm_state.last
+        ref = ref + (torch.logsumexp(logits[real], -1) ** 2).mean()
+    assert z.item() > 0 and z.item() == pytest.approx(ref.item(), rel=1e-6)
+    cz = M.z_coef(bb)
+    assert cz == bb.config.router_z_loss_coef > 0
+    extra = HFMoE().extra_loss(bb, 0.0)  # balance off: the z term alone is still added
+    assert extra is not None and extra().item() == pytest.approx(cz * z.item(), rel=1e-6)
+    grads = torch.autograd.grad(z, routers, retain_graph=True)
+    for g, h in zip(grads, HELD):  # held rows move, unheld rows get exactly zero
+        assert all(g[e].abs().sum() > 0 for e in h)
+        assert all(torch.all(g[e] == 0) for e in range(4) if e not in h)
+    task = out.pow(2).mean()
+    g_task = torch.autograd.grad(task, routers, retain_graph=True)
+    g_both = torch.autograd.grad(task + extra(), routers)
+    assert any(not torch.allclose(a, b) for a, b in zip(g_task, g_both))
+    mix = load_hf_backbone(moe_folder(tmp_path, "mixtral"), None, 0.0, torch.float32)
+    M.attach(mix, mix)
+    assert M.z_coef(mix) == 0.0 and HFMoE().extra_loss(mix, 0.0) is None

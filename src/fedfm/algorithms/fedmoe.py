@@ -10,7 +10,8 @@ Stage 1 (rounds < profile_rounds): clients that can hold the full MoE train it a
   Then per client: p_k = its report, else the example-weighted mean p of same-task reporters;
   theta_k = the largest theta whose per-block cumulative-p selection fits alpha · M_k.
 Stage 2: client k gets dense tensors + its experts (+ their router rows) + its task's head;
-  local loss = CE + balance_coef · Σ_blocks aux;  modular aggregation: dense by FedAvg, each
+  local loss = CE + balance_coef · Σ_blocks aux (+ router_z_loss_coef · Σ_blocks z-loss where
+  the family's config defines it: Switch Transformers);  modular aggregation: dense by FedAvg, each
   expert over its holders only, unheld experts unchanged; heads over same-task clients.
   Expert recommendation (expert_rec.py) for clients whose validation accuracy stalls.
 randomMoE (randommoe.py) = the same machinery with random expert sets of the same memory budget.
@@ -322,8 +323,7 @@ class FedMoE:
         train, val = split_val(data.train, self.opts.val_fraction,
                                self.env.seed * 7919 + task.client_id)
         named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
-        coef = self.opts.balance_coef
-        extra = (lambda: coef * self.backend.aux(model)) if coef else None
+        extra = self.backend.extra_loss(model, self.opts.balance_coef)  # + Switch's z-loss
         t = self.env.train
         stats = train_local(param_groups(named, t.lr, t.head_lr), train,
                             self.env.task.loss_fn(model), t, ctx.generator(), extra)

@@ -71,6 +71,10 @@ class MoEfiedBert:
 
         return aux_loss(model)
 
+    def extra_loss(self, model, coef: float):
+        """The MoE term added to the task loss after each forward: coef · balance (or None)."""
+        return (lambda: coef * self.aux(model)) if coef else None
+
     def loads(self, model):
         import torch
 
@@ -135,6 +139,17 @@ class HFMoE:
         from fedfm.models.hf.moe import aux_loss
 
         return aux_loss(model)
+
+    def extra_loss(self, model, coef: float):
+        """coef · balance + c_z · router z-loss, c_z = the family's `router_z_loss_coef` (Switch
+        Transformers' own training adds it; 0 for families that define none): None if both 0."""
+        from fedfm.models.hf.moe import z_coef, z_loss
+
+        cz = z_coef(model)
+        if not coef and not cz:
+            return None
+        return lambda: (coef * self.aux(model) if coef else 0.0) + (
+            cz * z_loss(model) if cz else 0.0)
 
     def loads(self, model):
         from fedfm.models.hf.moe import loads

@@ -296,6 +296,29 @@ def aux_loss(model: nn.Module) -> torch.Tensor:
     return total
 
 
+def z_coef(model: nn.Module) -> float:
+    """The family's router z-loss coefficient: `config.router_z_loss_coef` (Switch
+    Transformers, as its own training adds it); 0.0 for families whose config has none."""
+    bb = model.backbone if hasattr(model, "backbone") else model
+    return float(getattr(getattr(bb, "config", None), "router_z_loss_coef", 0.0) or 0.0)
+
+
+def z_loss(model: nn.Module) -> torch.Tensor:
+    """Σ_blocks router z-loss (ST-MoE, Zoph et al. 2022; HF's `router_z_loss_func`) over the real
+    tokens of the last forward: mean_t (log Σ_{e ∈ held} exp z_{t,e})², z = router logits. Unheld
+    experts' logits are -inf (masked) or absent (cut), so only held experts' rows count."""
+    total = torch.zeros(())
+    for _, rt in moe_layers(model):
+        if rt.fedfm_state.last is None:
+            continue
+        logits, _, real = rt.fedfm_state.last
+        if real is not None:
+            logits = logits[real.to(logits.device)]
+        if logits.shape[0]:
+            total = total + (torch.logsumexp(logits.float(), dim=-1) ** 2).mean().cpu()
+    return total
+
+
 # ---------------------------------------------------------------------------------- cutting
 
 
