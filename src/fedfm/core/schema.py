@@ -126,9 +126,14 @@ class SamplingConfig:
     enforce_tasks: bool = False  # multi-task: sample >= 1 client of every task each round
 
 
+LR_SCHEDULES = ("constant", "cosine")  # train.lr_schedule (fedfm.algorithms.training.lr_factor)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Local training. `precision` = fp32 | bf16 (CPU autocast, fp32 master weights)."""
+    """Local training. `precision` = fp32 | bf16 (CPU autocast, fp32 master weights).
+    `lr_schedule` = constant | cosine: a round-wise factor on every lr, cosine from ~1 at round 1
+    to `lr_min_ratio` at the last round (math: fedfm.algorithms.training)."""
 
     local_epochs: int = 1
     batch_size: int = 32
@@ -140,6 +145,8 @@ class TrainConfig:
     threads: int | None = None
     grad_clip: float | None = 1.0
     device: str = "auto"  # auto (cuda when available) | cpu | cuda
+    lr_schedule: str = "constant"  # constant | cosine (round-wise, as FlowerTune's template)
+    lr_min_ratio: float = 0.1  # cosine: the last round's lr = lr_min_ratio x lr (and head_lr)
 
 
 @dataclass(frozen=True)
@@ -369,6 +376,11 @@ def check_values(cfg: RunConfig) -> None:
         (t.batch_size >= 1, "train.batch_size must be >= 1"),
         (t.lr > 0, f"train.lr must be > 0 (got {t.lr})"),
         (t.precision in ("fp32", "bf16"), f"train.precision must be fp32 or bf16, not '{t.precision}'"),
+        (t.lr_schedule in LR_SCHEDULES,
+         f"train.lr_schedule must be {' or '.join(LR_SCHEDULES)}, not '{t.lr_schedule}' "
+         "(cosine anneals every client lr from train.lr at round 1 to "
+         "train.lr_min_ratio x train.lr at the last round)"),
+        (0 <= t.lr_min_ratio <= 1, f"train.lr_min_ratio must be in [0, 1] (got {t.lr_min_ratio})"),
         (cfg.model.max_length >= 8, "model.max_length must be >= 8"),
         (cfg.model.lora_rank >= 1, "model.lora_rank must be >= 1"),
         (cfg.model.finetune in ("lora", "full", "head"),

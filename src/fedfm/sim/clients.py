@@ -20,6 +20,7 @@ from functools import cached_property
 from typing import Any, Protocol
 
 from fedfm.algorithms.base import ClientContext, ClientMemory
+from fedfm.algorithms.training import lr_factor, lr_scale
 from fedfm.core.errors import PayloadError
 from fedfm.core.seeds import derive_seed
 from fedfm.sim.store import ClientStore
@@ -67,8 +68,11 @@ def run_client(world, task: ClientTask, memory: ClientMemory, phase: int) -> tup
     algo, cid = world.algorithm, task.client_id
     fn = algo.client_update if phase == TRAIN else algo.client_evaluate
     ctx = client_context(world.cfg.seed, task.round, cid, phase)
+    t = world.cfg.train  # round-wise lr schedule: rounds are 0-based here, 1-based in f(r)
+    factor = lr_factor(t.lr_schedule, task.round + 1, world.cfg.rounds, t.lr_min_ratio)
     t0 = time.perf_counter()
-    reply = fn(task, world.model, world.data.clients[cid], memory, ctx)
+    with lr_scale(factor):
+        reply = fn(task, world.model, world.data.clients[cid], memory, ctx)
     return reply, time.perf_counter() - t0
 
 

@@ -31,6 +31,7 @@ def summarise(cfg: RunConfig, rows: list[dict[str, Any]], runner: EmbeddedRunner
     last_eval = next((r for r in reversed(rows) if r.get("acc_personal_mean") is not None), {})
     s: dict[str, Any] = {
         "algorithm": cfg.algorithm, "rounds": cfg.rounds, "seed": cfg.seed,
+        "lr_schedule": cfg.train.lr_schedule,
         "acc_global": last_eval.get("acc_global"),
         "acc_personal_mean": last_eval.get("acc_personal_mean"),
         "acc_personal_weighted": last_eval.get("acc_personal_weighted"),
@@ -39,6 +40,8 @@ def summarise(cfg: RunConfig, rows: list[dict[str, Any]], runner: EmbeddedRunner
         "personal_clients": len(runner.personal_clients),
         "personal_excluded": runner.world.data.num_clients - len(runner.personal_clients),
     }
+    if cfg.train.lr_schedule != "constant":
+        s["lr_min_ratio"] = cfg.train.lr_min_ratio
     for key in ("loss_global", "loss_personal_mean"):  # task = generate
         if key in last_eval:
             s[key] = last_eval[key]
