@@ -73,8 +73,10 @@ def cell_stats(runs: list[dict], mem_cache: dict) -> dict:
         mems.append(max(moe) if moe else dense_memory_mib(r["dir"], mem_cache))
     slope = []
     for r in runs:
-        ev = [100 * x["acc_personal_mean"] for x in r["rows"]
-              if x.get("acc_personal_mean") is not None]
+        # t = evaluation index, not round: this report keeps the rule per EVALUATION (every 3
+        # rounds here), stricter than paper_convergence's per-round default by that factor
+        ev = [(i, 100 * x["acc_personal_mean"]) for i, x in enumerate(
+              x for x in r["rows"] if x.get("acc_personal_mean") is not None)]
         slope.append(gain(ev, WINDOW))
     held = [r["summary"].get("experts_held_mean") for r in runs]
     cpu = [json.loads((r["dir"] / "bench.json").read_text()).get("cpu_s") for r in runs
