@@ -26,18 +26,15 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from fedfm.config import RunConfig, build_config
+from fedfm.config import RunConfig
 from fedfm.core.errors import ConfigError
+from fedfm.export import finished_run
 
 SHAPES = ("bert", "elastic")
 
 
 def load_run(run_dir: Path) -> tuple[RunConfig, dict[str, torch.Tensor]]:
-    cfg_path, weights = run_dir / "config.json", run_dir / "final" / "global.safetensors"
-    if not cfg_path.is_file() or not weights.is_file():
-        raise ConfigError(f"'{run_dir}' is not a finished run folder (needs config.json and "
-                          "final/global.safetensors).")
-    cfg = build_config(json.loads(cfg_path.read_text()))
+    cfg, weights = finished_run(run_dir)
     tensors = load_file(str(weights))
     if not any(k.startswith("backbone.") and ".emb" not in k for k in tensors):
         raise ConfigError(f"run '{run_dir}' ({cfg.algorithm}, model.finetune="

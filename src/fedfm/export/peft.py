@@ -31,8 +31,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from fedfm.config import RunConfig, build_config
+from fedfm.config import RunConfig
 from fedfm.core.errors import ConfigError
+from fedfm.export import finished_run
 from fedfm.models.lora import LoRAConv1D, LoRALinear
 
 FORMATS = ("peft", "merged")
@@ -40,11 +41,7 @@ LEGACY = ("raffm", "heterofl", "fedmoe", "randommoe")  # the budget export (fedf
 
 
 def load_run(run_dir: Path) -> tuple[RunConfig, dict[str, torch.Tensor]]:
-    cfg_path, weights = run_dir / "config.json", run_dir / "final" / "global.safetensors"
-    if not cfg_path.is_file() or not weights.is_file():
-        raise ConfigError(f"'{run_dir}' is not a finished run folder (needs config.json and "
-                          "final/global.safetensors).")
-    cfg = build_config(json.loads(cfg_path.read_text()))
+    cfg, weights = finished_run(run_dir)
     if cfg.algorithm in LEGACY:
         raise ConfigError(f"run '{run_dir}' is a {cfg.algorithm} run: export its subnetworks "
                           "with `fedfm export RUN_DIR --budget B --out DIR` (format budget).")
