@@ -13,17 +13,9 @@ import argparse
 import json
 from pathlib import Path
 
+from paper_convergence import evals  # bench/ is sys.path[0] when run as a script
+
 CURVES = (("acc_global", "global"), ("acc_personal_mean", "personal"))
-
-
-def by_round(run: Path, key: str) -> dict[int, float]:
-    out = {}
-    for line in (run / "metrics.jsonl").open():
-        if line.strip():
-            r = json.loads(line)
-            if r.get(key) is not None:
-                out[int(r["round"])] = 100.0 * r[key]
-    return out
 
 
 def cell(values: list[float]) -> str:
@@ -49,7 +41,7 @@ def table(root: Path, rounds: list[int]) -> list[str]:
     for c in sorted(root.glob("*/*")):
         runs = sorted(p.parent for p in c.glob("seed*/metrics.jsonl"))
         for key, name in CURVES:
-            curves = [by_round(r, key) for r in runs]
+            curves = [dict(evals(r, key)) for r in runs]
             if not any(curves):
                 continue
             vals = " | ".join(cell([cv[t] for cv in curves if t in cv]) for t in rounds)
