@@ -73,6 +73,11 @@ def lr_factor(schedule: str, rnd: int, rounds: int, min_ratio: float) -> float:
     raise ValueError(f"unknown lr schedule '{schedule}'")
 
 
+def round_lr_factor(cfg: TrainConfig, rnd: int, rounds: int) -> float:
+    """f(r) of the run's schedule for the 0-based round index `rnd` (f counts rounds from 1)."""
+    return lr_factor(cfg.lr_schedule, rnd + 1, rounds, cfg.lr_min_ratio)
+
+
 @contextmanager
 def lr_scale(factor: float) -> Iterator[None]:
     """Every `train_local` inside the block multiplies its groups' lr by `factor`."""

@@ -20,7 +20,7 @@ from functools import cached_property
 from typing import Any, Protocol
 
 from fedfm.algorithms.base import ClientContext, ClientMemory
-from fedfm.algorithms.training import lr_factor, lr_scale
+from fedfm.algorithms.training import lr_scale, round_lr_factor
 from fedfm.core.errors import PayloadError
 from fedfm.core.seeds import derive_seed
 from fedfm.sim.store import ClientStore
@@ -68,8 +68,7 @@ def run_client(world, task: ClientTask, memory: ClientMemory, phase: int) -> tup
     algo, cid = world.algorithm, task.client_id
     fn = algo.client_update if phase == TRAIN else algo.client_evaluate
     ctx = client_context(world.cfg.seed, task.round, cid, phase)
-    t = world.cfg.train  # round-wise lr schedule: rounds are 0-based here, 1-based in f(r)
-    factor = lr_factor(t.lr_schedule, task.round + 1, world.cfg.rounds, t.lr_min_ratio)
+    factor = round_lr_factor(world.cfg.train, task.round, world.cfg.rounds)  # lr schedule
     t0 = time.perf_counter()
     with lr_scale(factor):
         reply = fn(task, world.model, world.data.clients[cid], memory, ctx)

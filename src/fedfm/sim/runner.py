@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fedfm.algorithms.base import ClientContext
-from fedfm.algorithms.training import lr_factor
+from fedfm.algorithms.training import round_lr_factor
 from fedfm.core.errors import PayloadError
 from fedfm.core.seeds import sample_by_task, sample_clients
 from fedfm.sim.availability import Inbox
@@ -135,9 +135,8 @@ class EmbeddedRunner:
 
     def run_round(self, rnd: int) -> dict[str, Any]:
         row: dict[str, Any] = {"round": rnd + 1}
-        t = self.cfg.train
-        if t.lr_schedule != "constant":  # the factor on every client lr this round
-            row["lr_factor"] = lr_factor(t.lr_schedule, rnd + 1, self.cfg.rounds, t.lr_min_ratio)
+        if self.cfg.train.lr_schedule != "constant":  # the factor on every client lr this round
+            row["lr_factor"] = round_lr_factor(self.cfg.train, rnd, self.cfg.rounds)
         row.update(self.train_round(rnd))
         last = rnd + 1 == self.cfg.rounds
         if last or (rnd + 1) % self.cfg.eval.every == 0:
